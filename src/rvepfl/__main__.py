@@ -1,0 +1,5 @@
+import sys
+
+from rvepfl.cli import main
+
+sys.exit(main())

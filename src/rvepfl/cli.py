@@ -1,0 +1,205 @@
+"""The ``rvepfl`` command line.
+
+Errors a user can cause are printed as one line on stderr (``error: ...``) with exit code 2;
+nothing is written before the configuration and the data have been validated.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rvepfl.config import Config, apply_overrides, config_hash, load_config
+from rvepfl.errors import CheckpointError, ConfigError, RvepflError
+
+app = typer.Typer(
+    name="rvepfl",
+    help="Personalised federated learning that resists model-inversion attacks (RVE-PFL).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Printer:
+    """Progress lines on stderr: one per client, one per round."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def _echo(self, text: str) -> None:
+        if not self.quiet:
+            typer.echo(text, err=True)
+
+    def round_start(self, round_: int, rounds: int, clients: list[int]) -> None:
+        self.rounds = rounds
+        self._echo(f"round {round_}/{rounds}: {len(clients)} clients")
+
+    def client_done(self, round_: int, index: int, count: int, client: int,
+                    metrics: dict[str, dict[str, float]], seconds: float) -> None:
+        tr, te, ge = metrics["train"], metrics["test"], metrics["general"]
+        self._echo(
+            f"  round {round_}/{self.rounds} client {index + 1}/{count} (#{client}): "
+            f"general acc {ge['acc']:.3f} | train loss {tr['loss']:.4f} acc {tr['acc']:.3f} | "
+            f"test loss {te['loss']:.4f} acc {te['acc']:.3f} | {seconds:.1f}s"
+        )
+
+    def round_done(self, round_: int, means: dict[str, dict[str, float]], seconds: float) -> None:
+        te = means["test"]
+        self._echo(
+            f"round {round_}/{self.rounds} done in {seconds:.1f}s: mean client test acc {te['acc']:.4f} "
+            f"loss {te['loss']:.4f} (general acc {means['general']['acc']:.4f})"
+        )
+
+
+def _print_table(run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rvepfl.rundir import MetricsLog, RunDir
+
+    run = RunDir(run_dir)
+    done = int(run.read_progress()["completed_round"])
+    log = MetricsLog.read(run.metrics, done)
+    general = {row[0]: row for row in log.epoch_rows("general")}
+    seconds = {row[0]: row[1] for row in log.rows["round_timing.csv"]}
+    table = Table(title="Mean client test metrics per round (after local training)")
+    for col in ("Round", "Test loss", "Test acc", "Precision", "Recall", "F1", "General acc", "Seconds"):
+        table.add_column(col, justify="right")
+    for row in log.epoch_rows("test"):
+        r = row[0]
+        table.add_row(str(r), f"{row[1]:.4f}", f"{100 * row[2]:.2f} %", f"{row[3]:.4f}",
+                      f"{row[4]:.4f}", f"{row[5]:.4f}", f"{100 * general[r][2]:.2f} %", f"{seconds[r]:.1f}")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method, e.g. rvepfl or fedavg (see `rvepfl methods`).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="mnist, fmnist or cifar10.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Directory with the full data set's files (default: the bundled subset).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download", help="Download the full data set into --data-dir if missing (needs internet).")] = None,
+    clients: Annotated[Optional[int], typer.Option(help="Number of clients.")] = None,
+    subset: Annotated[Optional[int], typer.Option(help="Use only this many images (stratified, seeded; 0: all).")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Communication rounds.")] = None,
+    local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Local batch size.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="iid, shards or dirichlet.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="combined (published) or standard.")] = None,
+    client_fraction: Annotated[Optional[float], typer.Option(help="Share of clients per round.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last complete round.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Train a federation in-process and write a run directory."""
+    from rvepfl.fl.simulation import check_partition, initialise, prepare
+    from rvepfl.fl.simulation import train as run_training
+    from rvepfl.rundir import RunDir
+
+    overrides: dict[str, Any] = {
+        "method": method, "seed": seed, "threads": threads,
+        "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
+        "data.num_clients": clients, "data.subset": subset, "data.partition": partition, "data.split": split,
+        "train.rounds": rounds, "train.local_epochs": local_epochs, "train.batch_size": batch_size,
+        "train.client_fraction": client_fraction,
+    }
+    if resume is not None:
+        given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else []) + (["out"] if out else [])
+        if given:
+            _fail(f"--resume continues a run with its own config: drop {', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)}")
+        run = RunDir(resume)
+        if not run.config.is_file():
+            _fail(f"{resume} is not an rvepfl run directory (no config.toml)")
+        cfg = load_config(run.config)
+        state = run.read_progress()
+        if state["config_hash"] != config_hash(cfg):
+            raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches state/progress.json")
+        fed = prepare(cfg)
+        check_partition(fed, run)
+        typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
+    else:
+        cfg = apply_overrides(load_config(config), overrides)
+        fed = prepare(cfg)  # validates the data before anything is written
+        path = out or Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        if path.exists() and any(path.iterdir()):
+            _fail(f"run directory {path} already exists: continue it with --resume {path}, or choose another --out")
+        run = RunDir(path)
+        initialise(fed, run)
+        typer.echo(
+            f"training {cfg.method} on {fed.dataset.source}: {cfg.data.num_clients} clients, "
+            f"{cfg.train.rounds} rounds, {cfg.train.local_epochs} local epochs, batch {cfg.train.batch_size}, "
+            f"seed {cfg.seed} -> {run.path}", err=True)
+    started = time.perf_counter()
+    try:
+        summary = run_training(fed, run, _Printer(quiet))
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: continue with `rvepfl train --resume {run.path}`", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_table(run.path)
+    final = summary["final"]["test"]
+    typer.echo(
+        f"final mean client test accuracy {100 * final['acc']:.2f} % after round {final['round']} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    typer.echo(f"run directory: {run.path}")
+
+
+@app.command()
+def methods() -> None:
+    """List the available federated methods."""
+    from rvepfl.methods import available_methods, get_method
+
+    for name in available_methods():
+        typer.echo(f"{name:10s} {get_method(name).description}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Print the per-round table of a (finished or interrupted) run."""
+    _print_table(run_dir)
+    typer.echo(f"run directory: {run_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns user errors into one line on stderr."""
+    try:
+        code = app(args=argv, prog_name="rvepfl", standalone_mode=False)
+    except RvepflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USER_ERROR
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # usage errors of the CLI library: one line, no traceback
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message(), err=True)  # type: ignore[attr-defined]
+            return 0
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            typer.echo(f"error: {exc.format_message()} (see `rvepfl --help`)", err=True)
+            return EXIT_USER_ERROR
+        raise
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

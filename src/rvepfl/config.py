@@ -1,0 +1,283 @@
+"""Configuration: frozen dataclasses loaded from TOML, overridden by CLI flags, validated.
+
+A config has sections (``[data]``, ``[train]``, ``[model]``) plus top-level keys. Unknown keys,
+wrong types and out-of-range values raise :class:`~rvepfl.errors.ConfigError` with a one-line
+message naming the key, the value received and what is allowed.
+
+>>> cfg = Config()
+>>> cfg.data.dataset, cfg.train.batch_size
+('mnist', 256)
+>>> apply_overrides(cfg, {"train.rounds": 3}).train.rounds
+3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import tomli_w
+
+from rvepfl.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_hash",
+    "config_to_dict",
+    "load_config",
+    "dumps_config",
+]
+
+DatasetName = Literal["mnist", "fmnist", "cifar10"]
+PartitionName = Literal["iid", "shards", "dirichlet"]
+SplitMode = Literal["combined", "standard"]
+Aggregation = Literal["mean", "weighted"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetName = "mnist"
+    """Data set: mnist, fmnist (Fashion-MNIST) or cifar10."""
+    data_dir: str = ""
+    """Directory with the full data set's files (IDX or CIFAR-10 batches); empty = bundled subset."""
+    download: bool = False
+    """Download the full data set into data_dir if it is missing (needs internet)."""
+    split: SplitMode = "combined"
+    """combined: train+test pooled, each client keeps test_fraction as its own test split (published);
+    standard: the train set is partitioned, the test set is shared out to match each client's labels."""
+    test_fraction: float = 0.1
+    """Share of each client's data kept as its fixed test split (split = combined)."""
+    partition: PartitionName = "iid"
+    """iid (equal random shards), shards (label-sorted, shards_per_client each) or dirichlet."""
+    num_clients: int = 10
+    """Number of clients."""
+    subset: int = 0
+    """Use only this many images, a seeded stratified draw from the data set (0: all of them)."""
+    shards_per_client: int = 2
+    """Label-sorted shards per client (partition = shards)."""
+    dirichlet_alpha: float = 0.5
+    """Concentration of the per-class Dirichlet split (partition = dirichlet); smaller = more skewed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rounds: int = 10
+    """Communication rounds."""
+    local_epochs: int = 2
+    """Local epochs per client per round."""
+    batch_size: int = 256
+    """Local mini-batch size."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (Keras's default, as published)."""
+    lr_decay: float = 1e-3
+    """Inverse-time decay: lr / (1 + lr_decay * step), step = the client's local steps so far; 0 = off."""
+    client_fraction: float = 1.0
+    """Share of clients that take part in each round (at least one)."""
+    aggregation: Aggregation = "mean"
+    """mean: plain mean over clients (published); weighted: weighted by local sample count."""
+    checkpoint_every: int = 0
+    """Save every client's private state every N rounds (0: only at the end); global states are saved every round."""
+    eval_batch_size: int = 1024
+    """Batch size for evaluation (no effect on results)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kl_weight: float = 0.0
+    """Weight beta of the KL term of the encoder's loss (0 as published)."""
+    sample_at_eval: bool = True
+    """Sample z at evaluation too (published); false: use z = mu."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "quick"
+    """Name of the configuration; the default run directory is runs/<name>-<time>."""
+    method: str = "rvepfl"
+    """Federated method (see `rvepfl methods`)."""
+    seed: int = 0
+    """Master seed; every source of randomness derives from it."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    device: DeviceName = "auto"
+    """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotated type ``tp``; ints are accepted for floats."""
+    ok: bool
+    if get_origin(tp) is Literal:
+        ok = value in get_args(tp)
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every field has one of the types above
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    if not ok:
+        raise ConfigError(f"Expected `{key}` to be {_describe(tp)}, got {value!r}")
+    return value
+
+
+def _unknown(key: str, allowed: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    return ConfigError(f"Unknown config key `{key}`: {hint}allowed: {', '.join(sorted(allowed))}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise _unknown(full, list(hints))
+        tp = hints[key]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Expected `{full}` to be a table [{full}], got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> Config:
+    """Range checks that types alone cannot express."""
+    from rvepfl.methods import available_methods  # late import: methods import config
+
+    def need(cond: bool, key: str, value: Any, allowed: str) -> None:
+        if not cond:
+            raise ConfigError(f"Expected `{key}` {allowed}, got {value!r}")
+
+    d, t, m = cfg.data, cfg.train, cfg.model
+    methods = available_methods()
+    if cfg.method not in methods:
+        raise ConfigError(f"Unknown method {cfg.method!r}: choose one of {', '.join(methods)}")
+    need(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name", cfg.name,
+         "to be a non-empty name without '/'")
+    need(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
+    need(cfg.threads >= 0, "threads", cfg.threads, ">= 0")
+    need(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
+    need(d.subset >= 0, "data.subset", d.subset, ">= 0 (0: all images)")
+    need(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    need(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, ">= 1")
+    need(d.dirichlet_alpha > 0, "data.dirichlet_alpha", d.dirichlet_alpha, "> 0")
+    need(not d.download or bool(d.data_dir), "data.download", d.download,
+         "to be used with `data.data_dir` (where to put the files)")
+    need(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
+    need(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")
+    need(t.lr > 0, "train.lr", t.lr, "> 0")
+    need(t.adam_eps > 0, "train.adam_eps", t.adam_eps, "> 0")
+    need(t.lr_decay >= 0, "train.lr_decay", t.lr_decay, ">= 0")
+    need(0.0 < t.client_fraction <= 1.0, "train.client_fraction", t.client_fraction, "in (0, 1]")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, ">= 0")
+    need(m.kl_weight >= 0, "model.kl_weight", m.kl_weight, ">= 0")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as parsed from TOML)."""
+    return _check(_build(Config, values, ""))
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a TOML config file (``None``: the built-in defaults)."""
+    if path is None:
+        return config_from_dict({})
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as nested plain dicts (what ``config.toml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``cfg`` with dotted-key overrides (``{"train.rounds": 3}``) applied and validated."""
+    values = config_to_dict(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = values
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise _unknown(dotted, list(_SECTIONS))
+            node = node[part]
+        if leaf not in node:
+            raise _unknown(dotted, list(node))
+        node[leaf] = value
+    return config_from_dict(values)
+
+
+def dumps_config(cfg: Config) -> str:
+    """The config as TOML text, exactly what ran."""
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def config_hash(cfg: Config) -> str:
+    """A short, stable hash of the settings that define a run (name, threads, device and the
+    evaluation batch size excluded: they change speed, not the experiment)."""
+    values = config_to_dict(cfg)
+    values.pop("threads", None)
+    values.pop("device", None)
+    values.pop("name", None)
+    values["train"].pop("eval_batch_size", None)
+    blob = json.dumps(values, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+

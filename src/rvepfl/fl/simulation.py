@@ -1,0 +1,303 @@
+"""The in-process engine: every client of a federation trained in turn in this process.
+
+One round, as published (DESIGN.md section 1): each participating client takes the latest
+global shared state into its personal model (its private state stays), is evaluated on its test
+split before training ("general test"), trains, is evaluated on its train and test splits, and
+uploads; the server aggregates the uploads into the new global state. After every round the CSVs,
+the global checkpoint and the progress marker are written atomically, in that order, so a run
+stopped at any point resumes from its last complete round and gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import rvepfl
+from rvepfl.config import Config, config_hash, dumps_config
+from rvepfl.data import Dataset, Partition, load_dataset, make_partition, subset_dataset, to_tensor
+from rvepfl.errors import CheckpointError, ConfigError
+from rvepfl.fl.store import ClientStore
+from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
+from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, get_method
+from rvepfl.metrics import classification_metrics
+from rvepfl.rundir import MetricsLog, RunDir
+from rvepfl.seeding import numpy_rng, seed_torch
+
+__all__ = ["Federation", "Progress", "evaluate", "prepare", "train"]
+
+_GLOBAL_KIND = "rvepfl-global-state"
+
+
+class Progress(Protocol):
+    """Receives progress events from the engine (the CLI prints them)."""
+
+    def round_start(self, round_: int, rounds: int, clients: list[int]) -> None: ...
+    def client_done(self, round_: int, index: int, count: int, client: int,
+                    metrics: dict[str, dict[str, float]], seconds: float) -> None: ...
+    def round_done(self, round_: int, means: dict[str, dict[str, float]], seconds: float) -> None: ...
+
+
+class _Silent:
+    def round_start(self, *args: Any) -> None: ...
+    def client_done(self, *args: Any) -> None: ...
+    def round_done(self, *args: Any) -> None: ...
+
+
+@dataclass
+class Federation:
+    """Everything a run needs, loaded and validated before anything is written."""
+
+    cfg: Config
+    dataset: Dataset
+    partition: Partition
+    method: Method
+    pool_x: torch.Tensor
+    pool_y: torch.Tensor
+    device: torch.device
+
+    def client_data(self, client: int) -> ClientData:
+        split = self.partition.clients[client]
+        train = torch.from_numpy(split.train).to(self.device)
+        test = torch.from_numpy(split.test).to(self.device)
+        return ClientData(self.pool_x[train], self.pool_y[train], self.pool_x[test], self.pool_y[test])
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``cpu``, ``cuda`` or ``auto``; no silent fallback from ``cuda``."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError('Expected a CUDA device for `device = "cuda"`, but torch sees none: use "cpu" or "auto"')
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare(cfg: Config) -> Federation:
+    """Load the data, partition it and build the method; raises user errors, writes nothing."""
+    d = cfg.data
+    dataset = load_dataset(d.dataset, d.data_dir or None, download=d.download)
+    if d.subset:
+        dataset = subset_dataset(dataset, d.subset, numpy_rng(cfg.seed, "partition", 1))
+    partition = make_partition(
+        dataset.train_y,
+        dataset.test_y,
+        num_clients=d.num_clients,
+        scheme=d.partition,
+        split=d.split,
+        test_fraction=d.test_fraction,
+        rng=numpy_rng(cfg.seed, "partition"),
+        shards_per_client=d.shards_per_client,
+        alpha=d.dirichlet_alpha,
+        num_classes=dataset.num_classes,
+    )
+    device = resolve_device(cfg.device)
+    pool_x = to_tensor(np.concatenate([dataset.train_x, dataset.test_x]), dataset.name).to(device)
+    pool_y = torch.from_numpy(np.concatenate([dataset.train_y, dataset.test_y])).long().to(device)
+    spec = DataSpec(dataset.channels, dataset.image_size, dataset.num_classes)
+    method = get_method(cfg.method)(cfg, spec)
+    return Federation(cfg, dataset, partition, method, pool_x, pool_y, device)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+             batch_size: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy, accuracy and macro precision/recall/F1 of ``model`` on (x, y)."""
+    model.eval()
+    total_loss = 0.0
+    preds = []
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        total_loss += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").item()
+        preds.append(logits.argmax(1))
+    metrics = classification_metrics(torch.cat(preds), y, num_classes)
+    return {"loss": total_loss / max(1, len(y)), **metrics}
+
+
+def _versions() -> dict[str, str]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(rvepfl.__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "rvepfl": rvepfl.__version__,
+        "git_commit": commit or "unknown",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _partition_summary(fed: Federation) -> dict[str, Any]:
+    labels = fed.pool_y.cpu().numpy()
+    counts = fed.partition.label_counts(labels, fed.dataset.num_classes)
+    return {
+        "dataset": fed.dataset.name,
+        "source": fed.dataset.source,
+        "pool": "train images followed by test images",
+        "num_train_images": int(len(fed.dataset.train_y)),
+        "num_test_images": int(len(fed.dataset.test_y)),
+        "num_unused": fed.partition.num_unused,
+        "clients": [
+            {"client": i, "train": len(c.train), "test": len(c.test), "label_counts": counts[i]}
+            for i, c in enumerate(fed.partition.clients)
+        ],
+    }
+
+
+def initialise(fed: Federation, run: RunDir) -> None:
+    """Create a new run directory's config, partition and empty progress marker."""
+    cfg = fed.cfg
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dumps_config(cfg))
+    write_json(run.path / "partition.json", _partition_summary(fed))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **fed.partition.to_arrays())
+    atomic_write_bytes(run.path / "partition.npz", buf.getvalue())
+    run.write_progress(0, config_hash(cfg))
+
+
+def check_partition(fed: Federation, run: RunDir) -> None:
+    """Refuse to resume if the data or partition differ from the run's saved partition."""
+    path = run.path / "partition.npz"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            same = all(np.array_equal(saved[k], v) for k, v in fed.partition.to_arrays().items())
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"Cannot read {path}: {exc}") from None
+    if not same:
+        raise CheckpointError(
+            f"The data or partition differ from those saved in {path}: resume with the same data set and data directory"
+        )
+
+
+def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+    """Run (or continue) the federation in ``run``; return the summary written to summary.json."""
+    progress = progress or _Silent()
+    cfg, method = fed.cfg, fed.method
+    t = cfg.train
+    chash = config_hash(cfg)
+    state = run.read_progress()
+    if state["config_hash"] != chash:
+        raise CheckpointError(f"{run.path} belongs to another configuration (hash {state['config_hash']}, this one {chash})")
+    done = int(state["completed_round"])
+    elapsed_before = float(state.get("elapsed_seconds", 0.0))
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_torch(cfg.seed, "init")
+    model = method.build_model().to(fed.device)
+    initial_private = {k: v.detach().cpu().clone() for k, v in method.private_state(model).items()}
+    initial_shared = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
+    if done == 0:
+        global_state = {k: v.detach().cpu().clone() for k, v in method.shared_state(model).items()}
+        save_tensors(run.global_checkpoint(0), global_state, {"format": _GLOBAL_KIND, "round": "0", "config_hash": chash})
+    else:
+        global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=_GLOBAL_KIND)
+    store = ClientStore(run.state / "clients", config_hash=chash)
+    store.prune(done)
+    log = MetricsLog.read(run.metrics, done)
+    num_clients = cfg.data.num_clients
+    per_round = max(1, round(t.client_fraction * num_clients))
+    num_classes = fed.dataset.num_classes
+    sizes = {"shared": sum(v.numel() for v in global_state.values()),
+             "private_per_client": sum(v.numel() for v in initial_private.values())}
+    summary: dict[str, Any] = {}
+    for r in range(done + 1, t.rounds + 1):
+        round_start = time.perf_counter()
+        if per_round == num_clients:
+            clients = list(range(num_clients))
+        else:
+            clients = sorted(numpy_rng(cfg.seed, "sampling", r).choice(num_clients, per_round, replace=False).tolist())
+        progress.round_start(r, t.rounds, clients)
+        uploads = []
+        results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
+        train_s = eval_s = 0.0
+        for i, client in enumerate(clients):
+            c_start = time.perf_counter()
+            ctx = RoundContext(round=r, client=client, seed=cfg.seed)
+            data = fed.client_data(client)
+            stored = store.get(client, done, initial_private)
+            private, steps = stored if stored is not None else (initial_private, 0)
+            model.load_state_dict({**private, **global_state})
+            seed_torch(cfg.seed, "train", r, client, 0)
+            e0 = time.perf_counter()
+            general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+            e1 = time.perf_counter()
+            steps = method.local_train(model, data, ctx, steps)
+            e2 = time.perf_counter()
+            m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size)
+            m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+            e3 = time.perf_counter()
+            train_s += e2 - e1
+            eval_s += (e1 - e0) + (e3 - e2)
+            uploads.append(method.upload(model, ctx, len(data.train_y)))
+            store.put(client, r, method.private_state(model), steps)
+            results["general"].append((client, general))
+            results["train"].append((client, m_train))
+            results["test"].append((client, m_test))
+            progress.client_done(r, i, len(clients), client,
+                                 {"general": general, "train": m_train, "test": m_test},
+                                 time.perf_counter() - c_start)
+        global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
+        seconds = time.perf_counter() - round_start
+        means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
+        # Commit order: CSVs and checkpoints first, the progress marker last.
+        log.write(run.metrics)
+        save_tensors(run.global_checkpoint(r), global_state, {"format": _GLOBAL_KIND, "round": str(r), "config_hash": chash})
+        if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
+            store.export(r, range(num_clients), run.round_dir(r) / "clients")
+        elapsed_before += seconds
+        run.write_progress(r, chash, elapsed_seconds=elapsed_before)
+        done = r
+        store.prune(done)
+        summary = _summary(fed, log, elapsed_before, sizes, status="complete" if r == t.rounds else "running")
+        write_json(run.summary, summary)
+        progress.round_done(r, means, seconds)
+    if not summary:
+        summary = _summary(fed, log, elapsed_before, sizes, status="complete")
+        write_json(run.summary, summary)
+    return summary
+
+
+def _summary(fed: Federation, log: MetricsLog, elapsed: float, sizes: dict[str, int], *,
+             status: str) -> dict[str, Any]:
+    cfg = fed.cfg
+
+    def last(kind: str) -> dict[str, float]:
+        rows = log.epoch_rows(kind)
+        if not rows:
+            return {}
+        row = rows[-1]
+        return {"round": row[0], "loss": row[1], "acc": row[2], "precision": row[3], "recall": row[4], "f1": row[5]}
+
+    timing = log.rows["round_timing.csv"]
+    return {
+        "status": status,
+        "method": cfg.method,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.seed,
+        "config_hash": config_hash(cfg),
+        "rounds_completed": len(timing),
+        "final": {"test": last("test"), "train": last("train"), "general": last("general")},
+        "accuracy_per_round": [row[2] for row in log.epoch_rows("test")],
+        "parameters": sizes,
+        "seconds": {"total": elapsed, "mean_round": float(np.mean([r[1] for r in timing])) if timing else 0.0},
+        "device": str(fed.device),
+        "threads": torch.get_num_threads(),
+        "method_details": fed.method.summary(),
+        "versions": _versions(),
+    }

@@ -1,0 +1,97 @@
+"""Disk-backed store of each client's private state (RVE-PFL's encoders).
+
+One safetensors file per client per round it trained in: ``clients/NNNN-rRRRR.safetensors``.
+A client's current state is its newest file of a *committed* round, so a crash in the middle of
+a round leaves the last complete round intact; files of an uncommitted round are removed on
+resume. Only one client's state is in memory at a time, so memory stays flat as clients grow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from rvepfl.io import load_tensors, save_tensors
+
+__all__ = ["ClientStore", "STEP_KEY"]
+
+STEP_KEY = "__local_steps__"
+_KIND = "rvepfl-client-state"
+_NAME = re.compile(r"^(\d{4,})-r(\d{4,})\.safetensors$")
+
+
+class ClientStore:
+    """Private client states of a run, versioned by round."""
+
+    def __init__(self, directory: str | Path, *, config_hash: str) -> None:
+        self.dir = Path(directory)
+        self.config_hash = config_hash
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _files(self) -> dict[int, dict[int, Path]]:
+        """client -> round -> file."""
+        out: dict[int, dict[int, Path]] = {}
+        for path in self.dir.iterdir():
+            match = _NAME.match(path.name)
+            if match:
+                out.setdefault(int(match[1]), {})[int(match[2])] = path
+        return out
+
+    def _path(self, client: int, round_: int) -> Path:
+        return self.dir / f"{client:04d}-r{round_:04d}.safetensors"
+
+    def latest(self, client: int, committed: int) -> Path | None:
+        """The client's newest file of a round <= ``committed`` (None: never trained)."""
+        rounds = [r for r in self._files().get(client, {}) if r <= committed]
+        return self._path(client, max(rounds)) if rounds else None
+
+    def get(
+        self, client: int, committed: int, expected: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], int] | None:
+        """(private state, local step count) of ``client`` after round ``committed``, or None."""
+        path = self.latest(client, committed)
+        if path is None:
+            return None
+        ref = dict(expected)
+        ref[STEP_KEY] = torch.zeros((), dtype=torch.int64)
+        tensors = load_tensors(path, expected=ref, kind=_KIND)
+        steps = int(tensors.pop(STEP_KEY).item())
+        return tensors, steps
+
+    def put(self, client: int, round_: int, state: dict[str, torch.Tensor], steps: int) -> None:
+        """Save ``client``'s state after (uncommitted) round ``round_``."""
+        tensors = dict(state)
+        tensors[STEP_KEY] = torch.tensor(steps, dtype=torch.int64)
+        meta = {"format": _KIND, "client": str(client), "round": str(round_),
+                "config_hash": self.config_hash}
+        save_tensors(self._path(client, round_), tensors, meta)
+
+    def prune(self, committed: int) -> None:
+        """Drop files of rounds after ``committed`` and every file older than a client's newest
+        committed one."""
+        for rounds in self._files().values():
+            kept = [r for r in rounds if r <= committed]
+            newest = max(kept) if kept else None
+            for r, path in rounds.items():
+                if r > committed or (newest is not None and r < newest):
+                    path.unlink(missing_ok=True)
+
+    def export(self, committed: int, clients: range, dest: Path) -> None:
+        """Hard-link (or copy) each client's state after round ``committed`` into ``dest``."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for client in clients:
+            src = self.latest(client, committed)
+            if src is None:
+                continue
+            target = dest / f"{client:04d}.safetensors"
+            tmp = dest / f".{client:04d}.safetensors.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, target)

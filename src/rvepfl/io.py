@@ -1,0 +1,159 @@
+"""Atomic file writes and safe checkpoint I/O.
+
+Every result file is written to a temporary file in the same directory, flushed to disk and then
+renamed over its final name, so a reader (or a resumed run) sees either the old file or the new
+one, never a truncated one. Checkpoints are safetensors: loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rvepfl.errors import CheckpointError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_csv_rows",
+    "load_tensors",
+    "save_tensors",
+    "write_csv",
+    "write_json",
+]
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some file systems refuse to open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV atomically; floats are written with full precision (``repr``)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV written by :func:`write_csv`."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise CheckpointError(f"Empty CSV file: {path}")
+    return rows[0], rows[1:]
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Save tensors as safetensors, atomically, with string metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(contiguous, str(tmp), metadata=dict(metadata))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (raises CheckpointError if it is not one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise CheckpointError(f"Checkpoint not found: {path}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Not a valid safetensors checkpoint: {path} ({exc})") from None
+
+
+def load_tensors(
+    path: str | Path,
+    *,
+    expected: Mapping[str, torch.Tensor] | None = None,
+    kind: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; optionally check its ``format`` metadata and keys/shapes.
+
+    Raises :class:`CheckpointError` with a one-line message if the file is missing, is not a
+    safetensors file, is of another kind, or does not fit the model.
+    """
+    meta = read_metadata(path)
+    if kind is not None and meta.get("format") != kind:
+        raise CheckpointError(
+            f"{path} is not an rvepfl {kind} checkpoint (format={meta.get('format')!r})"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Corrupt checkpoint {path}: {exc}") from None
+    if expected is not None:
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise CheckpointError(
+                f"{path} does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        for key, ref in expected.items():
+            if tensors[key].shape != ref.shape or tensors[key].dtype != ref.dtype:
+                raise CheckpointError(
+                    f"{path}: `{key}` has shape {tuple(tensors[key].shape)} {tensors[key].dtype}, "
+                    f"the model expects {tuple(ref.shape)} {ref.dtype}"
+                )
+    return tensors

@@ -1,0 +1,145 @@
+"""The method interface: what a client keeps, trains and uploads, and how the server combines.
+
+A method is one small class. The engine (in-process or Flower) calls only these hooks and never
+knows which method runs; a method never knows which engine runs it.
+
+Hooks, in the order a round calls them:
+
+1. :meth:`Method.build_model` once: the full client model (private and shared parts).
+2. :meth:`Method.is_shared`: which state entries travel to and from the server.
+3. :meth:`Method.local_train` per client: local optimisation (Adam by default).
+4. :meth:`Method.upload` per client: what the client sends (the shared entries by default).
+5. :meth:`Method.aggregate` on the server: the new global shared state (a mean by default).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rvepfl.config import Config
+from rvepfl.fl.aggregate import mean_state
+from rvepfl.seeding import torch_generator
+
+__all__ = ["ClientData", "DataSpec", "Method", "RoundContext", "Upload"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method needs to know of the data to build its model."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's normalised images (N, C, H, W) and labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Where a hook is called: round (1-based), client id (None on the server), master seed."""
+
+    round: int
+    client: int | None
+    seed: int
+
+
+@dataclass
+class Upload:
+    """What one client sends to the server after a round."""
+
+    client: int
+    num_samples: int
+    state: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base class of federated methods; subclasses override only what differs."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+        self.cfg = cfg
+        self.spec = spec
+
+    # -- model ---------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The full client model; called once under the run's init seed."""
+
+    def is_shared(self, key: str) -> bool:
+        """Whether state entry ``key`` is sent to the server (default: every entry)."""
+        return True
+
+    def shared_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in model.state_dict().items() if self.is_shared(k)}
+
+    def private_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in model.state_dict().items() if not self.is_shared(k)}
+
+    # -- client --------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training objective on one batch (default: cross-entropy)."""
+        return F.cross_entropy(model(x), y)
+
+    def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
+        """Train ``model`` in place on the client's train split; return the client's new step count.
+
+        A fresh Adam optimiser per client per round (the published code shared one across all
+        clients and rounds); the learning rate decays with the client's own step count:
+        ``lr / (1 + lr_decay * step)``. Batches are reshuffled every epoch from the
+        ``train`` random stream of this round and client.
+        """
+        t = self.cfg.train
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=True)
+        assert ctx.client is not None
+        generator = torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1)
+        n = len(data.train_y)
+        for _ in range(t.local_epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, t.batch_size):
+                batch = order[start : start + t.batch_size]
+                for group in optimizer.param_groups:
+                    group["lr"] = t.lr / (1.0 + t.lr_decay * step)
+                optimizer.zero_grad(set_to_none=True)
+                self.loss(model, data.train_x[batch], data.train_y[batch]).backward()
+                optimizer.step()
+                step += 1
+        return step
+
+    def upload(self, model: nn.Module, ctx: RoundContext, num_samples: int) -> Upload:
+        """What the client sends (default: a copy of its shared entries)."""
+        assert ctx.client is not None
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.shared_state(model).items()}
+        return Upload(client=ctx.client, num_samples=num_samples, state=state)
+
+    # -- server --------------------------------------------------------------------------------
+    def aggregate(
+        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+    ) -> dict[str, torch.Tensor]:
+        """The new global shared state: the plain mean (published) or sample-weighted mean."""
+        weights = None
+        if self.cfg.train.aggregation == "weighted":
+            weights = [float(u.num_samples) for u in uploads]
+        return mean_state([u.state for u in uploads], weights)
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific facts for summary.json (noise levels, budgets...)."""
+        return {}

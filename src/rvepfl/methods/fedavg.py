@@ -1,0 +1,16 @@
+"""FedAvg: the shared classifier alone, on raw images, fully averaged by the server."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from rvepfl.methods.base import Method
+from rvepfl.models import Classifier
+
+
+class FedAvg(Method):
+    name = "fedavg"
+    description = "FedAvg: the classifier alone on raw images, averaged (McMahan et al., 2017)"
+
+    def build_model(self) -> nn.Module:
+        return Classifier(self.spec.channels, self.spec.image_size, self.spec.num_classes)

@@ -1,0 +1,143 @@
+"""The run directory: layout, the six published CSVs, progress and checkpoints.
+
+::
+
+    <run>/
+      config.toml            resolved configuration, exactly what ran
+      summary.json           final metrics, timings, versions, seed
+      partition.json         per-client sizes and label counts
+      partition.npz          per-client indices into the pool (train images, then test images)
+      metrics/               the six published CSVs + round_timing.csv
+      checkpoints/round_NNNN/global.safetensors, clients/NNNN.safetensors
+      state/                 progress.json and the client store (for resuming)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvepfl.errors import CheckpointError
+from rvepfl.io import read_csv_rows, write_csv, write_json
+
+__all__ = ["CSV_HEADERS", "MetricsLog", "RunDir"]
+
+_CLIENT_TRAIN = ["client#", "Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
+_CLIENT_TEST = ["client#", "Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
+_EPOCH_TRAIN = ["Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
+_EPOCH_TEST = ["Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
+
+#: The six CSVs of the published code, with their exact columns, plus our per-round timing.
+CSV_HEADERS: dict[str, list[str]] = {
+    "client_training.csv": _CLIENT_TRAIN,
+    "client_testing.csv": _CLIENT_TEST,
+    "general_test_clients.csv": _CLIENT_TEST,
+    "epoch_training.csv": _EPOCH_TRAIN,
+    "epoch_testing.csv": _EPOCH_TEST,
+    "general_test_epochs.csv": _EPOCH_TEST,
+    "round_timing.csv": ["Round#", "Seconds", "Train Seconds", "Eval Seconds", "Clients"],
+}
+#: (client CSV, epoch CSV) for each evaluation.
+EVALUATIONS = {
+    "train": ("client_training.csv", "epoch_training.csv"),
+    "test": ("client_testing.csv", "epoch_testing.csv"),
+    "general": ("general_test_clients.csv", "general_test_epochs.csv"),
+}
+METRIC_KEYS = ("loss", "acc", "precision", "recall", "f1")
+
+
+@dataclass
+class MetricsLog:
+    """Rows of every CSV, kept in memory and rewritten atomically after each round."""
+
+    rows: dict[str, list[list[Any]]] = field(default_factory=lambda: {n: [] for n in CSV_HEADERS})
+
+    def add_round(
+        self,
+        round_: int,
+        per_client: dict[str, list[tuple[int, dict[str, float]]]],
+        timing: tuple[float, float, float, int],
+    ) -> dict[str, dict[str, float]]:
+        """Add one round's rows; return the per-evaluation means over clients."""
+        means: dict[str, dict[str, float]] = {}
+        for kind, (client_csv, epoch_csv) in EVALUATIONS.items():
+            entries = per_client[kind]
+            for client, m in entries:
+                self.rows[client_csv].append([client, round_, *(m[k] for k in METRIC_KEYS)])
+            mean = {k: float(np.mean([m[k] for _, m in entries])) for k in METRIC_KEYS}
+            self.rows[epoch_csv].append([round_, *(mean[k] for k in METRIC_KEYS)])
+            means[kind] = mean
+        self.rows["round_timing.csv"].append([round_, *timing])
+        return means
+
+    def write(self, directory: Path) -> None:
+        for name, header in CSV_HEADERS.items():
+            write_csv(directory / name, header, self.rows[name])
+
+    @classmethod
+    def read(cls, directory: Path, upto: int) -> MetricsLog:
+        """Rows of rounds <= ``upto`` from a run's metrics directory."""
+        log = cls()
+        for name, header in CSV_HEADERS.items():
+            path = directory / name
+            if not path.exists():
+                if upto > 0:
+                    raise CheckpointError(f"Missing {path}: the run directory is incomplete")
+                continue
+            found, rows = read_csv_rows(path)
+            if found != header:
+                raise CheckpointError(f"{path} has columns {found}, expected {header}")
+            r_col = header.index("Round#")
+            for row in rows:
+                if int(row[r_col]) <= upto:
+                    log.rows[name].append([_parse(v) for v in row])
+        return log
+
+    def epoch_rows(self, kind: str) -> list[list[Any]]:
+        return self.rows[EVALUATIONS[kind][1]]
+
+
+def _parse(value: str) -> int | float:
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
+
+
+class RunDir:
+    """Paths and progress of one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.toml")
+    summary = property(lambda self: self.path / "summary.json")
+    metrics = property(lambda self: self.path / "metrics")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    state = property(lambda self: self.path / "state")
+    progress = property(lambda self: self.path / "state" / "progress.json")
+
+    def round_dir(self, round_: int) -> Path:
+        return self.checkpoints / f"round_{round_:04d}"
+
+    def global_checkpoint(self, round_: int) -> Path:
+        return self.round_dir(round_) / "global.safetensors"
+
+    def read_progress(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.progress.read_text(encoding="utf-8"))
+            int(value["completed_round"]), str(value["config_hash"])
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{self.path} is not an rvepfl run directory (no state/progress.json)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"Corrupt {self.progress}: {exc}") from None
+        return value
+
+    def write_progress(self, completed_round: int, config_hash: str, **extra: Any) -> None:
+        write_json(self.progress, {"completed_round": completed_round, "config_hash": config_hash, **extra})

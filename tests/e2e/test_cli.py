@@ -1,0 +1,166 @@
+"""End-to-end runs of the `rvepfl` command on tiny configurations."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rvepfl.rundir import CSV_HEADERS
+from tests.helpers.idx_format import write_mnist_dir
+
+PUBLISHED = [n for n in CSV_HEADERS if n != "round_timing.csv"]
+TINY = ["--subset", "500", "--clients", "2", "--rounds", "3", "--local-epochs", "2",
+        "--batch-size", "32", "--threads", "1", "--quiet"]
+
+
+def rvepfl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rvepfl", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def read(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    result = rvepfl("train", *TINY, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_run_directory_has_the_six_csvs_with_their_columns(reference_run):
+    for name, header in CSV_HEADERS.items():
+        rows = read(reference_run / "metrics" / name)
+        assert rows[0] == header
+        per_round = 2 if name.startswith(("client", "general_test_clients")) else 1
+        assert len(rows) - 1 == 3 * per_round, name
+    for r in range(4):
+        assert (reference_run / f"checkpoints/round_{r:04d}/global.safetensors").is_file()
+    assert sorted(p.name for p in (reference_run / "checkpoints/round_0003/clients").iterdir()) == [
+        "0000.safetensors", "0001.safetensors"]
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["seed"] == 0
+    assert summary["parameters"]["private_per_client"] == 19_698_080
+    partition = json.loads((reference_run / "partition.json").read_text())
+    assert [c["train"] + c["test"] for c in partition["clients"]] == [250, 250]
+    assert "[train]" in (reference_run / "config.toml").read_text()
+
+
+def test_rvepfl_accuracy_rises_above_chance(reference_run):
+    rows = read(reference_run / "metrics" / "epoch_testing.csv")
+    final_acc = float(rows[-1][2])
+    assert final_acc > 0.3, f"mean client test accuracy {final_acc} is near chance (0.1)"
+
+
+def test_same_config_and_seed_give_identical_csvs(reference_run, tmp_path):
+    result = rvepfl("train", *TINY, "--out", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr
+    for name in PUBLISHED:
+        assert read(tmp_path / "again" / "metrics" / name) == read(reference_run / "metrics" / name), name
+
+
+def test_kill_mid_round_then_resume_gives_the_same_csvs(reference_run, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "rvepfl", "train", *[a for a in TINY if a != "--quiet"], "--out", str(out)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "round 2/3 client 1/2" in line:  # the first client of round 2 has finished
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    progress = json.loads((out / "state" / "progress.json").read_text())
+    assert progress["completed_round"] == 1
+    result = rvepfl("train", "--resume", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in PUBLISHED:
+        assert read(out / "metrics" / name) == read(reference_run / "metrics" / name), name
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_of_a_finished_run_changes_nothing(reference_run):
+    before = read(reference_run / "metrics" / "epoch_testing.csv")
+    result = rvepfl("train", "--resume", str(reference_run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert read(reference_run / "metrics" / "epoch_testing.csv") == before
+
+
+def test_fedavg_runs_on_the_same_clients(tmp_path):
+    out = tmp_path / "fedavg"
+    result = rvepfl("train", *TINY, "--method", "fedavg", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert float(read(out / "metrics" / "epoch_testing.csv")[-1][2]) > 0.5
+
+
+def _corrupt_idx_dir(tmp_path: Path) -> Path:
+    d = write_mnist_dir(tmp_path / "corrupt")
+    path = d / "train-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[2] = 0x42  # unknown IDX data type code
+    path.write_bytes(bytes(data))
+    return d
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (["--dataset", "svhn"], "Expected `data.dataset` to be one of"),
+        (["--data-dir", "/nonexistent/mnist"], "Data directory not found: /nonexistent/mnist"),
+        ("corrupt-idx", "train-images-idx3-ubyte"),
+        (["--clients", "-3"], "Expected `data.num_clients` >= 1, got -3"),
+        ("unknown-key", "Unknown config key `train.lcoal_epochs`: did you mean `local_epochs`?"),
+        (["--clients", "6000"], "Expected `data.num_clients` <="),
+        (["--rounds", "abc"], "Invalid value for '--rounds'"),
+        (["--method", "nope"], "Unknown method 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, case, message):
+    if case == "corrupt-idx":
+        args = ["--data-dir", str(_corrupt_idx_dir(tmp_path))]
+    elif case == "unknown-key":
+        cfg = tmp_path / "bad.toml"
+        cfg.write_text("[train]\nlcoal_epochs = 3\n")
+        args = ["--config", str(cfg)]
+    else:
+        args = list(case)
+    out = tmp_path / "run"
+    result = rvepfl("train", *args, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_existing_run_directory_is_not_overwritten(reference_run):
+    result = rvepfl("train", *TINY, "--out", str(reference_run))
+    assert result.returncode == 2
+    assert "already exists: continue it with --resume" in result.stderr
+
+
+def test_resume_refuses_an_edited_config(reference_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_run, copy)
+    text = (copy / "config.toml").read_text().replace("seed = 0", "seed = 5")
+    (copy / "config.toml").write_text(text)
+    result = rvepfl("train", "--resume", str(copy))
+    assert result.returncode == 2
+    assert "was edited after the run started" in result.stderr

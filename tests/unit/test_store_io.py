@@ -1,0 +1,82 @@
+import os
+
+import pytest
+import torch
+
+from rvepfl.errors import CheckpointError
+from rvepfl.fl.store import ClientStore
+from rvepfl.io import atomic_write_text, load_tensors, save_tensors, write_csv, read_csv_rows
+
+REF = {"enc.w": torch.zeros(2, 3)}
+
+
+def test_store_returns_the_newest_committed_state(tmp_path):
+    store = ClientStore(tmp_path, config_hash="h")
+    assert store.get(0, 5, REF) is None
+    store.put(0, 1, {"enc.w": torch.ones(2, 3)}, steps=4)
+    store.put(0, 2, {"enc.w": 2 * torch.ones(2, 3)}, steps=8)
+    state, steps = store.get(0, 1, REF)  # round 2 not committed yet
+    assert steps == 4 and state["enc.w"].eq(1).all()
+    state, steps = store.get(0, 2, REF)
+    assert steps == 8 and state["enc.w"].eq(2).all()
+
+
+def test_prune_drops_uncommitted_and_superseded_files(tmp_path):
+    store = ClientStore(tmp_path, config_hash="h")
+    for r in (1, 2, 3):
+        store.put(0, r, {"enc.w": torch.full((2, 3), float(r))}, steps=r)
+    store.put(1, 1, {"enc.w": torch.zeros(2, 3)}, steps=1)
+    store.prune(2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["0000-r0002.safetensors", "0001-r0001.safetensors"]
+
+
+def test_export_links_states_into_a_checkpoint(tmp_path):
+    store = ClientStore(tmp_path / "s", config_hash="h")
+    store.put(3, 1, {"enc.w": torch.ones(2, 3)}, steps=1)
+    store.export(1, range(5), tmp_path / "ckpt")
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["0003.safetensors"]
+    store.prune(1)
+    loaded = load_tensors(tmp_path / "ckpt" / "0003.safetensors")
+    assert loaded["enc.w"].eq(1).all()
+
+
+def test_state_of_another_shape_is_refused(tmp_path):
+    store = ClientStore(tmp_path, config_hash="h")
+    store.put(0, 1, {"enc.w": torch.ones(4)}, steps=1)
+    with pytest.raises(CheckpointError, match="shape"):
+        store.get(0, 1, REF)
+
+
+def test_corrupt_and_foreign_files_are_checkpoint_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04 this is a pickle, not a safetensors file")
+    with pytest.raises(CheckpointError, match="Not a valid safetensors"):
+        load_tensors(bad)
+    other = tmp_path / "other.safetensors"
+    save_tensors(other, REF, {"format": "something-else"})
+    with pytest.raises(CheckpointError, match="not an rvepfl rvepfl-client-state checkpoint"):
+        load_tensors(other, kind="rvepfl-client-state")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_csv_round_trip_keeps_full_precision(tmp_path):
+    value = 0.1 + 0.2
+    write_csv(tmp_path / "x.csv", ["a", "b"], [[1, value]])
+    header, rows = read_csv_rows(tmp_path / "x.csv")
+    assert header == ["a", "b"] and float(rows[0][1]) == value
