@@ -83,6 +83,24 @@ def _print_table(run_dir: Path) -> None:
     console.print(table)
 
 
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; the value is read as TOML (``3``, ``2e-3``, ``true``, ``"iid"``) or,
+    failing that, as a bare string."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Expected --set KEY=VALUE (e.g. --set train.lr=2e-3), got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
+
+
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -105,6 +123,8 @@ def train(
     client_fraction: Annotated[Optional[float], typer.Option(help="Share of clients per round.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.lr=2e-3 (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last complete round.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
@@ -115,7 +135,8 @@ def train(
     from rvepfl.rundir import RunDir
 
     overrides: dict[str, Any] = {
-        "method": method, "seed": seed, "threads": threads,
+        **_parse_sets(set_ or []),
+        "method": method, "seed": seed, "threads": threads, "device": device,
         "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
         "data.num_clients": clients, "data.subset": subset, "data.partition": partition, "data.split": split,
         "train.rounds": rounds, "train.local_epochs": local_epochs, "train.batch_size": batch_size,

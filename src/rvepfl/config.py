@@ -104,6 +104,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class NbaflConfig:
+    epsilon: float = 60.0
+    """Privacy budget epsilon of NbAFL (Wei et al., TIFS 2020)."""
+    delta: float = 0.01
+    """Privacy parameter delta of NbAFL."""
+    clip_norm: float = 20.0
+    """Clipping threshold C of each client's parameters (L2 norm)."""
+    exposures: int = 0
+    """L: exposures of each client's data counted by the accountant (0: one per round it takes part in)."""
+
+
+@dataclass(frozen=True)
+class DpFedAvgConfig:
+    noise_multiplier: float = 1.0
+    """Server noise std / clip_norm (central DP, Gaussian mechanism on the summed clipped updates)."""
+    clip_norm: float = 1.0
+    """L2 bound of each client's model update."""
+    delta: float = 1e-5
+    """delta for the reported epsilon."""
+
+
+@dataclass(frozen=True)
+class DpSgdConfig:
+    noise_multiplier: float = 1.0
+    """Noise std / max_grad_norm of per-sample-gradient DP-SGD (Opacus)."""
+    max_grad_norm: float = 1.0
+    """Per-sample gradient clipping bound."""
+    delta: float = 1e-5
+    """delta for the reported epsilon."""
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    head_epochs: int = 1
+    """FedRep: local epochs of the private head before the shared body's epochs."""
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "quick"
     """Name of the configuration; the default run directory is runs/<name>-<time>."""
@@ -118,9 +156,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    nbafl: NbaflConfig = field(default_factory=NbaflConfig)
+    dp_fedavg: DpFedAvgConfig = field(default_factory=DpFedAvgConfig)
+    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig}
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig, "nbafl": NbaflConfig,
+             "dp_fedavg": DpFedAvgConfig, "dp_sgd": DpSgdConfig, "personal": PersonalConfig}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -213,6 +256,18 @@ def _check(cfg: Config) -> Config:
     need(0.0 < t.client_fraction <= 1.0, "train.client_fraction", t.client_fraction, "in (0, 1]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, ">= 0")
     need(m.kl_weight >= 0, "model.kl_weight", m.kl_weight, ">= 0")
+    nb, dpf, dps = cfg.nbafl, cfg.dp_fedavg, cfg.dp_sgd
+    need(nb.epsilon > 0, "nbafl.epsilon", nb.epsilon, "> 0")
+    need(0 < nb.delta < 1, "nbafl.delta", nb.delta, "in (0, 1)")
+    need(nb.clip_norm > 0, "nbafl.clip_norm", nb.clip_norm, "> 0")
+    need(nb.exposures >= 0, "nbafl.exposures", nb.exposures, ">= 0")
+    need(dpf.noise_multiplier >= 0, "dp_fedavg.noise_multiplier", dpf.noise_multiplier, ">= 0")
+    need(dpf.clip_norm > 0, "dp_fedavg.clip_norm", dpf.clip_norm, "> 0")
+    need(0 < dpf.delta < 1, "dp_fedavg.delta", dpf.delta, "in (0, 1)")
+    need(dps.noise_multiplier >= 0, "dp_sgd.noise_multiplier", dps.noise_multiplier, ">= 0")
+    need(dps.max_grad_norm > 0, "dp_sgd.max_grad_norm", dps.max_grad_norm, "> 0")
+    need(0 < dps.delta < 1, "dp_sgd.delta", dps.delta, "in (0, 1)")
+    need(cfg.personal.head_epochs >= 0, "personal.head_epochs", cfg.personal.head_epochs, ">= 0")
     return cfg
 
 

@@ -103,7 +103,8 @@ def prepare(cfg: Config) -> Federation:
     device = resolve_device(cfg.device)
     pool_x = to_tensor(np.concatenate([dataset.train_x, dataset.test_x]), dataset.name).to(device)
     pool_y = torch.from_numpy(np.concatenate([dataset.train_y, dataset.test_y])).long().to(device)
-    spec = DataSpec(dataset.channels, dataset.image_size, dataset.num_classes)
+    spec = DataSpec(dataset.channels, dataset.image_size, dataset.num_classes,
+                    tuple(len(c.train) for c in partition.clients))
     method = get_method(cfg.method)(cfg, spec)
     return Federation(cfg, dataset, partition, method, pool_x, pool_y, device)
 
@@ -244,7 +245,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             e3 = time.perf_counter()
             train_s += e2 - e1
             eval_s += (e1 - e0) + (e3 - e2)
-            uploads.append(method.upload(model, ctx, len(data.train_y)))
+            uploads.append(method.upload(model, ctx, len(data.train_y), global_state))
             store.put(client, r, method.private_state(model), steps)
             results["general"].append((client, general))
             results["train"].append((client, m_train))

@@ -37,6 +37,8 @@ class DataSpec:
     channels: int
     image_size: int
     num_classes: int
+    client_train_sizes: tuple[int, ...] = ()
+    """Each client's number of training samples (index = client id)."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,14 @@ class Method(ABC):
                 step += 1
         return step
 
-    def upload(self, model: nn.Module, ctx: RoundContext, num_samples: int) -> Upload:
-        """What the client sends (default: a copy of its shared entries)."""
+    def upload(
+        self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
+    ) -> Upload:
+        """What the client sends (default: a copy of its shared entries).
+
+        ``received`` is the global shared state the client started the round from (on the CPU),
+        for methods that upload an update rather than the weights.
+        """
         assert ctx.client is not None
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.shared_state(model).items()}
         return Upload(client=ctx.client, num_samples=num_samples, state=state)

@@ -1,0 +1,77 @@
+"""Write the README's results block from run directories (generated, never pasted).
+
+Usage::
+
+    python scripts/readme_results.py RUN_DIR [RUN_DIR ...] [--readme README.md]
+
+Each run directory contributes one row: method, data set, clients, rounds, local epochs, batch,
+mean client test accuracy per round, and wall time, read from its config.toml, summary.json and
+metrics/epoch_testing.csv. The block between ``<!-- results:quick -->`` and
+``<!-- /results:quick -->`` is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from rvepfl.io import atomic_write_text
+
+BEGIN, END = "<!-- results:quick -->", "<!-- /results:quick -->"
+
+
+def row(run: Path) -> tuple[str, dict]:
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "metrics" / "epoch_testing.csv", newline="") as fh:
+        accs = [float(r["ACC"]) for r in csv.DictReader(fh)]
+    t, d = cfg["train"], cfg["data"]
+    per_round = ", ".join(f"{100 * a:.1f}" for a in accs)
+    text = (
+        f"| {cfg['method']} | {d['dataset']} (bundled) | {d['num_clients']} | {t['rounds']} | "
+        f"{t['local_epochs']} | {t['batch_size']} | **{100 * accs[-1]:.1f}** | {per_round} | "
+        f"{summary['seconds']['total']:.0f} |"
+    )
+    return text, summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    args = parser.parse_args()
+    rows, summaries = zip(*(row(r) for r in args.runs))
+    v = summaries[0]["versions"]
+    block = "\n".join(
+        [
+            BEGIN,
+            "| method | data | clients | rounds | local epochs | batch | final mean client test acc (%) "
+            "| per round (%) | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Made by `rvepfl train` (and `rvepfl train --method fedavg`) with the quick configuration, "
+            f"seed {summaries[0]['seed']}, on {summaries[0]['device']} with {summaries[0]['threads']} "
+            f"threads ({v['platform']}, torch {v['torch']}), then "
+            f"`python scripts/readme_results.py {' '.join(str(r) for r in args.runs)}`. "
+            "Accuracy is the mean over clients of each client's accuracy on its own fixed test split "
+            "(100 images) after local training.",
+            END,
+        ]
+    )
+    text = args.readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"error: {args.readme} has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 2
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write_text(args.readme, head + block + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
