@@ -16,7 +16,10 @@ import argparse
 import csv
 import json
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from pathlib import Path
 
 from rvepfl.io import atomic_write_text

@@ -14,6 +14,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 from rvepfl.config import Config, apply_overrides, config_hash, load_config
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 
@@ -86,8 +91,6 @@ def _print_table(run_dir: Path) -> None:
 def _parse_sets(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; the value is read as TOML (``3``, ``2e-3``, ``true``, ``"iid"``) or,
     failing that, as a bare string."""
-    import tomllib
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -197,6 +200,39 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     """Print the per-round table of a (finished or interrupted) run."""
     _print_table(run_dir)
     typer.echo(f"run directory: {run_dir}")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Option(help="Compare file (TOML): methods, datasets, seeds and a base run config.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<name>, or runs/<name>-smoke with --smoke).")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run (200 images, 2 clients, 2 rounds, 1 epoch, batch 32) to check the file end to end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run, no per-round progress.")] = False,
+) -> None:
+    """Train every method x dataset x seed on identical partitions; write table.csv, table.md and plots.
+
+    Finished runs are skipped and interrupted ones resume: run the same command again to continue.
+    """
+    from rvepfl.experiments.compare import load_compare, run_compare
+
+    class _RunPrinter(_Printer):
+        def __init__(self, prefix: str) -> None:
+            super().__init__(quiet)
+            self.prefix = prefix
+
+        def _echo(self, text: str) -> None:
+            super()._echo(f"{self.prefix}: {text.strip()}")
+
+    spec = load_compare(config, smoke=smoke)
+    typer.echo(f"{spec.name}: {len(spec.methods)} methods x {len(spec.datasets)} datasets x "
+               f"{len(spec.seeds)} seeds = {len(spec.runs)} runs", err=True)
+    try:
+        report = run_compare(spec, out, progress=_RunPrinter, log=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    typer.echo(report.markdown)
+    typer.echo(f"results: {report.out} (table.csv, table.md, {', '.join(p.name for p in report.plots)})")
 
 
 def main(argv: list[str] | None = None) -> int:

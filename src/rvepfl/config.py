@@ -6,7 +6,7 @@ message naming the key, the value received and what is allowed.
 
 >>> cfg = Config()
 >>> cfg.data.dataset, cfg.train.batch_size
-('mnist', 256)
+('mnist', 64)
 >>> apply_overrides(cfg, {"train.rounds": 3}).train.rounds
 3
 """
@@ -17,7 +17,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ PartitionName = Literal["iid", "shards", "dirichlet"]
 SplitMode = Literal["combined", "standard"]
 Aggregation = Literal["mean", "weighted"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+DecayClock = Literal["federation", "client"]
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = 10
+    rounds: int = 6
     """Communication rounds."""
     local_epochs: int = 2
     """Local epochs per client per round."""
-    batch_size: int = 256
+    batch_size: int = 64
     """Local mini-batch size."""
     lr: float = 1e-3
     """Adam learning rate."""
     adam_eps: float = 1e-7
     """Adam epsilon (Keras's default, as published)."""
     lr_decay: float = 1e-3
-    """Inverse-time decay: lr / (1 + lr_decay * step), step = the client's local steps so far; 0 = off."""
+    """Inverse-time decay: lr / (1 + lr_decay * step); 0 = off. What `step` counts: see lr_decay_clock."""
+    lr_decay_clock: DecayClock = "federation"
+    """federation: every local step of every client so far, in round and client order (the published
+    schedule, whose one optimiser served all clients); client: this client's own steps only."""
     client_fraction: float = 1.0
     """Share of clients that take part in each round (at least one)."""
     aggregation: Aggregation = "mean"
@@ -106,13 +113,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class NbaflConfig:
     epsilon: float = 60.0
-    """Privacy budget epsilon of NbAFL (Wei et al., TIFS 2020)."""
+    """Privacy budget epsilon of NbAFL (Wei et al., TIFS 2020; 60 as in the paper's experiments)."""
     delta: float = 0.01
-    """Privacy parameter delta of NbAFL."""
+    """Privacy parameter delta of NbAFL (0.01 as in the paper's experiments)."""
     clip_norm: float = 20.0
-    """Clipping threshold C of each client's parameters (L2 norm)."""
+    """Clipping threshold C of each client's parameters (the whole shared state as one vector, L2 norm)."""
     exposures: int = 0
-    """L: exposures of each client's data counted by the accountant (0: one per round it takes part in)."""
+    """L: uploads of each client's parameters the noise is calibrated for (0: L = train.rounds, one per round)."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,9 @@ class DpFedAvgConfig:
     noise_multiplier: float = 1.0
     """Server noise std / clip_norm (central DP, Gaussian mechanism on the summed clipped updates)."""
     clip_norm: float = 1.0
-    """L2 bound of each client's model update."""
+    """L2 bound of each client's model update (all tensors as one vector)."""
     delta: float = 1e-5
-    """delta for the reported epsilon."""
+    """delta for the reported epsilon (Opacus RDP accountant, one step per round)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,7 @@ class DpSgdConfig:
     max_grad_norm: float = 1.0
     """Per-sample gradient clipping bound."""
     delta: float = 1e-5
-    """delta for the reported epsilon."""
+    """delta for each client's reported epsilon (Opacus RDP accountant over all its steps)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,11 @@ class Config:
     dp_fedavg: DpFedAvgConfig = field(default_factory=DpFedAvgConfig)
     dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
+
+    @property
+    def clients_per_round(self) -> int:
+        """K: the clients that take part in each round (at least one)."""
+        return max(1, round(self.train.client_fraction * self.data.num_clients))
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig, "nbafl": NbaflConfig,

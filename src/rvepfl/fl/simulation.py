@@ -29,7 +29,7 @@ from rvepfl.data import Dataset, Partition, load_dataset, make_partition, subset
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.store import ClientStore
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
-from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, get_method
+from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, Upload, get_method
 from rvepfl.metrics import classification_metrics
 from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
@@ -185,6 +185,40 @@ def check_partition(fed: Federation, run: RunDir) -> None:
         )
 
 
+@dataclass
+class _ClientOutcome:
+    upload: Upload
+    metrics: dict[str, dict[str, float]]
+    steps: int
+    train_seconds: float
+    eval_seconds: float
+
+
+def _client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: int,
+                  received: dict[str, torch.Tensor]) -> _ClientOutcome:
+    """One client's round on ``model`` (already holding its private state and the global state):
+    general test, local training, evaluation on its train and test splits, upload."""
+    assert ctx.client is not None
+    t, method, num_classes = fed.cfg.train, fed.method, fed.dataset.num_classes
+    data = fed.client_data(ctx.client)
+    seed_torch(ctx.seed, "train", ctx.round, ctx.client, 0)  # dropout and z-sampling
+    e0 = time.perf_counter()
+    general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+    e1 = time.perf_counter()
+    steps = method.local_train(model, data, ctx, clock) - clock
+    e2 = time.perf_counter()
+    m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size)
+    m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+    e3 = time.perf_counter()
+    return _ClientOutcome(
+        upload=method.upload(model, ctx, len(data.train_y), received),
+        metrics={"general": general, "train": m_train, "test": m_test},
+        steps=steps,
+        train_seconds=e2 - e1,
+        eval_seconds=(e1 - e0) + (e3 - e2),
+    )
+
+
 def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
     """Run (or continue) the federation in ``run``; return the summary written to summary.json."""
     progress = progress or _Silent()
@@ -196,6 +230,8 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
         raise CheckpointError(f"{run.path} belongs to another configuration (hash {state['config_hash']}, this one {chash})")
     done = int(state["completed_round"])
     elapsed_before = float(state.get("elapsed_seconds", 0.0))
+    federation_steps = int(state.get("federation_steps", 0))
+    per_federation = t.lr_decay_clock == "federation"
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -204,7 +240,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     initial_private = {k: v.detach().cpu().clone() for k, v in method.private_state(model).items()}
     initial_shared = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
     if done == 0:
-        global_state = {k: v.detach().cpu().clone() for k, v in method.shared_state(model).items()}
+        global_state = {k: v.clone() for k, v in initial_shared.items()}
         save_tensors(run.global_checkpoint(0), global_state, {"format": _GLOBAL_KIND, "round": "0", "config_hash": chash})
     else:
         global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=_GLOBAL_KIND)
@@ -212,8 +248,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     store.prune(done)
     log = MetricsLog.read(run.metrics, done)
     num_clients = cfg.data.num_clients
-    per_round = max(1, round(t.client_fraction * num_clients))
-    num_classes = fed.dataset.num_classes
+    per_round = cfg.clients_per_round
     sizes = {"shared": sum(v.numel() for v in global_state.values()),
              "private_per_client": sum(v.numel() for v in initial_private.values())}
     summary: dict[str, Any] = {}
@@ -229,30 +264,21 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
         train_s = eval_s = 0.0
         for i, client in enumerate(clients):
             c_start = time.perf_counter()
-            ctx = RoundContext(round=r, client=client, seed=cfg.seed)
-            data = fed.client_data(client)
             stored = store.get(client, done, initial_private)
             private, steps = stored if stored is not None else (initial_private, 0)
             model.load_state_dict({**private, **global_state})
-            seed_torch(cfg.seed, "train", r, client, 0)
-            e0 = time.perf_counter()
-            general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
-            e1 = time.perf_counter()
-            steps = method.local_train(model, data, ctx, steps)
-            e2 = time.perf_counter()
-            m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size)
-            m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
-            e3 = time.perf_counter()
-            train_s += e2 - e1
-            eval_s += (e1 - e0) + (e3 - e2)
-            uploads.append(method.upload(model, ctx, len(data.train_y), global_state))
+            clock = federation_steps if per_federation else steps
+            outcome = _client_round(fed, model, RoundContext(round=r, client=client, seed=cfg.seed),
+                                    clock, global_state)
+            steps += outcome.steps
+            federation_steps += outcome.steps
+            train_s += outcome.train_seconds
+            eval_s += outcome.eval_seconds
+            uploads.append(outcome.upload)
             store.put(client, r, method.private_state(model), steps)
-            results["general"].append((client, general))
-            results["train"].append((client, m_train))
-            results["test"].append((client, m_test))
-            progress.client_done(r, i, len(clients), client,
-                                 {"general": general, "train": m_train, "test": m_test},
-                                 time.perf_counter() - c_start)
+            for kind, metrics in outcome.metrics.items():
+                results[kind].append((client, metrics))
+            progress.client_done(r, i, len(clients), client, outcome.metrics, time.perf_counter() - c_start)
         global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
         seconds = time.perf_counter() - round_start
         means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
@@ -262,7 +288,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
         if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
             store.export(r, range(num_clients), run.round_dir(r) / "clients")
         elapsed_before += seconds
-        run.write_progress(r, chash, elapsed_seconds=elapsed_before)
+        run.write_progress(r, chash, elapsed_seconds=elapsed_before, federation_steps=federation_steps)
         done = r
         store.prune(done)
         summary = _summary(fed, log, elapsed_before, sizes, status="complete" if r == t.rounds else "running")

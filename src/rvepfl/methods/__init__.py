@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from rvepfl.errors import ConfigError
 from rvepfl.methods.base import ClientData, DataSpec, Method, RoundContext, Upload
+from rvepfl.methods.dp_fedavg import DpFedAvg
+from rvepfl.methods.dp_sgd import DpSgd
 from rvepfl.methods.fedavg import FedAvg
+from rvepfl.methods.fedper import FedPer
+from rvepfl.methods.fedrep import FedRep
+from rvepfl.methods.nbafl import NbAfl
 from rvepfl.methods.rvepfl import RvePfl
 
 __all__ = [
@@ -17,7 +22,7 @@ __all__ = [
     "get_method",
 ]
 
-_REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (RvePfl, FedAvg)}
+_REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (RvePfl, FedAvg, FedPer, FedRep, NbAfl, DpFedAvg, DpSgd)}
 
 
 def available_methods() -> list[str]:

@@ -104,26 +104,59 @@ class Method(ABC):
         """Train ``model`` in place on the client's train split; return the client's new step count.
 
         A fresh Adam optimiser per client per round (the published code shared one across all
-        clients and rounds); the learning rate decays with the client's own step count:
-        ``lr / (1 + lr_decay * step)``. Batches are reshuffled every epoch from the
+        clients and rounds); the learning rate decays with the step counter the engine passes
+        (``train.lr_decay_clock``): ``lr / (1 + lr_decay * step)``. Batches are reshuffled every epoch from the
         ``train`` random stream of this round and client.
         """
-        t = self.cfg.train
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=True)
+        generator = self.batch_generator(ctx)
+        return self.train_epochs(model, data, list(model.parameters()), self.cfg.train.local_epochs,
+                                 generator, step)
+
+    def batch_generator(self, ctx: RoundContext) -> torch.Generator:
+        """The generator that orders this round's local batches of client ``ctx.client``."""
         assert ctx.client is not None
-        generator = torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1)
-        n = len(data.train_y)
-        for _ in range(t.local_epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, t.batch_size):
-                batch = order[start : start + t.batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = t.lr / (1.0 + t.lr_decay * step)
-                optimizer.zero_grad(set_to_none=True)
-                self.loss(model, data.train_x[batch], data.train_y[batch]).backward()
-                optimizer.step()
-                step += 1
+        return torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1)
+
+    def train_epochs(
+        self,
+        model: nn.Module,
+        data: ClientData,
+        params: Sequence[nn.Parameter],
+        epochs: int,
+        generator: torch.Generator,
+        step: int,
+    ) -> int:
+        """Run ``epochs`` epochs of a fresh Adam over ``params`` only; return the new step count.
+
+        Parameters not in ``params`` are frozen for the duration (no gradient is computed for
+        them) and restored to their previous ``requires_grad`` afterwards. Each epoch draws one
+        permutation of the train split from ``generator``; the learning rate decays with the step
+        counter ``step`` (see ``train.lr_decay_clock``), which keeps counting across calls.
+        """
+        if epochs <= 0:
+            return step
+        t = self.cfg.train
+        chosen = {id(p) for p in params}
+        frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            optimizer = torch.optim.Adam(params, lr=t.lr, eps=t.adam_eps, fused=True)
+            n = len(data.train_y)
+            for _ in range(epochs):
+                order = torch.randperm(n, generator=generator)
+                for start in range(0, n, t.batch_size):
+                    batch = order[start : start + t.batch_size]
+                    for group in optimizer.param_groups:
+                        group["lr"] = t.lr / (1.0 + t.lr_decay * step)
+                    optimizer.zero_grad(set_to_none=True)
+                    self.loss(model, data.train_x[batch], data.train_y[batch]).backward()
+                    optimizer.step()
+                    step += 1
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         return step
 
     def upload(

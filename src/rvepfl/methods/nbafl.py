@@ -1,0 +1,92 @@
+"""NbAFL: noising before model aggregation (Wei et al., IEEE TIFS 2020; arXiv 1911.00222).
+
+FedAvg's classifier on raw images, with two changes:
+
+- **client**: after local training, the whole shared state, as one vector, is clipped to L2 norm
+  at most C (``w / max(1, ||w|| / C)``) and N(0, sigma_u^2) noise is added to every coordinate
+  before the upload;
+- **server**: after aggregating, N(0, sigma_d^2) noise is added to the aggregate when the
+  uplink noise alone does not cover the downlink.
+
+The noise levels come from :func:`rvepfl.privacy.nbafl.nbafl_noise` (formulas and their
+conditions are there). L, the number of exposures of a client's parameters, is
+``nbafl.exposures``; 0 means L = T, the number of rounds: a client uploads at most once per
+round, so T is the most exposures it can have (exact with all clients every round; an upper
+bound under K-random scheduling). Client noise comes from the ``noise`` stream of (round, client),
+server noise from that of (round, -1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from rvepfl.config import Config
+from rvepfl.errors import ConfigError
+from rvepfl.methods.base import DataSpec, RoundContext, Upload
+from rvepfl.methods.fedavg import FedAvg
+from rvepfl.privacy import add_gaussian_noise, clip_by_l2, nbafl_noise
+from rvepfl.seeding import torch_generator
+
+__all__ = ["NbAfl"]
+
+SERVER = -1
+"""The key of the server in the ``noise`` random stream (clients are 0, 1, ...)."""
+
+
+class NbAfl(FedAvg):
+    name = "nbafl"
+    description = "NbAFL: clipped, noised parameters before aggregation, server noise (Wei et al., TIFS 2020)"
+
+    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+        super().__init__(cfg, spec)
+        nb = cfg.nbafl
+        sizes = spec.client_train_sizes
+        if len(sizes) != cfg.data.num_clients:
+            raise ConfigError(
+                f"NbAFL needs every client's training-set size: expected {cfg.data.num_clients}, got {len(sizes)}"
+            )
+        if min(sizes) < 1:
+            raise ConfigError("NbAFL needs every client to have at least one training sample; the smallest has 0")
+        self.exposures_default = nb.exposures == 0
+        self.noise = nbafl_noise(
+            epsilon=nb.epsilon,
+            delta=nb.delta,
+            clip_norm=nb.clip_norm,
+            min_samples=min(sizes),
+            num_clients=cfg.data.num_clients,
+            rounds=cfg.train.rounds,
+            exposures=nb.exposures or cfg.train.rounds,
+            clients_per_round=cfg.clients_per_round,
+        )
+
+    def upload(
+        self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
+    ) -> Upload:
+        plain = super().upload(model, ctx, num_samples, received)
+        clipped, norm = clip_by_l2(plain.state, self.noise.C)
+        assert ctx.client is not None
+        generator = torch_generator(ctx.seed, "noise", ctx.round, ctx.client)
+        noisy = add_gaussian_noise(clipped, self.noise.sigma_u, generator)
+        return Upload(client=plain.client, num_samples=num_samples, state=noisy, info={"norm_before_clip": norm})
+
+    def aggregate(
+        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+    ) -> dict[str, torch.Tensor]:
+        aggregate = super().aggregate(uploads, global_state, ctx)
+        if self.noise.sigma_d == 0:
+            return aggregate
+        return add_gaussian_noise(aggregate, self.noise.sigma_d, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
+
+    def summary(self) -> dict[str, Any]:
+        details: dict[str, Any] = self.noise.as_dict()
+        details["L_source"] = ("nbafl.exposures = 0: L = T, one upload per round" if self.exposures_default
+                               else "nbafl.exposures")
+        details["clipped"] = "the whole shared state (parameters, not updates) as one vector"
+        if self.cfg.train.aggregation == "weighted":
+            details["note"] = ("the downlink formula assumes equal aggregation weights (p_i = 1/N); "
+                               "train.aggregation = weighted departs from it")
+        return details
