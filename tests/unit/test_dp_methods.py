@@ -167,7 +167,10 @@ def test_dp_sgd_epsilon_accumulates_over_a_clients_rounds():
     model = method.build_model()
     steps = method.local_train(model, random_data(), RoundContext(1, 1, 0), 0)
     first = method.summary()["epsilon_max"]
-    method.local_train(model, random_data(), RoundContext(2, 1, 0), steps)
+    # The decay clock passed as `step` may count other clients' steps (lr_decay_clock =
+    # "federation"); the accountant counts only this client's own steps.
+    clock = 1000
+    assert method.local_train(model, random_data(), RoundContext(2, 1, 0, client_steps=steps), clock) == clock + steps
     assert method.summary()["clients"][0]["steps"] == 2 * steps
     assert method.summary()["epsilon_max"] > first
 

@@ -268,8 +268,8 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             private, steps = stored if stored is not None else (initial_private, 0)
             model.load_state_dict({**private, **global_state})
             clock = federation_steps if per_federation else steps
-            outcome = _client_round(fed, model, RoundContext(round=r, client=client, seed=cfg.seed),
-                                    clock, global_state)
+            ctx = RoundContext(round=r, client=client, seed=cfg.seed, client_steps=steps)
+            outcome = _client_round(fed, model, ctx, clock, global_state)
             steps += outcome.steps
             federation_steps += outcome.steps
             train_s += outcome.train_seconds

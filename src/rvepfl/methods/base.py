@@ -58,6 +58,8 @@ class RoundContext:
     round: int
     client: int | None
     seed: int
+    client_steps: int = 0
+    """The client's own local steps before this round (the decay clock may count others too)."""
 
 
 @dataclass

@@ -14,8 +14,9 @@ The engine's model object is wrapped only for the duration of :meth:`DpSgd.local
 hooks and attributes Opacus adds are removed afterwards, so its ``state_dict`` is unchanged.
 
 Each client's epsilon (at ``dp_sgd.delta``) covers all the rounds it has trained in: Opacus's
-RDP analysis of (q, noise multiplier, the client's total DP steps). The total is the step count
-the engine keeps for each client, so it needs no state of its own; after a resume, a client
+RDP analysis of (q, noise multiplier, the client's total DP steps). The total is the client's
+own step count, which the engine keeps and passes in ``RoundContext.client_steps`` (the decay
+clock it passes as ``step`` may count other clients' steps too), so it needs no state of its own; after a resume, a client
 appears in the summary again once it has trained.
 """
 
@@ -77,6 +78,7 @@ class DpSgd(FedAvg):
             generator=torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1),
         )
         model.train()
+        clock = step
         optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=True)
         wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
         try:
@@ -102,11 +104,12 @@ class DpSgd(FedAvg):
             wrapped._close()  # removes Opacus's hooks and per-parameter attributes
             for p in model.parameters():
                 p.grad = None
+        own_steps = ctx.client_steps + (step - clock)  # the decay clock may count other clients' steps
         self._clients[ctx.client] = {
             "client": ctx.client,
             "sample_rate": q,
-            "steps": step,
-            "epsilon": rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=q, steps=step, delta=d.delta),
+            "steps": own_steps,
+            "epsilon": rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=q, steps=own_steps, delta=d.delta),
         }
         return step
 
