@@ -66,6 +66,21 @@ class _Printer:
         )
 
 
+class _PrefixedPrinter(_Printer):
+    """Progress lines of one run of a comparison, each prefixed with the run's label."""
+
+    def __init__(self, prefix: str, quiet: bool) -> None:
+        super().__init__(quiet)
+        self.prefix = prefix
+
+    def _echo(self, text: str) -> None:
+        super()._echo(f"{self.prefix}: {text.strip()}")
+
+
+def _prefixed(quiet: bool) -> Any:
+    return lambda prefix: _PrefixedPrinter(prefix, quiet)
+
+
 def _print_table(run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -215,24 +230,94 @@ def compare(
     """
     from rvepfl.experiments.compare import load_compare, run_compare
 
-    class _RunPrinter(_Printer):
-        def __init__(self, prefix: str) -> None:
-            super().__init__(quiet)
-            self.prefix = prefix
-
-        def _echo(self, text: str) -> None:
-            super()._echo(f"{self.prefix}: {text.strip()}")
-
     spec = load_compare(config, smoke=smoke)
     typer.echo(f"{spec.name}: {len(spec.methods)} methods x {len(spec.datasets)} datasets x "
                f"{len(spec.seeds)} seeds = {len(spec.runs)} runs", err=True)
     try:
-        report = run_compare(spec, out, progress=_RunPrinter, log=lambda line: typer.echo(line, err=True))
+        report = run_compare(spec, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: run the same command again to continue", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(report.markdown)
     typer.echo(f"results: {report.out} (table.csv, table.md, {', '.join(p.name for p in report.plots)})")
+
+
+@app.command()
+def attack(
+    name: Annotated[str, typer.Argument(metavar="ATTACK", help="dlg | idlg | ig | miface")],
+    run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
+    round_: Annotated[Optional[int], typer.Option("--round", help="Round whose saved states are attacked (default: the last with client states).")] = None,
+    client: Annotated[int, typer.Option(help="The victim client.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images in the observed gradient's batch (gradient attacks).")] = 1,
+    images: Annotated[Optional[int], typer.Option(help="Images to attack, a multiple of --batch-size (default: 4 batches).")] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help="gradient (dlg, idlg, ig) | released | stolen (miface; default released).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Optimiser iterations (default: dlg/idlg 300, ig 1000, miface 1000).")] = None,
+    restarts: Annotated[int, typer.Option(help="Inverting Gradients: random restarts, the best kept.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
+    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (cached per N in RUN/attacks).")] = 5000,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Attack a trained run: write scores.csv, summary.json and grid.png (truth above reconstruction).
+
+    An interrupted gradient attack resumes when the same command is run again.
+    """
+    import torch
+
+    from rvepfl.attacks.runner import resolve_settings, run_attack
+    from rvepfl.attacks.threat import Target
+
+    def log(line: str) -> None:
+        if not quiet:
+            typer.echo(line, err=True)
+
+    if threads < 0:
+        raise ConfigError(f"Expected --threads >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    target = Target(run)
+    settings = resolve_settings(target, name, threat=threat_model, round_=round_, client=client,
+                                batch_size=batch_size, images=images, iterations=iterations, seed=seed,
+                                restarts=restarts)
+    dest = out if out is not None else target.run.path / "attacks" / settings.attack
+    log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
+        f"round {settings.round}, client {settings.client}")
+    try:
+        summary = run_attack(target, settings, dest, log, evaluator_images=evaluator_images)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for key, value in summary["scores"].items():
+        if value["mean"] is not None:
+            typer.echo(f"{key:>14}: {value['mean']:.4g} ± {value['std']:.2g} (n = {value['n']})")
+    acc = summary["evaluator_accuracy_on_attacks"]
+    typer.echo(f"evaluator labels {'n/a' if acc is None else f'{100 * acc:.0f} %'} of the reconstructions correctly "
+               f"({summary['evaluator']})")
+    typer.echo(f"results: {dest} (scores.csv, summary.json, grid.png)")
+
+
+@app.command()
+def audit(
+    config: Annotated[Path, typer.Option(help="Audit file (TOML): a compare file plus an [audit] table.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<name>); its trained runs are reused.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
+) -> None:
+    """Train (or reuse) every method of a comparison, run every attack on each, write audit.csv,
+    audit.md and a privacy-utility plot per data set. Run it again to continue after a stop."""
+    from rvepfl.experiments.audit import load_audit, run_audit
+
+    spec = load_audit(config, smoke=smoke)
+    c = spec.compare
+    typer.echo(f"{c.name}: {len(c.runs)} runs x {len(spec.jobs())} attacks", err=True)
+    try:
+        report = run_audit(spec, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    typer.echo(report.markdown)
+    typer.echo(f"results: {report.out} (audit.csv, audit.md, {', '.join(p.name for p in report.plots)})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from rvepfl.errors import DataError
 
-__all__ = ["Dataset", "NORMALISATION", "load_dataset", "subset_dataset", "to_tensor"]
+__all__ = ["Dataset", "NORMALISATION", "load_dataset", "subset_dataset", "subset_indices", "to_tensor"]
 
 #: Per-channel (mean, std) used to normalise pixels in [0, 1], as in the published code.
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -110,9 +110,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     return Dataset(name, train_x, train_y, test_x, test_y, source=f"{name} from {root}")
 
 
-def subset_dataset(dataset: Dataset, size: int, rng: np.random.Generator) -> Dataset:
-    """A stratified random subset of ``size`` images, split between train and test in the data
-    set's own proportion."""
+def subset_indices(dataset: Dataset, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted train and test indices of a stratified random subset of ``size`` images, split
+    between train and test in the data set's own proportion (see :func:`subset_dataset`)."""
     total = len(dataset.train_y) + len(dataset.test_y)
     if size > total:
         raise DataError(f"Expected `data.subset` <= {total} (the images in {dataset.source}), got {size}")
@@ -130,6 +130,13 @@ def subset_dataset(dataset: Dataset, size: int, rng: np.random.Generator) -> Dat
     n_test = round(size * len(dataset.test_y) / total)
     train = draw(dataset.train_y, size - n_test)
     test = draw(dataset.test_y, n_test) if n_test else np.zeros(0, np.int64)
+    return train, test
+
+
+def subset_dataset(dataset: Dataset, size: int, rng: np.random.Generator) -> Dataset:
+    """A stratified random subset of ``size`` images, split between train and test in the data
+    set's own proportion."""
+    train, test = subset_indices(dataset, size, rng)
     return Dataset(
         name=dataset.name,
         train_x=dataset.train_x[train],

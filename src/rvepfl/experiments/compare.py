@@ -87,7 +87,8 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
     "train": {"rounds": 2, "local_epochs": 1, "batch_size": 32},
 }
 
-_TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides")
+_TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
+# `audit` is read by `rvepfl audit` (rvepfl.experiments.audit); compare trains the same runs and ignores it.
 _SET_BY_COMPARE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
 _INIT_FILES = {"config.toml", "partition.json", "partition.npz"}
 _DISPLAY = {"rvepfl": "RVE-PFL", "nbafl": "NbAFL"}
@@ -283,19 +284,26 @@ def compare_from_dict(values: dict[str, Any], *, smoke: bool = False, source: st
                        {m: v for m, v in shown.items() if v})
 
 
-def load_compare(path: str | Path, *, smoke: bool = False) -> CompareSpec:
-    """Load and validate a compare file (see the module docstring for its format)."""
+def read_toml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
+    """The text and parsed values of a TOML file; one-line :class:`ConfigError` naming ``what``
+    (e.g. ``compare file``) when it is missing, unreadable or malformed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Compare file not found: {path}") from None
+        raise ConfigError(f"{what[0].upper()}{what[1:]} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read compare file {path}: {exc}") from None
+        raise ConfigError(f"Cannot read {what} {path}: {exc}") from None
     try:
-        values = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
+
+
+def load_compare(path: str | Path, *, smoke: bool = False) -> CompareSpec:
+    """Load and validate a compare file (see the module docstring for its format)."""
+    path = Path(path)
+    text, values = read_toml_file(path, "compare file")
     try:
         return compare_from_dict(values, smoke=smoke, source=text, default_name=path.stem)
     except ConfigError as exc:

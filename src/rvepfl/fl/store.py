@@ -17,11 +17,20 @@ import torch
 
 from rvepfl.io import load_tensors, save_tensors
 
-__all__ = ["ClientStore", "STEP_KEY"]
+__all__ = ["ClientStore", "STEP_KEY", "load_client_state"]
 
 STEP_KEY = "__local_steps__"
 _KIND = "rvepfl-client-state"
 _NAME = re.compile(r"^(\d{4,})-r(\d{4,})\.safetensors$")
+
+
+def load_client_state(path: str | Path, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """(private state, local step count) from one client file (the store's or an exported one)."""
+    ref = dict(expected)
+    ref[STEP_KEY] = torch.zeros((), dtype=torch.int64)
+    tensors = load_tensors(path, expected=ref, kind=_KIND)
+    steps = int(tensors.pop(STEP_KEY).item())
+    return tensors, steps
 
 
 class ClientStore:
@@ -56,11 +65,7 @@ class ClientStore:
         path = self.latest(client, committed)
         if path is None:
             return None
-        ref = dict(expected)
-        ref[STEP_KEY] = torch.zeros((), dtype=torch.int64)
-        tensors = load_tensors(path, expected=ref, kind=_KIND)
-        steps = int(tensors.pop(STEP_KEY).item())
-        return tensors, steps
+        return load_client_state(path, expected)
 
     def put(self, client: int, round_: int, state: dict[str, torch.Tensor], steps: int) -> None:
         """Save ``client``'s state after (uncommitted) round ``round_``."""

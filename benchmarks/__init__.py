@@ -1,0 +1,1 @@
+"""Benchmarks that compare rvepfl with reference implementations (run with ``python -m``)."""

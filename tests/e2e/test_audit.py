@@ -1,0 +1,101 @@
+"""`rvepfl audit` on a tiny audit file: every run trained, every attack run or marked n/a."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from rvepfl.cli import main
+from rvepfl.errors import ConfigError
+from rvepfl.experiments.audit import audit_from_dict
+
+TINY = """
+name = "tiny-audit"
+methods = ["rvepfl", "fedavg", "fedper"]
+datasets = ["mnist"]
+seeds = [0]
+
+[base]
+threads = 1
+[base.data]
+subset = 300
+num_clients = 2
+[base.train]
+rounds = 1
+local_epochs = 1
+batch_size = 32
+
+[audit]
+attacks = ["idlg", "miface"]
+miface_threats = ["released", "stolen"]
+images = 1
+evaluator_images = 500
+[audit.iterations]
+idlg = 2
+miface = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audit")
+    (root / "audit.toml").write_text(TINY)
+    assert main(["audit", "--config", str(root / "audit.toml"), "--out", str(root / "out"), "--quiet"]) == 0
+    return root / "out"
+
+
+def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
+    with open(audited / "audit.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["method"], r["attack"], r["threat"]) for r in rows} == {
+        (m, a, t) for m in ("rvepfl", "fedavg", "fedper")
+        for a, t in (("idlg", "gradient"), ("miface", "released"), ("miface", "stolen"))}
+    by = {(r["method"], r["attack"], r["threat"]): r for r in rows}
+    assert by[("fedper", "idlg", "gradient")]["images"] == "0" and by[("fedper", "idlg", "gradient")]["note"]
+    assert by[("fedper", "miface", "stolen")]["images"] == "10"
+    assert by[("fedavg", "idlg", "gradient")]["images"] == "1" and by[("fedavg", "idlg", "gradient")]["psnr"]
+    md = (audited / "audit.md").read_text()
+    assert "| rvepfl |" in md and "| fedper |" in md and "n/a" in md
+    assert (audited / "privacy_utility_mnist.png").read_bytes()[:4] == b"\x89PNG"
+    # One evaluator for the three runs: they share seed, data set and so their held-out images.
+    assert len(list((audited / "evaluators").glob("*.safetensors"))) == 1
+
+
+def test_audit_rerun_skips_everything(audited, capsys):
+    config = audited.parent / "audit.toml"
+    before = (audited / "audit.csv").read_text()
+    assert main(["audit", "--config", str(config), "--out", str(audited)]) == 0
+    err = capsys.readouterr().err
+    assert "training ->" not in err and "complete with these settings, skipped" in err
+    assert (audited / "audit.csv").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("audit", "match"),
+    [
+        ({"attacks": ["nope"]}, "Unknown name 'nope' in `audit.attacks`"),
+        ({"bogus": 1}, "Unknown audit key `audit.bogus`"),
+        ({"images": 3, "batch_size": 2, "attacks": ["dlg"]}, "multiple of `audit.batch_size`"),
+        ({"batch_size": 2, "images": 2}, "iDLG reads the label of a single image"),
+        ({"client": 9}, "Expected `audit.client` < 2"),
+        ({"iterations": {"ig": 0}}, "audit.iterations.ig"),
+    ],
+)
+def test_bad_audit_files_are_refused(audit, match):
+    import tomllib
+
+    values = tomllib.loads(TINY)
+    values["audit"] = audit
+    with pytest.raises(ConfigError, match=match):
+        audit_from_dict(values)
+
+
+def test_missing_audit_table_is_refused():
+    import tomllib
+
+    values = tomllib.loads(TINY)
+    del values["audit"]
+    with pytest.raises(ConfigError, match=r"Expected an \[audit\] table"):
+        audit_from_dict(values)
