@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from rvepfl.errors import ConfigError, RvepflError
 from rvepfl.experiments.compare import CompareSpec, compare_from_dict, read_toml_file, run_compare
@@ -161,6 +162,8 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, *, progress: Any =
     jobs = spec.jobs()
     for r in spec.compare.runs:
         run_dir = out / "runs" / r.label
+        if r.cfg.threads:  # the run config's thread count holds for its attacks too
+            torch.set_num_threads(r.cfg.threads)
         target = Target(run_dir)
         acc = final[r.dataset + "/" + r.method].accs[spec.compare.seeds.index(r.seed)]
         for attack, threat in jobs:
