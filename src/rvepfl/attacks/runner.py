@@ -192,11 +192,12 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
         seconds = time.perf_counter() - started
     else:
         rows, truth, recon, titles, seconds = _run_gradient(target, settings, evaluator, out, digest, log)
-    summary = _summary(target, settings, rows, evaluator, evaluator_note, seconds, digest, status="complete")
-    write_json(out / "summary.json", summary)
     threat = THREAT_MODELS[settings.threat]
     _grid(out / "grid.png", truth, recon, titles,
           f"{target.method.name} / {settings.attack} / {threat.name}: round {settings.round}, client {settings.client}")
+    # The summary last: "complete" in it means every other file is written.
+    summary = _summary(target, settings, rows, evaluator, evaluator_note, seconds, digest, status="complete")
+    write_json(out / "summary.json", summary)
     return summary
 
 
