@@ -40,6 +40,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "dumps_config",
+    "read_toml_file",
 ]
 
 DatasetName = Literal["mnist", "fmnist", "cifar10"]
@@ -288,21 +289,28 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return _check(_build(Config, values, ""))
 
 
+def read_toml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
+    """The text and parsed values of a TOML file; one-line :class:`ConfigError` naming ``what``
+    (e.g. ``compare file``) when it is missing, unreadable or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what[0].upper()}{what[1:]} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {what} {path}: {exc}") from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load a TOML config file (``None``: the built-in defaults)."""
     if path is None:
         return config_from_dict({})
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"Config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read config file {path}: {exc}") from None
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
+    _, values = read_toml_file(path, "config file")
     try:
         return config_from_dict(values)
     except ConfigError as exc:

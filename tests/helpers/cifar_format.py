@@ -14,7 +14,7 @@ Variants
     indices start at 1, as in ``cPickle``.
 ``"pickle2"`` .. ``"pickle5"``
     What ``pickle.dump`` of Python 3 and this numpy produce for a batch re-saved with that
-    protocol (bytes keys and filenames, as after ``pickle.load(f, encoding="bytes")``):
+    protocol (bytes keys and filenames, as a Python 3 unpickler with ``encoding="bytes"`` returns them):
     protocol 2 turns bytes into ``_codecs.encode(str, 'latin1')``, protocols 3-4 use
     ``BINBYTES``, protocol 5 uses ``numpy._core.numeric._frombuffer`` with an in-band buffer.
 """

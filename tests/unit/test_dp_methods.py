@@ -15,18 +15,11 @@ from rvepfl.models import Classifier
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2, l2_norm
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import torch_generator
-
-
-def tiny_cfg(method: str, **overrides) -> Config:
-    return apply_overrides(Config(), {
-        "method": method, "data.subset": 300, "data.num_clients": 2, "train.rounds": 2,
-        "train.local_epochs": 1, "train.batch_size": 32, "threads": 1, "device": "cpu", **overrides})
+from tests.helpers.methods import random_data as make_random_data, tiny_cfg
 
 
 def random_data(n: int = 64) -> ClientData:
-    g = torch.Generator().manual_seed(0)
-    return ClientData(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return make_random_data(n, 8)
 
 
 def test_dp_methods_are_registered():

@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from rvepfl.config import Config, apply_overrides
 from rvepfl.fl.simulation import initialise, prepare, train
 from rvepfl.fl.store import STEP_KEY
 from rvepfl.io import load_tensors
 from rvepfl.methods import ClientData, DataSpec, RoundContext, available_methods, get_method
 from rvepfl.models import Classifier
 from rvepfl.rundir import RunDir
+from tests.helpers.methods import random_data as make_random_data, tiny_cfg
 
 BODY = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "dense.weight", "dense.bias"}
 HEAD = {"out.weight", "out.bias"}
 
 
-def tiny_cfg(method: str, **overrides) -> Config:
-    return apply_overrides(Config(), {
-        "method": method, "data.subset": 300, "data.num_clients": 2, "train.rounds": 2,
-        "train.local_epochs": 1, "train.batch_size": 32, "threads": 1, "device": "cpu", **overrides})
-
-
 def random_data(n: int = 40) -> ClientData:
-    g = torch.Generator().manual_seed(0)
-    return ClientData(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))
+    return make_random_data(n, 4)
 
 
 def test_personal_methods_are_registered():

@@ -34,7 +34,6 @@ reads.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from rvepfl.attacks.gradient import GradientObservation
+from rvepfl.attacks.gradient import GradientObservation, observed_gradient
 from rvepfl.attacks.scores import to_pixels
 from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
 from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.fl.simulation import Federation, check_partition, prepare
+from rvepfl.fl.simulation import GLOBAL_KIND, Federation, check_partition, prepare
 from rvepfl.fl.store import load_client_state
 from rvepfl.io import load_tensors
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2
@@ -57,8 +55,6 @@ from rvepfl.rundir import RunDir
 from rvepfl.seeding import numpy_rng, seed_torch, torch_generator
 
 __all__ = ["THREAT_MODELS", "GroundTruth", "Target", "ThreatModel"]
-
-_GLOBAL_KIND = "rvepfl-global-state"
 
 
 @dataclass(frozen=True)
@@ -122,6 +118,9 @@ class Target:
         self.dataset = self.fed.dataset.name
         self.num_classes = self.fed.dataset.num_classes
         self.input_shape = (self.fed.dataset.channels, self.fed.dataset.image_size, self.fed.dataset.image_size)
+        self._private = bool(self.method.private_state(self.method.build_model()))
+        self._heldout: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._model: tuple[tuple[int, int | None], nn.Module] | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def client_rounds(self) -> list[int]:
@@ -142,8 +141,8 @@ class Target:
         return self.completed_round
 
     def has_private_state(self) -> bool:
-        model = self.method.build_model()
-        return bool(self.method.private_state(model))
+        """Whether the method keeps per-client state (then only rounds with saved clients serve)."""
+        return self._private
 
     def check_round(self, round_: int | None) -> int:
         r = self.default_round() if round_ is None else round_
@@ -165,11 +164,17 @@ class Target:
 
     def model(self, round_: int, client: int | None) -> nn.Module:
         """The method's full model with the global state of ``round_`` and, when ``client`` is
-        given, that client's private state of the same round; in eval mode, on the CPU."""
+        given, that client's private state of the same round; in eval mode, on the CPU.
+
+        The last model built is kept and returned again for the same (round, client): attacks
+        read it and never change it.
+        """
+        if self._model is not None and self._model[0] == (round_, client):
+            return self._model[1]
         seed_torch(self.cfg.seed, "init")
         model = self.method.build_model()
         shared = self.method.shared_state(model)
-        state = load_tensors(self.run.global_checkpoint(round_), expected=shared, kind=_GLOBAL_KIND)
+        state = load_tensors(self.run.global_checkpoint(round_), expected=shared, kind=GLOBAL_KIND)
         private = self.method.private_state(model)
         if client is not None and private:
             path = self.run.round_dir(round_) / "clients" / f"{client:04d}.safetensors"
@@ -177,7 +182,8 @@ class Target:
                 raise ConfigError(f"Client {client} has no saved state at round {round_} ({path}): it has not trained yet; pick another --client")
             state = {**state, **load_client_state(path, private)[0]}
         model.load_state_dict({**model.state_dict(), **state})
-        return model.eval()
+        self._model = ((round_, client), model.eval())
+        return model
 
     # -- the shared part's forward path --------------------------------------------------------
     def shared_path(self, model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
@@ -219,8 +225,13 @@ class Target:
         """Images of the run's data set that no client has, as [0, 1] pixels, and their labels.
 
         With ``data.subset`` that is every image outside the subset; otherwise the images the
-        partition left unused. May be empty.
+        partition left unused. May be empty. Computed once per target.
         """
+        if self._heldout is None:
+            self._heldout = self._find_heldout()
+        return self._heldout
+
+    def _find_heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.cfg.data
         full = load_dataset(d.dataset, d.data_dir or None)
         n_train, n_test = len(full.train_y), len(full.test_y)
@@ -239,53 +250,59 @@ class Target:
         return x.contiguous(), torch.from_numpy(labels).long()
 
     # -- the gradient threat model ----------------------------------------------------------------
+    _PLAIN_GRADIENT = ("rvepfl", "fedavg")
+    _DEFENDED_GRADIENT = ("nbafl", "dp-fedavg", "dp-sgd")
+
+    def gradient_surface(self, round_: int, client: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The shared module the server sees a gradient of, and the client's map from x to its
+        input; raises a one-line error for a method without a gradient surface."""
+        shared, to_input = self.shared_path(self.model(round_, client))
+        if self.method.name not in self._PLAIN_GRADIENT + self._DEFENDED_GRADIENT:
+            raise ConfigError(f"No gradient threat model for method {self.method.name}: attack it with miface")
+        return shared, to_input
+
     def observe_gradient(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor,
                          seed: int, draw: int) -> GradientObservation:
         """What the server sees of ``client``'s step on (x, y), starting from round ``round_``'s state."""
-        model = self.model(round_, client)
-        shared, to_input = self.shared_path(model)
-        params = dict(shared.named_parameters())
+        shared, to_input = self.gradient_surface(round_, client)
+        names = [k for k, _ in shared.named_parameters()]
         seed_torch(seed, "attack", round_, client, draw)  # the encoder's sample z
         with torch.no_grad():
             inputs = to_input(x)
         generator = torch_generator(seed, "attack", round_, client, draw, 1)
         name = self.method.name
         if name == "dp-sgd":
-            grads = self._dp_sgd_gradient(shared, inputs, y, generator)
+            grads = self._dp_sgd_gradient(shared, names, inputs, y, generator)
         else:
-            raw = torch.autograd.grad(F.cross_entropy(shared(inputs), y), list(params.values()))
-            grads = dict(zip(params, (g.detach().double() for g in raw)))
+            grads = {k: g.double() for k, g in zip(names, observed_gradient(shared, inputs, y))}
             lr = self.cfg.train.lr
             if name == "nbafl":
                 noise = self.method.noise
-                theta = {k: p.detach().double() for k, p in params.items()}
-                stepped = {k: theta[k] - lr * grads[k] for k in params}
+                theta = {k: p.detach().double() for k, p in shared.named_parameters()}
+                stepped = {k: theta[k] - lr * grads[k] for k in names}
                 clipped, _ = clip_by_l2(stepped, noise.C)
                 upload = add_gaussian_noise(clipped, noise.sigma_u, generator)
-                grads = {k: (theta[k] - upload[k]) / lr for k in params}
+                grads = {k: (theta[k] - upload[k]) / lr for k in names}
             elif name == "dp-fedavg":
                 clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, self.cfg.dp_fedavg.clip_norm)
                 grads = {k: -v / lr for k, v in clipped.items()}
-            elif name not in ("rvepfl", "fedavg"):
-                raise ConfigError(f"No gradient threat model for method {name}: attack it with miface")
-        bounds = _pixel_bounds(self.dataset) if shared is model else None
+        bounds = _pixel_bounds(self.dataset) if shared is self.model(round_, client) else None
         return GradientObservation(
             model=shared,
-            gradients=tuple(grads[k].float() for k in params),
+            gradients=tuple(grads[k].float() for k in names),
             batch_size=len(y),
             input_shape=self.input_shape,
             num_classes=self.num_classes,
             bounds=bounds,
         )
 
-    def _dp_sgd_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def _dp_sgd_gradient(self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
         d = self.cfg.dp_sgd
-        params = dict(model.named_parameters())
-        total = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+        total = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in model.named_parameters()}
         for i in range(len(y)):
-            g = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), list(params.values()))
-            clipped, _ = clip_by_l2({k: v.detach().double() for k, v in zip(params, g)}, d.max_grad_norm)
+            g = observed_gradient(model, x[i : i + 1], y[i : i + 1])
+            clipped, _ = clip_by_l2({k: v.double() for k, v in zip(names, g)}, d.max_grad_norm)
             for k in total:
                 total[k] += clipped[k]
         noisy = add_gaussian_noise(total, d.noise_multiplier * d.max_grad_norm, generator)
@@ -309,7 +326,3 @@ class Target:
             "private): use --threat-model stolen"
         )
 
-
-def finite_or_none(value: float) -> float | None:
-    """``value`` if finite, else None (JSON has no infinity)."""
-    return value if math.isfinite(value) else None

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from rvepfl.errors import ConfigError, RvepflError
-from rvepfl.experiments.compare import CompareSpec, compare_from_dict, read_toml_file, run_compare
+from rvepfl.config import read_toml_file
+from rvepfl.experiments.compare import CompareSpec, compare_from_dict, run_compare
 from rvepfl.io import atomic_write_bytes, atomic_write_text, write_csv
 
 __all__ = ["AuditSpec", "load_audit", "run_audit"]
@@ -175,8 +176,7 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, *, progress: Any =
                     images=None if attack == "miface" else spec.images,
                     iterations=spec.iterations.get(attack), seed=spec.seed, restarts=1)
                 if attack != "miface":
-                    x, gt = target.client_batch(spec.client, settings.batch_size, 0, spec.seed)
-                    target.observe_gradient(settings.round, spec.client, x, gt.labels, spec.seed, 0)
+                    target.gradient_surface(settings.round, spec.client)
                 else:
                     target.inversion_model(threat, settings.round, spec.client)
             except RvepflError as exc:

@@ -49,10 +49,6 @@ import copy
 import io
 import json
 import time
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +56,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from rvepfl.config import Config, DatasetName, config_from_dict, config_hash
+from rvepfl.config import Config, DatasetName, config_from_dict, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.simulation import Progress, check_partition, initialise, prepare, train
 from rvepfl.io import atomic_write_bytes, atomic_write_text, write_csv
@@ -282,22 +278,6 @@ def compare_from_dict(values: dict[str, Any], *, smoke: bool = False, source: st
     shown = {m: {k: v for k, v in _flatten(t).items() if k not in smoke_keys} for m, t in per_method.items()}
     return CompareSpec(name, methods, datasets, seeds, tuple(runs), smoke, source, setups,
                        {m: v for m, v in shown.items() if v})
-
-
-def read_toml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
-    """The text and parsed values of a TOML file; one-line :class:`ConfigError` naming ``what``
-    (e.g. ``compare file``) when it is missing, unreadable or malformed."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what[0].upper()}{what[1:]} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read {what} {path}: {exc}") from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
 
 
 def load_compare(path: str | Path, *, smoke: bool = False) -> CompareSpec:

@@ -34,9 +34,10 @@ from rvepfl.metrics import classification_metrics
 from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
 
-__all__ = ["Federation", "Progress", "evaluate", "prepare", "train"]
+__all__ = ["GLOBAL_KIND", "Federation", "Progress", "evaluate", "prepare", "train"]
 
-_GLOBAL_KIND = "rvepfl-global-state"
+GLOBAL_KIND = "rvepfl-global-state"
+"""The ``format`` metadata of the global-state checkpoints (``checkpoints/round_*/global.safetensors``)."""
 
 
 class Progress(Protocol):
@@ -241,9 +242,9 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     initial_shared = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
     if done == 0:
         global_state = {k: v.clone() for k, v in initial_shared.items()}
-        save_tensors(run.global_checkpoint(0), global_state, {"format": _GLOBAL_KIND, "round": "0", "config_hash": chash})
+        save_tensors(run.global_checkpoint(0), global_state, {"format": GLOBAL_KIND, "round": "0", "config_hash": chash})
     else:
-        global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=_GLOBAL_KIND)
+        global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=GLOBAL_KIND)
     store = ClientStore(run.state / "clients", config_hash=chash)
     store.prune(done)
     log = MetricsLog.read(run.metrics, done)
@@ -284,7 +285,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
         means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
         # Commit order: CSVs and checkpoints first, the progress marker last.
         log.write(run.metrics)
-        save_tensors(run.global_checkpoint(r), global_state, {"format": _GLOBAL_KIND, "round": str(r), "config_hash": chash})
+        save_tensors(run.global_checkpoint(r), global_state, {"format": GLOBAL_KIND, "round": str(r), "config_hash": chash})
         if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
             store.export(r, range(num_clients), run.round_dir(r) / "clients")
         elapsed_before += seconds

@@ -120,6 +120,12 @@ class Method(ABC):
         assert ctx.client is not None
         return torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1)
 
+    def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """The published inverse-time decay at ``step``: ``lr / (1 + lr_decay * step)``."""
+        t = self.cfg.train
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr / (1.0 + t.lr_decay * step)
+
     def train_epochs(
         self,
         model: nn.Module,
@@ -150,8 +156,7 @@ class Method(ABC):
                 order = torch.randperm(n, generator=generator)
                 for start in range(0, n, t.batch_size):
                     batch = order[start : start + t.batch_size]
-                    for group in optimizer.param_groups:
-                        group["lr"] = t.lr / (1.0 + t.lr_decay * step)
+                    self.set_learning_rate(optimizer, step)
                     optimizer.zero_grad(set_to_none=True)
                     self.loss(model, data.train_x[batch], data.train_y[batch]).backward()
                     optimizer.step()

@@ -93,8 +93,7 @@ class DpSgd(FedAvg):
                 for _ in range(t.local_epochs):
                     for indices in sampler:
                         batch = torch.as_tensor(indices, dtype=torch.long, device=device)
-                        for group in dp_optimizer.param_groups:
-                            group["lr"] = t.lr / (1.0 + t.lr_decay * step)
+                        self.set_learning_rate(dp_optimizer, step)
                         dp_optimizer.zero_grad(set_to_none=True)
                         # An empty Poisson batch still takes a (noise-only) step, as accounted.
                         self.loss(wrapped, data.train_x[batch], data.train_y[batch]).backward()
