@@ -45,7 +45,7 @@ from rvepfl.io import write_json
 from rvepfl.models import Classifier
 from rvepfl.seeding import seed_torch, torch_generator
 
-__all__ = ["main"]
+__all__ = ["art_available", "default_args", "main", "run"]
 
 _INSTALL = "benchmarks.miface_art needs IBM ART: install it with  pip install -e '.[bench]'"
 _SCORE_KEYS = ("mean_mse", "mean_psnr", "mean_ssim", "nearest_mse", "nearest_psnr", "nearest_ssim")
@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="victim training epochs")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def default_args(**changes: Any) -> argparse.Namespace:
+    """The command's default settings, with ``changes`` applied (for ``python -m benchmarks``)."""
+    args = _parser().parse_args([])
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
 
 
 def _train_victim(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> Classifier:
@@ -177,30 +185,32 @@ def _print(out: dict[str, Any], art: dict[str, Any], ours: dict[str, Any], paper
     print(f"speed-up of ours over ART: {out['miface_speedup_vs_art']:.1f}x")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def art_available() -> bool:
+    """Whether IBM ART's MIFace can be imported here."""
     try:
-        import art
         from art.attacks.inference.model_inversion import MIFace  # noqa: F401
     except ImportError:
-        print(_INSTALL, file=sys.stderr)
-        return 2
-    if min(args.iterations, args.threads, args.epochs, args.repeats) < 1 or args.train_images < 64:
-        print("Expected --iterations, --threads, --epochs, --repeats >= 1 and --train-images >= 64", file=sys.stderr)
-        return 2
+        return False
+    return True
+
+
+def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    """Run both attacks as ``args`` say (see :func:`_parser`); return the results (JSON-ready)."""
+    import art
+
     logging.getLogger("art").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
 
     data = load_dataset("mnist")
     n = min(args.train_images, len(data.train_y))
     x, y = to_tensor(data.train_x[:n], "mnist"), torch.from_numpy(data.train_y[:n])
-    print(f"training the victim on {n} images, {args.epochs} epoch(s) ...", flush=True)
+    log(f"training the victim on {n} images, {args.epochs} epoch(s) ...")
     model = _train_victim(x, y, args.epochs, args.seed)
     with torch.no_grad():
         test_pred = model(to_tensor(data.test_x, "mnist")).argmax(1)
     victim_accuracy = float((test_pred == torch.from_numpy(data.test_y)).double().mean())
     test_pixels = torch.from_numpy(data.test_x).permute(0, 3, 1, 2).float() / 255.0
-    print("training the evaluator on the bundled test split ...", flush=True)
+    log("training the evaluator on the bundled test split ...")
     evaluator = train_evaluator(test_pixels, torch.from_numpy(data.test_y), num_classes=10, seed=args.seed)
     real = to_pixels(x, "mnist")
 
@@ -211,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours_times: list[float] = []
     art_times: list[float] = []
     for r in range(args.repeats):
-        print(f"run {r + 1}/{args.repeats}: ours, then IBM ART ({args.iterations} iterations each) ...", flush=True)
+        log(f"run {r + 1}/{args.repeats}: ours, then IBM ART ({args.iterations} iterations each) ...")
         ours_result = _ours(model, args, bounds, args.iterations, "art")
         ours_times.append(ours_result.seconds)
         art_images, art_steps, seconds = _run_art(model, args, bounds, args.iterations)
@@ -229,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One class on its own (batch of one, as ART runs it): the same arithmetic as ART's.
     alone = _ours(model, args, bounds, args.iterations, "art", classes=[0]).images[0]
     alone_difference = float((alone - art_images[0]).abs().max())
-    out: dict[str, Any] = {
+    return {
         "benchmark": "miface_art",
         "settings": {"iterations": args.iterations, "window_length": args.window_length,
                      "threshold": args.threshold, "learning_rate": args.learning_rate, "classes": 10,
@@ -249,8 +259,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours": ours_report,
         "ours_paper_rule": paper_report,
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not art_available():
+        print(_INSTALL, file=sys.stderr)
+        return 2
+    if min(args.iterations, args.threads, args.epochs, args.repeats) < 1 or args.train_images < 64:
+        print("Expected --iterations, --threads, --epochs, --repeats >= 1 and --train-images >= 64", file=sys.stderr)
+        return 2
+    out = run(args, log=lambda line: print(line, flush=True))
     print()
-    _print(out, art_report, ours_report, paper_report)
+    _print(out, out["art"], out["ours"], out["ours_paper_rule"])
     if args.json:
         write_json(args.json, out)
         print(f"wrote {args.json}")

@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from rvepfl.config import Config, apply_overrides, config_hash, load_config
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
+from rvepfl.perf import tune_allocator
 
 app = typer.Typer(
     name="rvepfl",
@@ -113,7 +114,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"Expected --set KEY=VALUE (e.g. --set train.lr=2e-3), got {item!r}")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (ValueError, RecursionError):  # TOMLDecodeError, or an int or nesting too large to read
             value = raw.strip()
         out[key.strip()] = value
     return out
@@ -140,7 +141,8 @@ def train(
     split: Annotated[Optional[str], typer.Option(help="combined (published) or standard.")] = None,
     client_fraction: Annotated[Optional[float], typer.Option(help="Share of clients per round.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default); per worker with --workers.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes that train a round's clients side by side (1: none).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.lr=2e-3 (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
@@ -152,14 +154,15 @@ def train(
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
 
-    overrides: dict[str, Any] = {
-        **_parse_sets(set_ or []),
-        "method": method, "seed": seed, "threads": threads, "device": device,
+    flags: dict[str, Any] = {
+        "method": method, "seed": seed, "threads": threads, "workers": workers, "device": device,
         "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
         "data.num_clients": clients, "data.subset": subset, "data.partition": partition, "data.split": split,
         "train.rounds": rounds, "train.local_epochs": local_epochs, "train.batch_size": batch_size,
         "train.client_fraction": client_fraction,
     }
+    # A flag that was not given must not erase the same key given with --set.
+    overrides = {**_parse_sets(set_ or []), **{k: v for k, v in flags.items() if v is not None}}
     if resume is not None:
         given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else []) + (["out"] if out else [])
         if given:
@@ -248,15 +251,16 @@ def attack(
     run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
     round_: Annotated[Optional[int], typer.Option("--round", help="Round whose saved states are attacked (default: the last with client states).")] = None,
     client: Annotated[int, typer.Option(help="The victim client.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images in the observed gradient's batch (gradient attacks).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
     images: Annotated[Optional[int], typer.Option(help="Images to attack, a multiple of --batch-size (default: 4 batches).")] = None,
-    threat_model: Annotated[Optional[str], typer.Option(help="gradient (dlg, idlg, ig) | released | stolen (miface; default released).")] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help="gradient | update (dlg, idlg, ig; default gradient) | released | stolen (miface; default released).")] = None,
+    local_steps: Annotated[Optional[int], typer.Option(help="update: local steps of the observed round, each on the whole batch (default: the run's train.local_epochs).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Optimiser iterations (default: dlg/idlg 300, ig 1000, miface 1000).")] = None,
-    restarts: Annotated[int, typer.Option(help="Inverting Gradients: random restarts, the best kept.")] = 1,
+    restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
     evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (cached per N in RUN/attacks).")] = 5000,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>-<threat model>, as the audit writes).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Attack a trained run: write scores.csv, summary.json and grid.png (truth above reconstruction).
@@ -279,12 +283,17 @@ def attack(
     target = Target(run)
     settings = resolve_settings(target, name, threat=threat_model, round_=round_, client=client,
                                 batch_size=batch_size, images=images, iterations=iterations, seed=seed,
-                                restarts=restarts)
-    dest = out if out is not None else target.run.path / "attacks" / settings.attack
+                                restarts=restarts, local_steps=local_steps, evaluator_images=evaluator_images)
+    # Open the checkpoints the attack reads before anything is written: a corrupt one fails here.
+    if settings.attack == "miface":
+        target.inversion_model(settings.threat, settings.round, settings.client)
+    else:
+        target.gradient_surface(settings.round, settings.client)
+    dest = out if out is not None else target.run.path / "attacks" / f"{settings.attack}-{settings.threat}"
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
         f"round {settings.round}, client {settings.client}")
     try:
-        summary = run_attack(target, settings, dest, log, evaluator_images=evaluator_images)
+        summary = run_attack(target, settings, dest, log)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: run the same command again to continue", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -322,6 +331,7 @@ def audit(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns user errors into one line on stderr."""
+    tune_allocator()
     try:
         code = app(args=argv, prog_name="rvepfl", standalone_mode=False)
     except RvepflError as exc:

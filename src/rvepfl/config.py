@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -28,7 +29,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
-from rvepfl.errors import ConfigError
+from rvepfl.errors import ConfigError, short_repr
 
 __all__ = [
     "Config",
@@ -36,6 +37,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_name",
     "config_hash",
     "config_to_dict",
     "load_config",
@@ -78,7 +80,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = 6
+    rounds: int = 7
     """Communication rounds."""
     local_epochs: int = 2
     """Local epochs per client per round."""
@@ -158,7 +160,14 @@ class Config:
     seed: int = 0
     """Master seed; every source of randomness derives from it."""
     threads: int = 0
-    """Torch CPU threads (0: torch's default)."""
+    """Torch CPU threads (0: torch's default); with ``workers`` > 1, the threads of each worker
+    (0: torch's default divided among the workers)."""
+    workers: int = 0
+    """Client processes that train a round's clients side by side (1: every client in the
+    engine's process, one after another; 0: one per core torch would use, at most one per client
+    of a round, and 1 on a GPU). On a CPU, several single-threaded workers use the cores better
+    than one process with several threads; the numbers differ from a one-worker run only by
+    floating-point rounding (none when every process has one thread)."""
     device: DeviceName = "auto"
     """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -175,6 +184,8 @@ class Config:
         return max(1, round(self.train.client_fraction * self.data.num_clients))
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_THREADS = 1024
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig, "nbafl": NbaflConfig,
              "dp_fedavg": DpFedAvgConfig, "dp_sgd": DpSgdConfig, "personal": PersonalConfig}
 
@@ -200,23 +211,71 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not _INT64[0] <= value <= _INT64[1]:
+            raise ConfigError(
+                f"Expected `{key}` to be a 64-bit integer (TOML's range), got {short_repr(value)}"
+            )
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf
+            if not math.isfinite(value):
+                raise ConfigError(f"Expected `{key}` to be a finite number, got {short_repr(value)}")
     elif tp is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - every field has one of the types above
         raise TypeError(f"unsupported config type {tp} for {key}")
     if not ok:
-        raise ConfigError(f"Expected `{key}` to be {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"Expected `{key}` to be {_describe(tp)}, got {short_repr(value)}")
     return value
 
 
 def _unknown(key: str, allowed: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
     hint = f"did you mean `{close[0]}`? " if close else ""
-    return ConfigError(f"Unknown config key `{key}`: {hint}allowed: {', '.join(sorted(allowed))}")
+    shown = f"`{key}`" if key.isprintable() and len(key) <= 60 else short_repr(key)
+    return ConfigError(f"Unknown config key {shown}: {hint}allowed: {', '.join(sorted(allowed))}")
+
+
+#: The longest name (in UTF-8 bytes) that still leaves room in a 255-byte file name for the
+#: suffixes the CLI adds (``-<time>``, ``-smoke``).
+MAX_NAME_BYTES = 200
+
+
+def check_name(value: object, key: str = "name") -> str:
+    """``value`` if it can name one directory, the run or comparison directory it becomes
+    (``runs/<name>-<time>``, ``runs/<name>``); else a one-line :class:`ConfigError`.
+
+    A name is one path component: no ``/`` or ``\\``, not ``.`` or ``..``, no control
+    characters (a NUL would crash the file system call, a newline would split the error line),
+    at most :data:`MAX_NAME_BYTES` bytes in UTF-8. So no name from a file can make a command
+    write outside the directory it was given.
+
+    >>> check_name("compare-quick")
+    'compare-quick'
+    >>> check_name("../../x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rvepfl.errors.ConfigError: Expected `name` to be a directory name (1 to 200 bytes; ...), got '../../x'
+    """
+    try:
+        size = len(value.encode("utf-8")) if isinstance(value, str) else 0
+    except UnicodeEncodeError:  # a lone surrogate
+        size = 0
+    if not (
+        isinstance(value, str)
+        and 0 < size <= MAX_NAME_BYTES
+        and value not in (".", "..")
+        and all(c.isprintable() and c not in "/\\" for c in value)
+    ):
+        raise ConfigError(
+            f"Expected `{key}` to be a directory name (1 to {MAX_NAME_BYTES} bytes; no '/', '\\' or "
+            f"control characters; not '.' or '..'), got {short_repr(value)}"
+        )
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -242,16 +301,18 @@ def _check(cfg: Config) -> Config:
 
     def need(cond: bool, key: str, value: Any, allowed: str) -> None:
         if not cond:
-            raise ConfigError(f"Expected `{key}` {allowed}, got {value!r}")
+            raise ConfigError(f"Expected `{key}` {allowed}, got {short_repr(value)}")
 
     d, t, m = cfg.data, cfg.train, cfg.model
     methods = available_methods()
     if cfg.method not in methods:
         raise ConfigError(f"Unknown method {cfg.method!r}: choose one of {', '.join(methods)}")
-    need(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name", cfg.name,
-         "to be a non-empty name without '/'")
+    check_name(cfg.name)
     need(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
-    need(cfg.threads >= 0, "threads", cfg.threads, ">= 0")
+    need(0 <= cfg.threads <= _MAX_THREADS, "threads", cfg.threads,
+         f"between 0 and {_MAX_THREADS} (0: torch's default)")
+    need(0 <= cfg.workers <= 256, "workers", cfg.workers, "between 0 and 256 (0: one per core)")
+    need("\x00" not in d.data_dir, "data.data_dir", d.data_dir, "to be a path without NUL characters")
     need(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
     need(d.subset >= 0, "data.subset", d.subset, ">= 0 (0: all images)")
     need(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "in (0, 1)")
@@ -303,6 +364,10 @@ def read_toml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Malformed TOML in {path}: {exc}") from None
+    except ValueError:  # int() inside the parser: Python reads at most 4300 digits
+        raise ConfigError(f"Malformed TOML in {path}: an integer with more than 4300 digits") from None
+    except RecursionError:
+        raise ConfigError(f"Malformed TOML in {path}: arrays or tables nested too deeply") from None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -346,10 +411,11 @@ def dumps_config(cfg: Config) -> str:
 
 
 def config_hash(cfg: Config) -> str:
-    """A short, stable hash of the settings that define a run (name, threads, device and the
-    evaluation batch size excluded: they change speed, not the experiment)."""
+    """A short, stable hash of the settings that define a run (name, threads, workers, device and
+    the evaluation batch size excluded: they change speed, not the experiment)."""
     values = config_to_dict(cfg)
     values.pop("threads", None)
+    values.pop("workers", None)
     values.pop("device", None)
     values.pop("name", None)
     values["train"].pop("eval_batch_size", None)

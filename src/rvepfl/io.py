@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rvepfl.errors import CheckpointError
+from rvepfl.errors import CheckpointError, short_repr
 
 __all__ = [
     "atomic_write_bytes",
@@ -86,9 +86,17 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
 
 
 def read_csv_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a CSV written by :func:`write_csv`."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
+    """Header and rows of a CSV written by :func:`write_csv`; a file that cannot be read as
+    CSV text raises :class:`CheckpointError`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except FileNotFoundError:
+        raise CheckpointError(f"Missing {path}: the run directory is incomplete") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CheckpointError(
+            f"Cannot read {path} as CSV text ({_one_line(exc)}): the file is damaged; restore it"
+        ) from None
     if not rows:
         raise CheckpointError(f"Empty CSV file: {path}")
     return rows[0], rows[1:]
@@ -110,6 +118,11 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
         raise
 
 
+def _one_line(exc: Exception) -> str:
+    """The text of a library's exception on one line (safetensors' can span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a safetensors file (raises CheckpointError if it is not one)."""
     from safetensors import safe_open
@@ -120,7 +133,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except FileNotFoundError:
         raise CheckpointError(f"Checkpoint not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Not a valid safetensors checkpoint: {path} ({exc})") from None
+        raise CheckpointError(
+            f"Not a valid safetensors checkpoint: {path} ({_one_line(exc)}); the file is damaged or of "
+            "another format: restore it, or train the run again"
+        ) from None
 
 
 def load_tensors(
@@ -137,12 +153,15 @@ def load_tensors(
     meta = read_metadata(path)
     if kind is not None and meta.get("format") != kind:
         raise CheckpointError(
-            f"{path} is not an rvepfl {kind} checkpoint (format={meta.get('format')!r})"
+            f"{path} is not an rvepfl {kind} checkpoint (format={short_repr(meta.get('format'))}): "
+            "a file of another kind; restore the right one, or train the run again"
         )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Corrupt checkpoint {path}: {exc}") from None
+        raise CheckpointError(
+            f"Corrupt checkpoint {path}: {_one_line(exc)}; restore it, or train the run again"
+        ) from None
     if expected is not None:
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))

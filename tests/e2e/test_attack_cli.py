@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,26 @@ def train(tmp_path_factory, method: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rvepfl_run(tmp_path_factory) -> Path:
-    return train(tmp_path_factory, "rvepfl")
+def trained(tmp_path_factory) -> Callable[[str], Path]:
+    """A tiny trained run of a method, trained once per module when first asked for."""
+    runs: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in runs:
+            runs[method] = train(tmp_path_factory, method)
+        return runs[method]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def fedavg_run(tmp_path_factory) -> Path:
-    return train(tmp_path_factory, "fedavg")
+def rvepfl_run(trained) -> Path:
+    return trained("rvepfl")
+
+
+@pytest.fixture(scope="module")
+def fedavg_run(trained) -> Path:
+    return trained("fedavg")
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -76,8 +90,17 @@ def test_rvepfl_server_sees_only_the_classifier_gradient(rvepfl_run):
     assert obs.bounds is None  # z's range is unknown to the attacker
 
 
-def test_dp_methods_put_their_defence_into_the_observation(tmp_path_factory):
-    nbafl = Target(train(tmp_path_factory, "nbafl"))
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().flatten() for t in tensors]).double()
+
+
+def eval_gradient(model, x, y) -> torch.Tensor:
+    """The plain gradient of the mean cross-entropy, dropout off."""
+    return flat(torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters())))
+
+
+def test_dp_methods_put_their_defence_into_the_observation(trained):
+    nbafl = Target(trained("nbafl"))
     x, gt = nbafl.client_batch(0, 1, draw=0, seed=0)
     obs = nbafl.observe_gradient(1, 0, x, gt.labels, seed=0, draw=0)
     sigma = nbafl.method.noise.sigma_u / nbafl.cfg.train.lr
@@ -85,17 +108,102 @@ def test_dp_methods_put_their_defence_into_the_observation(tmp_path_factory):
     # The parameter noise sigma_u, seen through a step of size lr, swamps the gradient.
     assert float(flat.std()) == pytest.approx(sigma, rel=0.1)
 
-    dpf = Target(train(tmp_path_factory, "dp-fedavg"))
+    dpf = Target(trained("dp-fedavg"))
     obs = dpf.observe_gradient(1, 0, x, gt.labels, seed=0, draw=0)
     norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in obs.gradients))
     assert norm <= dpf.cfg.dp_fedavg.clip_norm / dpf.cfg.train.lr * (1 + 1e-6)
 
 
-def test_fedper_has_no_gradient_surface_but_can_be_stolen(tmp_path_factory):
-    target = Target(train(tmp_path_factory, "fedper"))
+# -- the update threat model: a client's whole local round ------------------------------------
+def test_fedavg_update_is_the_clients_adam_round_from_the_received_model(fedavg_run):
+    target = Target(fedavg_run)
+    x, gt = target.client_batch(0, 2, draw=0, seed=0)
+    obs = target.observe_update(1, 0, x, gt.labels, local_steps=1, seed=0, draw=0)
+    sent = Target(fedavg_run).model(1, 0)
+    # The attacker holds the model the server sent, untouched by the client's training.
+    assert [k for k, _ in obs.model.named_parameters()] == [k for k, _ in sent.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(obs.model.parameters(), sent.parameters()))
+    assert obs.batch_size == 2 and obs.bounds is not None
+    view, plain = flat(obs.gradients), eval_gradient(sent, x, gt.labels)
+    # One step of a fresh Adam moves each weight by lr * g / (|g| + eps): at most lr, so the view
+    # -update / lr is at most 1 per coordinate (float32 weights: to 1e-3), a gradient's direction
+    # sign by sign rather than its size. Measured cosine with the plain gradient: 0.47 (the
+    # client trained with dropout on).
+    assert float(view.abs().max()) <= 1.001 and float(view.abs().max()) > 0.99
+    assert float(F.cosine_similarity(view, plain, dim=0)) > 0.3
+    def view_of(steps: int, draw: int) -> torch.Tensor:
+        return flat(target.observe_update(1, 0, x, gt.labels, local_steps=steps, seed=0, draw=draw).gradients)
+
+    assert torch.equal(view_of(1, 0), view)  # the same draw: the same batches, dropout and noise
+    assert not torch.equal(view_of(1, 1), view) and not torch.equal(view_of(3, 0), view)
+    with pytest.raises(ConfigError, match="Expected --local-steps >= 1, got 0"):
+        target.observe_update(1, 0, x, gt.labels, local_steps=0, seed=0, draw=0)
+
+
+def test_rvepfl_update_shows_only_the_classifier_and_leaves_the_encoder_private(rvepfl_run):
+    target = Target(rvepfl_run)
+    x, gt = target.client_batch(1, 1, draw=0, seed=0)
+    before = {k: v.clone() for k, v in target.model(1, 1).state_dict().items()}
+    obs = target.observe_update(1, 1, x, gt.labels, local_steps=2, seed=0, draw=0)
+    model = target.model(1, 1)
+    assert obs.model is model.classifier and obs.bounds is None  # input z, range unknown
+    assert [g.shape for g in obs.gradients] == [p.shape for p in model.classifier.parameters()]
+    # the client's training (encoder included) ran on a copy: the target's model is as loaded
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert float(flat(obs.gradients).abs().max()) > 0.5  # the classifier did move
+
+
+def test_dp_methods_put_their_defence_into_the_update(trained):
+    nbafl = Target(trained("nbafl"))
+    x, gt = nbafl.client_batch(0, 1, draw=0, seed=0)
+    obs = nbafl.observe_update(1, 0, x, gt.labels, local_steps=2, seed=0, draw=0)
+    # The upload's noise sigma_u, seen through 2 steps of size lr, swamps the update.
+    sigma = nbafl.method.noise.sigma_u / (nbafl.cfg.train.lr * 2)
+    assert float(flat(obs.gradients).std()) == pytest.approx(sigma, rel=0.1)
+
+    # DP-FedAvg's server sees the clipped update: one step (norm 0.46) is under clip_norm 1,
+    # four steps are clipped to it.
+    dpf = Target(trained("dp-fedavg"))
+    lr, clip = dpf.cfg.train.lr, dpf.cfg.dp_fedavg.clip_norm
+    one = float(flat(dpf.observe_update(1, 0, x, gt.labels, local_steps=1, seed=0, draw=0).gradients).norm())
+    four = float(flat(dpf.observe_update(1, 0, x, gt.labels, local_steps=4, seed=0, draw=0).gradients).norm())
+    assert one * lr < clip and four * lr * 4 == pytest.approx(clip, rel=1e-5)
+
+    # DP-SGD's noise (multiplier 1 on a one-image batch) hides the direction too: measured
+    # cosine with the plain gradient 0.002 (FedAvg's round: 0.47).
+    dps = Target(trained("dp-sgd"))
+    obs = dps.observe_update(1, 0, x, gt.labels, local_steps=1, seed=0, draw=0)
+    plain = eval_gradient(dps.model(1, 0), x, gt.labels)
+    assert abs(float(F.cosine_similarity(flat(obs.gradients), plain, dim=0))) < 0.05
+
+
+def test_update_attack_recovers_fedavg_digits_and_not_rvepfl(fedavg_run, rvepfl_run, tmp_path):
+    # The update's positive and negative controls, through the CLI. Measured (ig, 300 steps,
+    # 1 local step, 2 images): FedAvg 10.5 and 9.0 dB, SSIM 0.13 and 0.16 (faint but visible
+    # digits); RVE-PFL's classifier update gives z, scored against x: 5.6 and 5.1 dB, SSIM 0.04
+    # and 0.00.
+    means = {}
+    for name, run in (("fedavg", fedavg_run), ("rvepfl", rvepfl_run)):
+        out = tmp_path / name
+        assert main(["attack", "ig", "--run", str(run), "--threat-model", "update", "--images", "2",
+                     "--iterations", "300", "--evaluator-images", "300", "--threads", "1", "--quiet",
+                     "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["threat_model"]["name"] == "update" and summary["settings"]["local_steps"] == 1
+        table = rows(out / "scores.csv")
+        assert len(table) == 2 and all(r["attack_label"] == r["label"] for r in table)
+        means[name] = {k: sum(float(r[k]) for r in table) / 2 for k in ("psnr", "ssim")}
+    assert means["fedavg"]["ssim"] > 0.1 > means["rvepfl"]["ssim"]
+    assert means["fedavg"]["psnr"] > means["rvepfl"]["psnr"] + 3.0
+
+
+def test_fedper_has_no_gradient_surface_but_can_be_stolen(trained):
+    target = Target(trained("fedper"))
     x, gt = target.client_batch(0, 1, draw=0, seed=0)
     with pytest.raises(ConfigError, match="miface"):
         target.observe_gradient(1, 0, x, gt.labels, seed=0, draw=0)
+    with pytest.raises(ConfigError, match="miface"):
+        target.observe_update(1, 0, x, gt.labels, local_steps=1, seed=0, draw=0)
     with pytest.raises(ConfigError, match="stolen"):
         target.inversion_model("released", 1, 0)
     model, _ = target.inversion_model("stolen", 1, 0)
@@ -145,6 +253,21 @@ def test_interrupted_attack_resumes(fedavg_run, tmp_path, monkeypatch):
         [[r[k] for k in keep] for r in rows(fresh / "scores.csv")]
 
 
+def test_changing_evaluator_images_redoes_a_complete_attack(fedavg_run, tmp_path):
+    out = tmp_path / "idlg"
+    args = ["attack", "idlg", "--run", str(fedavg_run), "--images", "1", "--iterations", "3", "--quiet",
+            "--out", str(out)]
+    assert main([*args, "--evaluator-images", "300"]) == 0
+    first = (out / "summary.json").read_text()
+    assert main([*args, "--evaluator-images", "300"]) == 0
+    assert (out / "summary.json").read_text() == first  # complete with these settings: skipped
+    assert main([*args, "--evaluator-images", "350"]) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert second["settings"]["evaluator_images"] == 350 and second["status"] == "complete"
+    assert second["settings_digest"] != json.loads(first)["settings_digest"]
+    assert "trained on 350 images" in second["evaluator"]  # a new evaluator labelled the attack
+
+
 def test_miface_released_and_stolen(rvepfl_run, tmp_path):
     for threat in ("released", "stolen"):
         out = tmp_path / threat
@@ -159,8 +282,17 @@ def test_miface_released_and_stolen(rvepfl_run, tmp_path):
     ("args", "message"),
     [
         (["attack", "nope"], "Unknown attack 'nope'"),
-        (["attack", "dlg", "--threat-model", "stolen"], "use --threat-model gradient"),
+        (["attack", "dlg", "--threat-model", "stolen"],
+         "use --threat-model gradient (the default) or update, got stolen"),
+        (["attack", "ig", "--threat-model", "nope"],
+         "Unknown threat model 'nope': choose one of gradient, update, released"),
         (["attack", "miface", "--threat-model", "gradient"], "miface inverts a model"),
+        (["attack", "miface", "--threat-model", "update"], "use --threat-model released or stolen, got update"),
+        (["attack", "ig", "--threat-model", "update", "--local-steps", "0"], "Expected --local-steps >= 1, got 0"),
+        (["attack", "ig", "--local-steps", "2"],
+         "--local-steps applies to --threat-model update only, got --threat-model gradient"),
+        (["attack", "dlg", "--restarts", "0"], "Expected --restarts >= 1, got 0"),
+        (["attack", "dlg", "--evaluator-images", "0"], "Expected --evaluator-images >= 1, got 0"),
         (["attack", "idlg", "--batch-size", "2"], "iDLG reads the label of a single image"),
         (["attack", "dlg", "--round", "7"], "Expected --round between 1 and 1"),
         (["attack", "dlg", "--client", "5"], "Expected --client between 0 and 1"),
@@ -173,6 +305,7 @@ def test_bad_attack_input_is_one_line(fedavg_run, capsys, args, message):
     assert code == 2
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (fedavg_run / "attacks" / "nope").exists()
+    assert not any(p.is_dir() for p in (fedavg_run / "attacks").glob("*"))  # no attack output written
 
 
 def test_attack_on_a_missing_run_is_one_line(tmp_path, capsys):

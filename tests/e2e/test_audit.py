@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ seeds = [0]
 
 [base]
 threads = 1
+workers = 1
 [base.data]
 subset = 300
 num_clients = 2
@@ -30,12 +32,18 @@ batch_size = 32
 [audit]
 attacks = ["idlg", "miface"]
 miface_threats = ["released", "stolen"]
+update_attacks = ["idlg"]
 images = 1
 evaluator_images = 500
 [audit.iterations]
 idlg = 2
+idlg-update = 4
 miface = 3
+[audit.restarts]
+idlg-update = 2
 """
+
+JOBS = (("idlg", "gradient"), ("idlg", "update"), ("miface", "released"), ("miface", "stolen"))
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +58,23 @@ def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
     with open(audited / "audit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["method"], r["attack"], r["threat"]) for r in rows} == {
-        (m, a, t) for m in ("rvepfl", "fedavg", "fedper")
-        for a, t in (("idlg", "gradient"), ("miface", "released"), ("miface", "stolen"))}
+        (m, a, t) for m in ("rvepfl", "fedavg", "fedper") for a, t in JOBS}
     by = {(r["method"], r["attack"], r["threat"]): r for r in rows}
-    assert by[("fedper", "idlg", "gradient")]["images"] == "0" and by[("fedper", "idlg", "gradient")]["note"]
+    for threat in ("gradient", "update"):
+        assert by[("fedper", "idlg", threat)]["images"] == "0" and by[("fedper", "idlg", threat)]["note"]
+        assert by[("fedavg", "idlg", threat)]["images"] == "1"
+    # Each job ran with its own settings: the attack-threat key wins over the attack's.
+    attacks = audited / "runs" / "mnist-fedavg-seed0" / "attacks"
+    update = json.loads((attacks / "idlg-update" / "summary.json").read_text())["settings"]
+    assert update.items() >= {"threat": "update", "iterations": 4, "restarts": 2, "local_steps": 1,
+                              "evaluator_images": 500}.items()
+    gradient = json.loads((attacks / "idlg-gradient" / "summary.json").read_text())["settings"]
+    assert (gradient["iterations"], gradient["restarts"], gradient["local_steps"]) == (2, 1, 0)
     assert by[("fedper", "miface", "stolen")]["images"] == "10"
     assert by[("fedavg", "idlg", "gradient")]["images"] == "1" and by[("fedavg", "idlg", "gradient")]["psnr"]
     md = (audited / "audit.md").read_text()
     assert "| rvepfl |" in md and "| fedper |" in md and "n/a" in md
+    assert "| idlg PSNR (dB) |" in md and "| idlg (update) PSNR (dB) |" in md and "(update): " in md
     assert (audited / "privacy_utility_mnist.png").read_bytes()[:4] == b"\x89PNG"
     # One evaluator for the three runs: they share seed, data set and so their held-out images.
     assert len(list((audited / "evaluators").glob("*.safetensors"))) == 1
@@ -81,6 +98,13 @@ def test_audit_rerun_skips_everything(audited, capsys):
         ({"batch_size": 2, "images": 2}, "iDLG reads the label of a single image"),
         ({"client": 9}, "Expected `audit.client` < 2"),
         ({"iterations": {"ig": 0}}, "audit.iterations.ig"),
+        ({"iterations": {"ig-released": 5}}, "`audit.iterations.ig-released` to name one of"),
+        ({"restarts": {"miface": 2}}, "`audit.restarts.miface` to name one of dlg, idlg, ig, dlg-gradient"),
+        ({"restarts": {"dlg": 0}}, r"`audit.restarts.dlg` .* integer >= 1, got 0"),
+        ({"update_attacks": ["miface"]}, "Unknown name 'miface' in `audit.update_attacks`: choose from dlg, idlg, ig"),
+        ({"attacks": ["dlg"], "update_attacks": ["ig"]},
+         r"`audit.update_attacks` to name attacks that `audit.attacks` runs \(dlg\), got 'ig'"),
+        ({"local_steps": 0}, "Expected `audit.local_steps` to be an integer >= 1, got 0"),
     ],
 )
 def test_bad_audit_files_are_refused(audit, match):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from rvepfl.rundir import CSV_HEADERS
 from tests.helpers.idx_format import write_mnist_dir
+from tests.helpers.processes import kill_at_line
 
 PUBLISHED = [n for n in CSV_HEADERS if n != "round_timing.csv"]
 TINY = ["--subset", "500", "--clients", "2", "--rounds", "3", "--local-epochs", "2",
@@ -71,19 +71,11 @@ def test_same_config_and_seed_give_identical_csvs(reference_run, tmp_path):
 
 def test_kill_mid_round_then_resume_gives_the_same_csvs(reference_run, tmp_path):
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "rvepfl", "train", *[a for a in TINY if a != "--quiet"], "--out", str(out)]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "round 2/3 client 1/2" in line:  # the first client of round 2 has finished
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    # One client at a time (the reference ran with a worker per CPU: one thread each, so the same
+    # numbers), killed when the first client of round 2 has finished and the second has not.
+    args = [sys.executable, "-m", "rvepfl", "train", *[a for a in TINY if a != "--quiet"], "--workers", "1",
+            "--out", str(out)]
+    assert kill_at_line(args, "round 2/3 client 1/2") == -signal.SIGKILL
     progress = json.loads((out / "state" / "progress.json").read_text())
     assert progress["completed_round"] == 1
     result = rvepfl("train", "--resume", str(out), "--quiet")

@@ -9,10 +9,11 @@ from rvepfl.methods.base import ClientData
 
 
 def tiny_cfg(method: str, **overrides) -> Config:
-    """A two-client, two-round config of ``method`` on 300 bundled images, one CPU thread."""
+    """A two-client, two-round config of ``method`` on 300 bundled images, one CPU thread, in
+    the test's process (tests/e2e/test_workers.py covers worker processes)."""
     return apply_overrides(Config(), {
         "method": method, "data.subset": 300, "data.num_clients": 2, "train.rounds": 2,
-        "train.local_epochs": 1, "train.batch_size": 32, "threads": 1, "device": "cpu", **overrides})
+        "train.local_epochs": 1, "train.batch_size": 32, "threads": 1, "workers": 1, "device": "cpu", **overrides})
 
 
 def random_data(n: int, n_test: int) -> ClientData:

@@ -26,7 +26,7 @@ from rvepfl.fl.simulation import initialise, prepare, train
 from rvepfl.methods import available_methods
 from rvepfl.rundir import RunDir
 
-BASE = {"threads": 1, "device": "cpu",
+BASE = {"threads": 1, "workers": 1, "device": "cpu",
         "data": {"subset": 200, "num_clients": 2},
         "train": {"rounds": 1, "local_epochs": 1, "batch_size": 32}}
 
@@ -40,6 +40,7 @@ datasets = ["mnist"]
 seeds = {seeds}
 [base]
 threads = 1
+workers = 1
 device = "cpu"
 [base.data]
 subset = 200

@@ -32,3 +32,22 @@ def test_every_cli_command_is_in_the_readme():
     for command in app.registered_commands:
         name = command.name or command.callback.__name__
         assert f"rvepfl {name}" in README, name
+
+
+def test_config_table_defaults_are_the_code_defaults():
+    table = README.split("<!-- config-keys -->")[1].split("<!-- /config-keys -->")[0]
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \|", table, flags=re.M))
+    cfg = Config()
+    for key in _keys(Config):
+        section, _, leaf = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, leaf)
+        cell = rows[key].strip()
+        assert cell.startswith("`") and cell.endswith("`"), (key, cell)
+        shown = cell.strip("`")
+        expected = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+        if isinstance(value, str):
+            assert shown.strip('"') == value, (key, shown, value)
+        elif isinstance(value, float):
+            assert float(shown) == value, (key, shown, value)
+        else:
+            assert shown == str(expected), (key, shown, value)

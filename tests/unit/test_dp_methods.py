@@ -137,7 +137,12 @@ def test_dp_sgd_local_train_keeps_the_model_and_reports_epsilon():
         assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
     for p in model.parameters():
         assert not hasattr(p, "grad_sample") and p.grad is None
-    assert steps == 2 * 4  # q = 16/64, int(1/q) = 4 Poisson batches per epoch, 2 epochs
+    assert steps == 2 * 4 == method.planned_steps(64)  # q = 16/64, int(1/q) = 4 Poisson batches per epoch, 2 epochs
+    assert method.summary()["clients_accounted"] == 0  # the server learns epsilon from the upload
+    received = {k: v.clone() for k, v in initial.items()}
+    sent = method.upload(model, RoundContext(1, 0, 0), 64, received)
+    assert sent.info["dp_sgd"]["steps"] == steps
+    method.aggregate([sent], received, RoundContext(1, None, 0))
     details = method.summary()
     accountant = RDPAccountant()
     for _ in range(steps):
@@ -158,12 +163,19 @@ def test_dp_sgd_is_seeded_by_round_and_client():
 def test_dp_sgd_epsilon_accumulates_over_a_clients_rounds():
     method = dp_sgd(**{"train.local_epochs": 1})
     model = method.build_model()
+
+    def report(ctx: RoundContext) -> None:  # upload, and the server's aggregation of it
+        received = {k: v.clone() for k, v in model.state_dict().items()}
+        method.aggregate([method.upload(model, ctx, 64, received)], received, RoundContext(ctx.round, None, 0))
+
     steps = method.local_train(model, random_data(), RoundContext(1, 1, 0), 0)
+    report(RoundContext(1, 1, 0))
     first = method.summary()["epsilon_max"]
     # The decay clock passed as `step` may count other clients' steps (lr_decay_clock =
     # "federation"); the accountant counts only this client's own steps.
     clock = 1000
     assert method.local_train(model, random_data(), RoundContext(2, 1, 0, client_steps=steps), clock) == clock + steps
+    report(RoundContext(2, 1, 0))
     assert method.summary()["clients"][0]["steps"] == 2 * steps
     assert method.summary()["epsilon_max"] > first
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -131,12 +132,15 @@ class Reconstruction:
         (B,) int64 labels the attack used (given or inferred) or recovered (DLG: the argmax of
         its soft labels).
     loss_history
-        Gradient-matching loss after each iteration (of the kept restart, for Inverting
-        Gradients); shorter than ``iterations`` requested if the attack stopped early.
+        Gradient-matching loss after each iteration of the kept restart; shorter than
+        ``iterations`` requested if the attack stopped early.
     iterations
         Iterations the kept run performed.
     seconds
         Wall-clock time of the whole attack (all restarts).
+    restart_losses
+        Gradient-matching loss of the iterate each restart returned, in restart order (not finite
+        for a restart that never had a finite one); the kept restart's is the lowest finite one.
     """
 
     inputs: torch.Tensor
@@ -144,6 +148,7 @@ class Reconstruction:
     loss_history: list[float] = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
+    restart_losses: list[float] = field(default_factory=list)
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -285,6 +290,28 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return across + down
 
 
+_Run = TypeVar("_Run")
+
+
+def _best_restart(restarts: int, run: Callable[[int], tuple[float, _Run]]) -> tuple[_Run, list[float]]:
+    """Call ``run(r)`` for r = 0 .. restarts - 1, each returning (loss, result); keep the result
+    with the lowest finite loss (the earliest on a tie, restart 0 when none is finite) and
+    return it with every restart's loss.
+
+    >>> _best_restart(3, lambda r: ([2.0, 1.0, 1.0][r], r))
+    (1, [2.0, 1.0, 1.0])
+    """
+    best: tuple[float, _Run] | None = None
+    losses: list[float] = []
+    for restart in range(restarts):
+        loss, result = run(restart)
+        losses.append(loss)
+        if best is None or (math.isfinite(loss) and not loss >= best[0]):
+            best = (loss, result)
+    assert best is not None
+    return best[1], losses
+
+
 # -- label inference ----------------------------------------------------------------------------
 def _last_layer_gradients(obs: GradientObservation) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The observed gradients of the last linear layer producing ``num_classes`` outputs."""
@@ -348,8 +375,10 @@ def infer_labels(obs: GradientObservation) -> torch.Tensor:
 def _lbfgs(
     matcher: _Matcher, x: torch.Tensor, label_logits: torch.Tensor | None, labels: torch.Tensor | None,
     *, iterations: int, lr: float,
-) -> tuple[torch.Tensor, torch.Tensor, list[float], int]:
-    """L-BFGS on the L2 gradient distance; return the best iterate seen (never a NaN one)."""
+) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[float], int]]:
+    """L-BFGS on the L2 gradient distance from ``x`` (and, for DLG, soft labels from
+    ``label_logits``); return the lowest distance seen and (its iterate, the labels, the loss
+    history, the iterations done). NaN iterates are never kept."""
     x = x.clone().requires_grad_(True)
     variables = [x] if label_logits is None else [x, label_logits.clone().requires_grad_(True)]
     # One inner iteration per step(): the iterates are those of one long L-BFGS run (the state
@@ -387,77 +416,96 @@ def _lbfgs(
         history.pop()
     found = best[1]
     final_labels = labels if len(found) == 1 else found[1].argmax(dim=-1)
-    return found[0], final_labels, history, len(history)
+    return best[0], (found[0], final_labels, history, len(history))
 
 
-def _check_common(obs: object, iterations: object, lr: object) -> GradientObservation:
+def _check_common(obs: object, iterations: object, lr: object, restarts: object) -> GradientObservation:
     obs = _check_observation(obs)
     _check_int("iterations", iterations, 1)
     _check_positive("lr", lr)
+    _check_int("restarts", restarts, 1)
     return obs
 
 
-def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, seed: int = 0) -> Reconstruction:
+def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
+        seed: int = 0) -> Reconstruction:
     """Deep Leakage from Gradients (Zhu et al. 2019).
 
     A dummy input (standard normal) and a dummy label (the softmax of a standard-normal logit
     tensor) are optimised together by L-BFGS to minimise the squared L2 distance between their
-    gradient and the observed one, summed over all layers.
+    gradient and the observed one, summed over all layers. Each restart starts from new dummies;
+    the restart whose best gradient distance is lowest is kept (the attacker's choice, made from
+    the observation alone).
 
     Parameters
     ----------
     obs
         What the server observed.
     iterations
-        L-BFGS iterations, each one evaluation of the gradient distance. (The DLG reference code
-        calls ``LBFGS.step`` 300 times with PyTorch's default of up to 20 inner iterations each;
-        here every iteration counts.)
+        L-BFGS iterations per restart, each one evaluation of the gradient distance. (The DLG
+        reference code calls ``LBFGS.step`` 300 times with PyTorch's default of up to 20 inner
+        iterations each; here every iteration counts.)
     lr
         L-BFGS learning rate (1 in the paper).
+    restarts
+        Independent random starts (>= 1).
     seed
-        Seed of the ``attack`` random stream (the dummy input and label).
+        Seed of the ``attack`` random stream (restart ``r`` draws its dummy input and label from
+        ``torch_generator(seed, "attack", r)``).
 
     Returns
     -------
     Reconstruction
-        The iterate with the lowest gradient distance seen; if L-BFGS diverges to NaN, the attack
-        stops and returns it. ``labels`` is the argmax of the dummy soft label.
+        The iterate with the lowest gradient distance seen in the kept restart; if L-BFGS
+        diverges to NaN, that restart stops and offers its best finite iterate. ``labels`` is
+        the argmax of the dummy soft label.
     """
-    obs = _check_common(obs, iterations, lr)
+    obs = _check_common(obs, iterations, lr, restarts)
     start = time.perf_counter()
     matcher = _Matcher(obs)
-    generator = torch_generator(seed, "attack", 0)
-    x0 = matcher.random_input(generator)
-    logits = torch.randn((obs.batch_size, obs.num_classes), generator=generator).to(matcher.device, matcher.dtype)
-    x, labels, history, done = _lbfgs(matcher, x0, logits, None, iterations=iterations, lr=lr)
-    return Reconstruction(x.detach(), labels.detach().long().cpu(), history, done, time.perf_counter() - start)
+
+    def run(restart: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[float], int]]:
+        generator = torch_generator(seed, "attack", restart)
+        x0 = matcher.random_input(generator)
+        logits = torch.randn((obs.batch_size, obs.num_classes), generator=generator)
+        return _lbfgs(matcher, x0, logits.to(matcher.device, matcher.dtype), None, iterations=iterations, lr=lr)
+
+    (x, labels, history, done), losses = _best_restart(restarts, run)
+    return Reconstruction(x.detach(), labels.detach().long().cpu(), history, done, time.perf_counter() - start,
+                          losses)
 
 
-def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, seed: int = 0) -> Reconstruction:
+def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
+         seed: int = 0) -> Reconstruction:
     """Improved DLG (Zhao et al. 2020): infer the labels, then run DLG on the input only.
 
-    The labels come from :func:`infer_labels` (exact for a batch of one); the dummy input is
-    drawn as in :func:`dlg`, so both start from the same input for the same seed.
+    The labels come from :func:`infer_labels` (exact for a batch of one); the dummy input of
+    each restart is drawn as in :func:`dlg`, so both start from the same inputs for the same
+    seed.
 
     Parameters
     ----------
-    obs, iterations, lr, seed
+    obs, iterations, lr, restarts, seed
         As for :func:`dlg`.
 
     Returns
     -------
     Reconstruction
-        The iterate with the lowest gradient distance seen; ``labels`` are the inferred labels.
+        The iterate with the lowest gradient distance seen in the kept restart; ``labels`` are
+        the inferred labels.
     """
-    obs = _check_common(obs, iterations, lr)
+    obs = _check_common(obs, iterations, lr, restarts)
     start = time.perf_counter()
     labels = infer_labels(obs)
     matcher = _Matcher(obs)
-    x0 = matcher.random_input(torch_generator(seed, "attack", 0))
-    x, _, history, done = _lbfgs(
-        matcher, x0, None, labels.to(matcher.device), iterations=iterations, lr=lr
-    )
-    return Reconstruction(x.detach(), labels, history, done, time.perf_counter() - start)
+    device_labels = labels.to(matcher.device)
+
+    def run(restart: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[float], int]]:
+        x0 = matcher.random_input(torch_generator(seed, "attack", restart))
+        return _lbfgs(matcher, x0, None, device_labels, iterations=iterations, lr=lr)
+
+    (x, _, history, done), losses = _best_restart(restarts, run)
+    return Reconstruction(x.detach(), labels, history, done, time.perf_counter() - start, losses)
 
 
 # -- Inverting Gradients ------------------------------------------------------------------------
@@ -469,7 +517,9 @@ def _milestones(iterations: int) -> list[int]:
 def _ig_run(
     matcher: _Matcher, x0: torch.Tensor, labels: torch.Tensor, *, iterations: int, lr: float,
     tv_weight: float, signed: bool, bounds: tuple[float, float] | None,
-) -> tuple[torch.Tensor, float, list[float], int]:
+) -> tuple[float, tuple[torch.Tensor, list[float], int]]:
+    """Adam on 1 - cos + TV from ``x0``; return the final finite iterate's 1 - cos and (that
+    iterate, the loss history, the iterations done)."""
     x = x0.clone()
     if bounds is not None:
         x.clamp_(*bounds)
@@ -495,7 +545,7 @@ def _ig_run(
         if bounds is not None:
             with torch.no_grad():
                 x.clamp_(*bounds)
-    return kept, score, history, len(history)
+    return score, (kept, history, len(history))
 
 
 def inverting_gradients(
@@ -544,25 +594,20 @@ def inverting_gradients(
         The final iterate of the kept restart (the last finite one if the loss became NaN);
         ``loss_history`` holds that restart's ``1 - cos`` after each iteration.
     """
-    obs = _check_common(obs, iterations, lr)
+    obs = _check_common(obs, iterations, lr, restarts)
     tv_weight = _check_positive("tv_weight", tv_weight, allow_zero=True)
-    _check_int("restarts", restarts, 1)
     start = time.perf_counter()
     labels = infer_labels(obs) if labels is None else _check_labels(labels, obs)
     matcher = _Matcher(obs)
     device_labels = labels.to(matcher.device)
-    best: tuple[float, torch.Tensor, list[float], int] | None = None
-    for restart in range(restarts):
+
+    def run(restart: int) -> tuple[float, tuple[torch.Tensor, list[float], int]]:
         x0 = matcher.random_input(torch_generator(seed, "attack", restart))
-        x, score, history, done = _ig_run(
-            matcher, x0, device_labels, iterations=iterations, lr=lr, tv_weight=tv_weight,
-            signed=bool(signed), bounds=obs.bounds,
-        )
-        if best is None or (math.isfinite(score) and not score >= best[0]):
-            best = (score, x, history, done)
-    assert best is not None
-    _, x, history, done = best
-    return Reconstruction(x.detach(), labels.cpu(), history, done, time.perf_counter() - start)
+        return _ig_run(matcher, x0, device_labels, iterations=iterations, lr=lr, tv_weight=tv_weight,
+                       signed=bool(signed), bounds=obs.bounds)
+
+    (x, history, done), losses = _best_restart(restarts, run)
+    return Reconstruction(x.detach(), labels.cpu(), history, done, time.perf_counter() - start, losses)
 
 
 # -- the positive-control model -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Run one attack against one run directory and write its scores, summary and image grid.
 
 ``rvepfl attack ATTACK --run RUN_DIR`` calls :func:`run_attack`. It writes into its output
-directory (default ``RUN_DIR/attacks/<attack>``):
+directory (default ``RUN_DIR/attacks/<attack>-<threat>``):
 
 - ``scores.csv``: one row per attacked image (gradient attacks) or per class (MI-Face);
 - ``summary.json``: the settings, the threat model in words, mean ± std of every score, the
@@ -10,9 +10,11 @@ directory (default ``RUN_DIR/attacks/<attack>``):
   reconstruction;
 - ``reconstructions.safetensors``: the reconstructions in [0, 1] pixel space.
 
-Gradient attacks process ``images / batch_size`` observations one after another; after each,
-the files are rewritten atomically, so an interrupted attack resumes where it stopped when the
-same command is run again (a changed setting starts it afresh).
+Gradient attacks (threat model ``gradient``: one local step; ``update``: a client's whole local
+round) process ``images / batch_size`` observations one after another; after each, the files are
+rewritten atomically, so an interrupted attack resumes where it stopped when the same command is
+run again. Every setting, the evaluator's image count included, is hashed into the summary: a
+changed one starts the attack afresh.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv, write_json
 
-__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "run_attack"]
+__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "UPLOAD_THREATS", "run_attack"]
 
 ATTACK_NAMES = ("dlg", "idlg", "ig", "miface")
+UPLOAD_THREATS = ("gradient", "update")
+"""The threat models the gradient attacks (dlg, idlg, ig) serve; miface serves the others."""
 DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released"}
 DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "miface": 1000}
 MIN_EVALUATOR_IMAGES = 500
@@ -57,6 +61,10 @@ class AttackSettings:
     iterations: int
     seed: int
     restarts: int = 1
+    local_steps: int = 0
+    """Local steps of the observed round (threat model ``update``; 0 otherwise)."""
+    evaluator_images: int = 5000
+    """Held-out images the evaluator may train on (it labels every reconstruction)."""
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
@@ -65,17 +73,32 @@ class AttackSettings:
 
 def resolve_settings(target: Target, attack: str, *, threat: str | None, round_: int | None, client: int,
                      batch_size: int, images: int | None, iterations: int | None, seed: int,
-                     restarts: int) -> AttackSettings:
-    """Validate the CLI's choices against the run; raise a one-line error for each bad one."""
+                     restarts: int, local_steps: int | None = None,
+                     evaluator_images: int = 5000) -> AttackSettings:
+    """Validate the CLI's choices against the run; raise a one-line error for each bad one.
+
+    ``local_steps`` (threat model ``update`` only) defaults to the run's ``train.local_epochs``:
+    the steps a client holding only the attacked batch would take.
+    """
     if attack not in ATTACK_NAMES:
         raise ConfigError(f"Unknown attack {attack!r}: choose one of {', '.join(ATTACK_NAMES)}")
     threat = threat or DEFAULT_THREAT[attack]
     if threat not in THREAT_MODELS:
         raise ConfigError(f"Unknown threat model {threat!r}: choose one of {', '.join(THREAT_MODELS)}")
-    if attack == "miface" and threat == "gradient":
-        raise ConfigError("miface inverts a model, not a gradient: use --threat-model released or stolen")
-    if attack != "miface" and threat != "gradient":
-        raise ConfigError(f"{attack} inverts an observed gradient: use --threat-model gradient (the default)")
+    if attack == "miface" and threat in UPLOAD_THREATS:
+        raise ConfigError(f"miface inverts a model, not an upload: use --threat-model released or stolen, got {threat}")
+    if attack != "miface" and threat not in UPLOAD_THREATS:
+        raise ConfigError(f"{attack} inverts an observed upload: use --threat-model gradient (the default) or update, "
+                          f"got {threat}")
+    if threat != "update" and local_steps is not None:
+        raise ConfigError(f"--local-steps applies to --threat-model update only, got --threat-model {threat}")
+    steps = 0
+    if threat == "update":
+        steps = target.cfg.train.local_epochs if local_steps is None else local_steps
+        if steps < 1:
+            raise ConfigError(f"Expected --local-steps >= 1, got {steps}")
+    if evaluator_images < 1:
+        raise ConfigError(f"Expected --evaluator-images >= 1, got {evaluator_images}")
     r = target.check_round(round_)
     target.check_client(client)
     if batch_size < 1:
@@ -93,7 +116,7 @@ def resolve_settings(target: Target, attack: str, *, threat: str | None, round_:
     if attack == "miface":
         n_images = target.num_classes
     return AttackSettings(attack, threat, r, client, batch_size if attack != "miface" else 1, n_images, its,
-                          seed, restarts if attack == "ig" else 1)
+                          seed, restarts if attack != "miface" else 1, steps, evaluator_images)
 
 
 # -- the evaluator -------------------------------------------------------------------------------
@@ -171,18 +194,20 @@ MIFACE_COLUMNS = ["class", "iterations", "confidence", "mean_mse", "mean_psnr", 
 
 
 def run_attack(target: Target, settings: AttackSettings, out: Path,
-               log: Callable[[str], None] = lambda line: None, *, evaluator_images: int = 5000,
+               log: Callable[[str], None] = lambda line: None, *,
                evaluator_cache: Path | None = None) -> dict[str, Any]:
-    """Run ``settings`` against ``target``; write (or complete) ``out``; return the summary."""
-    if evaluator_images < 1:
-        raise ConfigError(f"Expected --evaluator-images >= 1, got {evaluator_images}")
+    """Run ``settings`` against ``target``; write (or complete) ``out``; return the summary.
+
+    The evaluator trains on up to ``settings.evaluator_images`` held-out images and is cached in
+    ``evaluator_cache`` (default ``RUN/attacks/``).
+    """
     digest = settings.digest()
     previous = _read_summary(out / "summary.json")
     if previous.get("status") == "complete" and previous.get("settings_digest") == digest:
         log(f"{settings.attack}: complete with these settings, skipped ({out})")
         return previous
     out.mkdir(parents=True, exist_ok=True)
-    evaluator, evaluator_note = load_or_train_evaluator(target, evaluator_images, log, evaluator_cache)
+    evaluator, evaluator_note = load_or_train_evaluator(target, settings.evaluator_images, log, evaluator_cache)
     started = time.perf_counter()
     if settings.attack == "miface":
         rows, truth, recon, titles = _run_miface(target, settings, evaluator, log)
@@ -282,11 +307,12 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
     for draw in range(start_draw, draws):
         t0 = time.perf_counter()
         x, gt = target.client_batch(s.client, s.batch_size, draw, s.seed)
-        obs = target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
-        kwargs: dict[str, Any] = {"iterations": s.iterations, "seed": s.seed * 1000 + draw}
-        if s.attack == "ig":
-            kwargs["restarts"] = s.restarts
-        result = attack(obs, **kwargs)
+        if s.threat == "update":
+            obs = target.observe_update(s.round, s.client, x, gt.labels, local_steps=s.local_steps, seed=s.seed,
+                                        draw=draw)
+        else:
+            obs = target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
+        result = attack(obs, iterations=s.iterations, restarts=s.restarts, seed=s.seed * 1000 + draw)
         pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
         # A gradient does not say which reconstruction is which image of the batch: match them
         # to the truth by the assignment of least total MSE (the identity at batch 1).

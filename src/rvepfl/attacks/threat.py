@@ -1,6 +1,6 @@
 """Threat models: what an attacker of a finished run observes, kept apart from the ground truth.
 
-Three threat models, each an explicit object (:data:`THREAT_MODELS`):
+Four threat models, each an explicit object (:data:`THREAT_MODELS`):
 
 - ``gradient`` -- an honest-but-curious server. It sent the shared model to a client and sees
   the gradient that client computes on one batch of its training data (one local step of
@@ -21,6 +21,20 @@ Three threat models, each an explicit object (:data:`THREAT_MODELS`):
 
   Whatever the method, the attacker is given the batch size and the shared model's weights,
   and the model is evaluated without dropout (the attacker's best case).
+- ``update`` -- the same server, which sees a client's *whole round* instead: the upload after
+  all its local steps, as the method puts it on the wire. :meth:`Target.observe_update`
+  produces it by running the method's own ``local_train`` and ``upload`` from the round's
+  global state (and the client's private state) on ``B`` of the client's images, with
+  ``train.batch_size = B`` and ``train.local_epochs = S``: S local steps, each on all B images
+  (dropout on, the encoder sampling z, DP-SGD's clipping and noise, as in training). The server
+  reads the shared update ``theta_after - theta_before`` off the upload (NbAFL: the clipped,
+  noised parameters minus what it sent; DP-FedAvg: the clipped update itself, before the
+  server's noise) and, knowing B, S and ``train.lr``, treats ``-update / (lr * S)`` as the
+  mean gradient over the B images (the FedSGD view of a multi-step update) and attacks it with
+  the gradient attacks. The methods train with Adam, whose step is normalised per coordinate,
+  so this view is a gradient's direction, roughly sign by sign, rather than its size: the
+  cosine of Inverting Gradients suits it, DLG's squared distance does not. FedPer and FedRep
+  have no such surface either.
 - ``released`` -- the global shared model of a round is public (for RVE-PFL: the classifier,
   whose input space is z, not x).
 - ``stolen`` -- one client's full personal model (for RVE-PFL: its private encoder followed by
@@ -34,6 +48,8 @@ reads.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +66,10 @@ from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.simulation import GLOBAL_KIND, Federation, check_partition, prepare
 from rvepfl.fl.store import load_client_state
 from rvepfl.io import load_tensors
+from rvepfl.methods import ClientData, RoundContext, get_method
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2
 from rvepfl.rundir import RunDir
-from rvepfl.seeding import numpy_rng, seed_torch, torch_generator
+from rvepfl.seeding import derive_seed, numpy_rng, seed_torch, torch_generator
 
 __all__ = ["THREAT_MODELS", "GroundTruth", "Target", "ThreatModel"]
 
@@ -70,6 +87,12 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         "gradient",
         "honest-but-curious server: the shared model it sent and one client's gradient on one batch, "
         "as the method puts it on the wire (noised or clipped for the DP methods), and the batch size",
+    ),
+    "update": ThreatModel(
+        "update",
+        "honest-but-curious server: the shared model it sent and one client's whole-round upload (every local "
+        "step on one batch), as the method puts it on the wire, with the batch size, the number of local steps and "
+        "the learning rate; attacked as the mean gradient -update / (lr * steps)",
     ),
     "released": ThreatModel("released", "the global shared model after a round (for RVE-PFL: the classifier, input z)"),
     "stolen": ThreatModel("stolen", "one client's full personal model (for RVE-PFL: its private encoder and the classifier)"),
@@ -286,11 +309,17 @@ class Target:
             elif name == "dp-fedavg":
                 clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, self.cfg.dp_fedavg.clip_norm)
                 grads = {k: -v / lr for k, v in clipped.items()}
+        return self._observation(round_, client, shared, [grads[k] for k in names], len(y))
+
+    def _observation(self, round_: int, client: int, shared: nn.Module, gradients: list[torch.Tensor],
+                     batch_size: int) -> GradientObservation:
+        """What the attacker is handed: the shared module, one gradient per parameter, the batch
+        size, and the input range when the shared module reads raw images."""
         bounds = _pixel_bounds(self.dataset) if shared is self.model(round_, client) else None
         return GradientObservation(
             model=shared,
-            gradients=tuple(grads[k].float() for k in names),
-            batch_size=len(y),
+            gradients=tuple(g.float() for g in gradients),
+            batch_size=batch_size,
             input_shape=self.input_shape,
             num_classes=self.num_classes,
             bounds=bounds,
@@ -307,6 +336,48 @@ class Target:
                 total[k] += clipped[k]
         noisy = add_gaussian_noise(total, d.noise_multiplier * d.max_grad_norm, generator)
         return {k: v / len(y) for k, v in noisy.items()}
+
+    # -- the update threat model ----------------------------------------------------------------
+    def observe_update(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor, *,
+                       local_steps: int, seed: int, draw: int) -> GradientObservation:
+        """What the server sees of ``client``'s whole round on (x, y), as the mean gradient.
+
+        The method's own ``local_train`` runs from round ``round_``'s global state (and the
+        client's private state of that round) for ``local_steps`` steps, each on all of (x, y):
+        the run's method rebuilt with ``train.batch_size = len(y)`` and ``train.local_epochs =
+        local_steps``, its local batches and noise drawn from streams of this attack's ``seed``
+        and ``draw``, its learning-rate decay clock starting at 0. Its ``upload`` gives the
+        shared update as it goes on the wire; the observation's gradients are
+        ``-update / (train.lr * local_steps)``.
+
+        Raises
+        ------
+        ConfigError
+            For a method without a gradient surface (FedPer, FedRep), or ``local_steps`` < 1.
+        """
+        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+            raise ConfigError(f"Expected --local-steps >= 1, got {local_steps!r}")
+        shared, _ = self.gradient_surface(round_, client)
+        received_model = self.model(round_, client)
+        full_name = {id(p): k for k, p in received_model.named_parameters()}
+        keys = [full_name[id(p)] for p in shared.parameters()]
+        t = self.cfg.train
+        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(t, batch_size=len(y), local_epochs=local_steps))
+        method = get_method(self.method.name)(cfg, self.method.spec)
+        model = copy.deepcopy(received_model)
+        received = {k: v.detach().to("cpu", copy=True) for k, v in method.shared_state(model).items()}
+        ctx = RoundContext(round=round_, client=client, seed=derive_seed(seed, "attack", round_, client, draw, 2))
+        seed_torch(seed, "attack", round_, client, draw)  # dropout masks and the encoder's samples of z
+        steps = method.local_train(model, ClientData(x, y, x[:0], y[:0]), ctx, 0)
+        if steps != local_steps:  # each local step must cover the whole batch
+            raise RuntimeError(f"{method.name}'s local round took {steps} steps on one batch, expected {local_steps}")
+        upload = method.upload(model, ctx, len(y), received).state
+        if self.method.uploads_update:
+            update = {k: upload[k].double() for k in keys}
+        else:
+            update = {k: upload[k].double() - received[k].double() for k in keys}
+        scale = t.lr * local_steps
+        return self._observation(round_, client, shared, [-update[k] / scale for k in keys], len(y))
 
     # -- the model-inversion threat models ---------------------------------------------------------
     def inversion_model(self, threat: str, round_: int, client: int) -> tuple[nn.Module, tuple[float, float] | None]:

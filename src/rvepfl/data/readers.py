@@ -24,6 +24,7 @@ labels outside 0..9, a pixel array that is not (N, 3072) with N labels, and trai
 from __future__ import annotations
 
 import gzip
+import math
 import pickletools
 import warnings
 import zlib
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from rvepfl.errors import DataError
+from rvepfl.errors import DataError, short_repr
 
 __all__ = [
     "CIFAR10_TEST_BATCH",
@@ -79,6 +80,9 @@ _IDX_SUBDIRS: dict[str, tuple[str, ...]] = {
 }
 _IMAGE_SIZE = 28
 _NUM_CLASSES = 10
+#: More dimensions than any array library here supports (numpy 1.x allows 32).
+_IDX_MAX_DIMS = 32
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -92,6 +96,30 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(
             f"{path}: cannot read the file ({reason}); check it is a readable file"
         ) from None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``; a directory that cannot be read raises :class:`DataError`."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise _unreadable_dir(path.parent, exc) from None
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``; a parent directory that cannot be read raises :class:`DataError`."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise _unreadable_dir(path.parent, exc) from None
+
+
+def _unreadable_dir(directory: Path, exc: OSError) -> DataError:
+    reason = exc.strerror or type(exc).__name__
+    return DataError(
+        f"{directory}: cannot read the directory ({reason}); check that it is a directory you "
+        "may read (e.g. chmod u+rx)"
+    )
 
 
 def _gunzip(data: bytes, source: str) -> bytes:
@@ -164,6 +192,11 @@ def _idx_header(data: bytes, source: str) -> tuple[np.dtype[Any], tuple[int, ...
         )
     if ndim == 0:
         raise DataError(f"{source}: IDX header declares 0 dimensions; {_REFETCH}")
+    if ndim > _IDX_MAX_DIMS:
+        raise DataError(
+            f"{source}: IDX header declares {ndim} dimensions, more than the {_IDX_MAX_DIMS} an "
+            f"array can have; {_REFETCH}"
+        )
     offset = 4 + 4 * ndim
     if len(data) < offset:
         raise DataError(
@@ -171,7 +204,12 @@ def _idx_header(data: bytes, source: str) -> tuple[np.dtype[Any], tuple[int, ...
             f"found {len(data)}; {_REFETCH}"
         )
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    return _IDX_DTYPES[code], shape, offset
+    dtype = _IDX_DTYPES[code]
+    if math.prod(d for d in shape if d) * dtype.itemsize > _MAX_ARRAY_BYTES:
+        raise DataError(
+            f"{source}: IDX header declares shape {shape}, too large for any array; {_REFETCH}"
+        )
+    return dtype, shape, offset
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -209,7 +247,7 @@ def _find_idx_files(directory: Path) -> dict[str, Path] | None:
     found: dict[str, Path] = {}
     for role, base in IDX_FILES.items():
         for candidate in (directory / base, directory / f"{base}.gz"):
-            if candidate.is_file():
+            if _is_file(candidate):
                 found[role] = candidate
                 break
         else:
@@ -275,7 +313,7 @@ def read_idx_dataset(
     if name not in _IDX_SUBDIRS:
         raise DataError(f"no IDX data set named {name!r}; choose one of {', '.join(_IDX_SUBDIRS)}")
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    if not _is_dir(data_dir):
         raise DataError(f"{data_dir}: data directory not found; check the path")
     dirs = _idx_search_dirs(data_dir, name)
     for directory in dirs:
@@ -623,7 +661,7 @@ def _build(target: object, state: object, fail: Callable[[str], DataError]) -> N
         if not isinstance(state, tuple) or len(state) not in (4, 5):
             raise fail("unexpected numpy array state")
         if len(state) == 5 and state[0] != 1:
-            raise fail(f"unsupported numpy array state version {state[0]!r}")
+            raise fail(f"unsupported numpy array state version {short_repr(state[0])}")
         shape, dtype, fortran, raw = state[-4:]
         if not isinstance(fortran, (bool, int)) or not isinstance(raw, bytes):
             raise fail("the pixel array is not a plain byte buffer (object arrays are refused)")
@@ -664,7 +702,9 @@ def _complete_array(
     for d in shape:
         size *= d
     if size != len(raw):
-        raise fail(f"the pixel array's shape {shape} needs {size} bytes, found {len(raw)}")
+        raise fail(
+            f"the pixel array's shape {short_repr(shape)} needs {short_repr(size)} bytes, found {len(raw)}"
+        )
     target.shape, target.dtype, target.fortran, target.raw = shape, dtype, fortran, raw
     return target
 
@@ -696,7 +736,7 @@ def _cifar_labels(value: object, fail: Callable[[str], DataError]) -> np.ndarray
         raise fail("'labels' is not a list of integers")
     bad = [v for v in value if not 0 <= v < _NUM_CLASSES]
     if bad:
-        raise fail(f"label {bad[0]} is outside 0..{_NUM_CLASSES - 1}")
+        raise fail(f"label {short_repr(bad[0])} is outside 0..{_NUM_CLASSES - 1}")
     return np.asarray(value, dtype=np.int64).reshape(-1)
 
 
@@ -706,7 +746,8 @@ def _cifar_images(value: object, count: int, fail: Callable[[str], DataError]) -
         raise fail("'data' is not a numpy uint8 array")
     if value.shape != (count, _CIFAR_ROW):
         raise fail(
-            f"'data' has shape {value.shape}, expected ({count}, {_CIFAR_ROW}) for {count} labels"
+            f"'data' has shape {short_repr(value.shape)}, expected ({count}, {_CIFAR_ROW}) "
+            f"for {count} labels"
         )
     rows = np.frombuffer(value.raw, dtype=np.uint8).reshape(
         value.shape, order="F" if value.fortran else "C"
@@ -770,7 +811,7 @@ def _find_cifar_dir(data_dir: Path) -> Path | None:
     """The first of ``data_dir`` and its usual sub-directories holding all six batches."""
     names = (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH)
     for directory in (data_dir, *(data_dir / sub for sub in _CIFAR_SUBDIRS)):
-        if all((directory / n).is_file() for n in names):
+        if all(_is_file(directory / n) for n in names):
             return directory
     return None
 
@@ -798,7 +839,7 @@ def read_cifar10(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
         Missing directory or files, or any batch that is not a well-formed CIFAR-10 batch.
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    if not _is_dir(data_dir):
         raise DataError(f"{data_dir}: data directory not found; check the path")
     directory = _find_cifar_dir(data_dir)
     if directory is None:

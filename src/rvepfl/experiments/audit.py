@@ -5,17 +5,26 @@ An audit file is a compare file (see :mod:`rvepfl.experiments.compare`) with one
     [audit]
     attacks = ["dlg", "idlg", "ig", "miface"]   # any of dlg, idlg, ig, miface
     miface_threats = ["released", "stolen"]     # the model-inversion threat models to run
+    update_attacks = ["ig"]                     # gradient attacks also run on the whole local
+                                                # update (threat model `update`; default none)
+    local_steps = 2                             # its local steps (default: train.local_epochs)
     client = 0                                  # the victim client of every run
     images = 4                                  # images per gradient attack
-    batch_size = 1                              # images per observed gradient
+    batch_size = 1                              # images per observed gradient or update
     evaluator_images = 3000                     # held-out images the evaluator trains on
     seed = 0                                    # the attacks' seed
-    [audit.iterations]                          # optional, per attack
-    ig = 500
+    [audit.iterations]                          # optional, per attack or per attack-threat
+    ig = 1000                                   # (the more specific key wins)
+    ig-update = 500
+    [audit.restarts]                            # optional, the same keys (default 1; not miface)
+    dlg = 2
 
-Runs are trained exactly as ``rvepfl compare`` trains them (complete runs are skipped), under
+The jobs of a run are every attack under its threat models: ``gradient`` for dlg, idlg and ig,
+and ``update`` too for those in ``update_attacks``; ``miface_threats`` for miface. Runs are
+trained exactly as ``rvepfl compare`` trains them (complete runs are skipped), under
 ``<out>/runs/<dataset>-<method>-seed<k>/``; each attack writes into that run's
-``attacks/<attack>-<threat>/`` and is skipped when complete, resumed when interrupted. A
+``attacks/<attack>-<threat>/`` and is skipped when complete with the same settings, resumed when
+interrupted. A
 method/threat pair that has no attack surface (FedPer and FedRep keep a private head, so they
 have neither a gradient surface nor a released model that classifies) is listed as such.
 Then ``<out>`` receives:
@@ -34,7 +43,7 @@ import csv
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +57,8 @@ from rvepfl.io import atomic_write_bytes, atomic_write_text, write_csv
 
 __all__ = ["AuditSpec", "load_audit", "run_audit"]
 
-_AUDIT_KEYS = ("attacks", "miface_threats", "client", "images", "batch_size", "evaluator_images", "seed",
-               "iterations")
+_AUDIT_KEYS = ("attacks", "miface_threats", "update_attacks", "local_steps", "client", "images", "batch_size",
+               "evaluator_images", "seed", "iterations", "restarts")
 
 
 @dataclass(frozen=True)
@@ -63,20 +72,32 @@ class AuditSpec:
     evaluator_images: int
     seed: int
     iterations: dict[str, int]
+    update_attacks: tuple[str, ...] = ()
+    local_steps: int | None = None
+    """Local steps of the observed round (threat model ``update``); None: each run's train.local_epochs."""
+    restarts: dict[str, int] = field(default_factory=dict)
     source: str = ""
+
+    def setting(self, table: str, attack: str, threat: str) -> int | None:
+        """``iterations`` or ``restarts`` of one job: its ``attack-threat`` key, else its attack's, else None."""
+        values: dict[str, int] = getattr(self, table)
+        return values.get(f"{attack}-{threat}", values.get(attack))
 
     def jobs(self) -> list[tuple[str, str]]:
         """(attack, threat) pairs, in order."""
         out = []
         for attack in self.attacks:
-            threats = self.miface_threats if attack == "miface" else ("gradient",)
+            if attack == "miface":
+                threats: tuple[str, ...] = self.miface_threats
+            else:
+                threats = ("gradient", "update") if attack in self.update_attacks else ("gradient",)
             out.extend((attack, t) for t in threats)
         return out
 
 
 def audit_from_dict(values: dict[str, Any], *, smoke: bool = False, source: str = "",
                     default_name: str = "audit") -> AuditSpec:
-    from rvepfl.attacks.runner import ATTACK_NAMES
+    from rvepfl.attacks.runner import ATTACK_NAMES, UPLOAD_THREATS
 
     values = dict(values)
     audit = values.pop("audit", None)
@@ -102,14 +123,28 @@ def audit_from_dict(values: dict[str, Any], *, smoke: bool = False, source: str 
             raise ConfigError(f"Expected `audit.{key}` to be an integer >= {minimum}, got {value!r}")
         return value
 
+    def per_job(key: str, allowed: tuple[str, ...]) -> dict[str, int]:
+        table = audit.get(key, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"Expected `audit.{key}` to be a table of attack = count, got {table!r}")
+        for k, v in table.items():
+            if k not in allowed or isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"Expected `audit.{key}.{k}` to name one of {', '.join(allowed)} and be an "
+                                  f"integer >= 1, got {v!r}")
+        return dict(table)
+
     attacks = names("attacks", ATTACK_NAMES, list(ATTACK_NAMES))
     threats = names("miface_threats", ("released", "stolen"), ["released", "stolen"])
-    iterations = audit.get("iterations", {})
-    if not isinstance(iterations, dict):
-        raise ConfigError(f"Expected `audit.iterations` to be a table of attack = count, got {iterations!r}")
-    for k, v in iterations.items():
-        if k not in ATTACK_NAMES or isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"Expected `audit.iterations.{k}` to name an attack and be an integer >= 1, got {v!r}")
+    gradient_attacks = tuple(a for a in ATTACK_NAMES if a != "miface")
+    update_attacks = names("update_attacks", gradient_attacks, []) if audit.get("update_attacks", []) != [] else ()
+    for a in update_attacks:
+        if a not in attacks:
+            raise ConfigError(f"Expected `audit.update_attacks` to name attacks that `audit.attacks` runs "
+                              f"({', '.join(attacks)}), got {a!r}")
+    local_steps = integer("local_steps", 1, 1) if "local_steps" in audit else None
+    pairs = tuple(f"{a}-{t}" for a in gradient_attacks for t in UPLOAD_THREATS)
+    iterations = per_job("iterations", ATTACK_NAMES + pairs + ("miface-released", "miface-stolen"))
+    restarts = per_job("restarts", gradient_attacks + pairs)
     batch = integer("batch_size", 1, 1)
     images = integer("images", 4, 1)
     if images % batch:
@@ -123,10 +158,11 @@ def audit_from_dict(values: dict[str, Any], *, smoke: bool = False, source: str 
     evaluator_images = integer("evaluator_images", 3000, 1)
     if smoke:
         iterations = {a: 3 for a in ATTACK_NAMES}
+        restarts = {}
         images = batch
         evaluator_images = min(evaluator_images, 600)
-    return AuditSpec(spec, attacks, threats, client, images, batch, evaluator_images,
-                     integer("seed", 0, 0), dict(iterations), source)
+    return AuditSpec(spec, attacks, threats, client, images, batch, evaluator_images, integer("seed", 0, 0),
+                     iterations, update_attacks, local_steps, restarts, source)
 
 
 def load_audit(path: str | Path, *, smoke: bool = False) -> AuditSpec:
@@ -174,7 +210,10 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, *, progress: Any =
                     target, attack, threat=threat, round_=None, client=spec.client,
                     batch_size=1 if attack == "miface" else spec.batch_size,
                     images=None if attack == "miface" else spec.images,
-                    iterations=spec.iterations.get(attack), seed=spec.seed, restarts=1)
+                    iterations=spec.setting("iterations", attack, threat), seed=spec.seed,
+                    restarts=spec.setting("restarts", attack, threat) or 1,
+                    local_steps=spec.local_steps if threat == "update" else None,
+                    evaluator_images=spec.evaluator_images)
                 if attack != "miface":
                     target.gradient_surface(settings.round, spec.client)
                 else:
@@ -186,7 +225,7 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, *, progress: Any =
                 continue
             dest = run_dir / "attacks" / f"{attack}-{threat}"
             summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
-                                 evaluator_images=spec.evaluator_images, evaluator_cache=out / "evaluators")
+                                 evaluator_cache=out / "evaluators")
             with open(dest / "scores.csv", newline="") as fh:
                 table = list(csv.DictReader(fh))
             per_image.setdefault((r.dataset, r.method, attack, threat), []).extend(table)
@@ -214,6 +253,11 @@ _ORDER = ["dataset", "method", "seed", "accuracy", "attack", "threat", "images"]
 
 def _fmt(value: Any) -> Any:
     return "" if value is None else value
+
+
+def _job_name(attack: str, threat: str) -> str:
+    """A column name: the attack, with its threat model unless that is ``gradient``."""
+    return attack if threat == "gradient" else f"{attack} ({threat})"
 
 
 def _score_key(attack: str) -> tuple[str, str]:
@@ -245,7 +289,7 @@ def _markdown(spec: AuditSpec, final: dict[str, Any], per_image: dict, rows: lis
         lines.append("")
         header = ["method", "accuracy (%)"]
         for attack, threat in spec.jobs():
-            name = attack if attack != "miface" else f"miface ({threat})"
+            name = _job_name(attack, threat)
             header += [f"{name} PSNR (dB)", f"{name} SSIM", f"{name} evaluator acc (%)"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| --- | " + " | ".join("---:" for _ in header[1:]) + " |")
@@ -270,6 +314,13 @@ def _markdown(spec: AuditSpec, final: dict[str, Any], per_image: dict, rows: lis
         "independent classifier, trained on images no client has, labels as the true class (chance is "
         "10 %). n/a: the method exposes no such attack surface (see audit.csv's note).",
         f"Victim client {spec.client}; {spec.images} images per gradient attack, batch {spec.batch_size}.",
+    ]
+    if spec.update_attacks:
+        steps = "each run's train.local_epochs" if spec.local_steps is None else str(spec.local_steps)
+        lines.append(
+            f"(update): the attack sees the client's whole local round on each batch ({steps} local steps, "
+            "the method's own training and upload) as the mean gradient -update / (lr * steps).")
+    lines += [
         "",
         "Generated by `rvepfl audit`; do not edit by hand.",
     ]
@@ -300,7 +351,7 @@ def _plot(path: Path, spec: AuditSpec, dataset: str, final: dict[str, Any], per_
             ax.annotate(method, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_ylabel(ylabel, fontsize=8)
         ax.set_xlabel("mean client test accuracy (%)", fontsize=8)
-        ax.set_title(attack if attack != "miface" else f"miface ({threat})", fontsize=9)
+        ax.set_title(_job_name(attack, threat), fontsize=9)
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{spec.compare.name} / {dataset}: utility (right) vs leakage (up)", fontsize=9)
     fig.tight_layout()

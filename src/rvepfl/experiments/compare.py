@@ -56,7 +56,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from rvepfl.config import Config, DatasetName, config_from_dict, config_hash, read_toml_file
+from rvepfl.config import Config, DatasetName, check_name, config_from_dict, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.simulation import Progress, check_partition, initialise, prepare, train
 from rvepfl.io import atomic_write_bytes, atomic_write_text, write_csv
@@ -235,9 +235,7 @@ def compare_from_dict(values: dict[str, Any], *, smoke: bool = False, source: st
     for key in values:
         if key not in _TOP_KEYS:
             raise ConfigError(f"Unknown compare key `{key}`: allowed: {', '.join(_TOP_KEYS)}")
-    name = values.get("name", default_name)
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"Expected `name` to be a non-empty name without '/', got {name!r}")
+    name = check_name(values.get("name", default_name))
     methods = _names(values, "methods", available_methods(), "method")
     datasets = _names(values, "datasets", list(get_args(DatasetName)), "dataset")
     seeds = _seeds(values)

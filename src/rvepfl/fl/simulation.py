@@ -11,9 +11,12 @@ stopped at any point resumes from its last complete round and gives the same num
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,9 +31,11 @@ from rvepfl.config import Config, config_hash, dumps_config
 from rvepfl.data import Dataset, Partition, load_dataset, make_partition, subset_dataset, to_tensor
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.store import ClientStore
+from rvepfl.fl.workers import ClientPool, ClientTask
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, Upload, get_method
 from rvepfl.metrics import classification_metrics
+from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
 
@@ -220,6 +225,91 @@ def _client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: i
     )
 
 
+def initial_model(fed: Federation) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The method's model as every client starts it (built under the run's ``init`` seed), with
+    copies of its initial private and shared state on the CPU."""
+    seed_torch(fed.cfg.seed, "init")
+    model = fed.method.build_model().to(fed.device)
+    initial_private = {k: v.detach().cpu().clone() for k, v in fed.method.private_state(model).items()}
+    initial_shared = {k: v.detach().cpu() for k, v in fed.method.shared_state(model).items()}
+    return model, initial_private, initial_shared
+
+
+def train_client(fed: Federation, model: nn.Module, store: ClientStore, initial_private: dict[str, torch.Tensor],
+                 global_state: dict[str, torch.Tensor], round_: int, client: int, committed: int,
+                 clock: int | None) -> _ClientOutcome:
+    """One client's round on ``model``: its private state after round ``committed`` (or the
+    initial one) and the global state loaded, :func:`_client_round` with the decay clock at
+    ``clock`` (None: the client's own step count), and its new private state saved to the store
+    as round ``round_`` (uncommitted until the engine writes the progress marker)."""
+    stored = store.get(client, committed, initial_private)
+    private, steps = stored if stored is not None else (initial_private, 0)
+    model.load_state_dict({**private, **global_state})
+    del private, stored
+    ctx = RoundContext(round=round_, client=client, seed=fed.cfg.seed, client_steps=steps)
+    outcome = _client_round(fed, model, ctx, steps if clock is None else clock, global_state)
+    store.put(client, round_, fed.method.private_state(model), steps + outcome.steps)
+    return outcome
+
+
+def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, store: ClientStore,
+                    initial_private: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor], round_: int,
+                    clients: list[int], committed: int, clock: int) -> Iterator[tuple[int, _ClientOutcome, float]]:
+    """Train ``clients`` for round ``round_``; yield (client, outcome, seconds) in client order.
+
+    Without a pool, each client trains in this process on ``model`` in turn. With one, all are
+    queued at once; when the decay clock counts every client's steps, each client's clock is
+    ``clock`` plus the planned steps of the clients before it (:meth:`Method.planned_steps`),
+    and every client's actual steps are checked against its plan.
+    """
+    per_federation = fed.cfg.train.lr_decay_clock == "federation"
+    if pool is None:
+        for client in clients:
+            started = time.perf_counter()
+            outcome = train_client(fed, model, store, initial_private, global_state, round_, client, committed,
+                                   clock if per_federation else None)
+            clock += outcome.steps
+            yield client, outcome, time.perf_counter() - started
+        return
+    planned = [fed.method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
+    starts = list(itertools.accumulate(planned[:-1], initial=clock))
+    futures = [pool.submit(ClientTask(round_, c, committed, start if per_federation else None, global_state))
+               for c, start in zip(clients, starts)]
+    try:
+        for client, plan, future in zip(clients, planned, futures):
+            outcome, seconds = pool.result(future, client)
+            if outcome.steps != plan:
+                raise RuntimeError(f"{fed.method.name} planned {plan} local steps for client {client} and took "
+                                   f"{outcome.steps}: its planned_steps() is wrong; train with workers = 1")
+            yield client, outcome, seconds
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(cfg: Config, device: torch.device) -> tuple[int, int]:
+    """(worker processes, intra-op threads of each) for ``cfg`` on ``device``.
+
+    ``workers = 0`` means one worker per group of ``threads`` CPUs this process may use (one per
+    CPU when ``threads = 0``), at most one per client of a round, and 1 on a GPU. Each worker
+    gets ``threads`` threads, or the CPUs shared among the workers.
+    """
+    workers = cfg.workers
+    if workers == 0:
+        workers = 1 if device.type != "cpu" else _cores() // max(1, cfg.threads)
+        workers = max(1, min(workers, cfg.clients_per_round))
+    threads = cfg.threads or max(1, _cores() // workers)
+    return workers, threads
+
+
 def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
     """Run (or continue) the federation in ``run``; return the summary written to summary.json."""
     progress = progress or _Silent()
@@ -234,12 +324,10 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     federation_steps = int(state.get("federation_steps", 0))
     per_federation = t.lr_decay_clock == "federation"
 
+    tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_torch(cfg.seed, "init")
-    model = method.build_model().to(fed.device)
-    initial_private = {k: v.detach().cpu().clone() for k, v in method.private_state(model).items()}
-    initial_shared = {k: v.detach().cpu() for k, v in method.shared_state(model).items()}
+    model, initial_private, initial_shared = initial_model(fed)
     if done == 0:
         global_state = {k: v.clone() for k, v in initial_shared.items()}
         save_tensors(run.global_checkpoint(0), global_state, {"format": GLOBAL_KIND, "round": "0", "config_hash": chash})
@@ -253,48 +341,47 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     sizes = {"shared": sum(v.numel() for v in global_state.values()),
              "private_per_client": sum(v.numel() for v in initial_private.values())}
     summary: dict[str, Any] = {}
-    for r in range(done + 1, t.rounds + 1):
-        round_start = time.perf_counter()
-        if per_round == num_clients:
-            clients = list(range(num_clients))
-        else:
-            clients = sorted(numpy_rng(cfg.seed, "sampling", r).choice(num_clients, per_round, replace=False).tolist())
-        progress.round_start(r, t.rounds, clients)
-        uploads = []
-        results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
-        train_s = eval_s = 0.0
-        for i, client in enumerate(clients):
-            c_start = time.perf_counter()
-            stored = store.get(client, done, initial_private)
-            private, steps = stored if stored is not None else (initial_private, 0)
-            model.load_state_dict({**private, **global_state})
-            clock = federation_steps if per_federation else steps
-            ctx = RoundContext(round=r, client=client, seed=cfg.seed, client_steps=steps)
-            outcome = _client_round(fed, model, ctx, clock, global_state)
-            steps += outcome.steps
-            federation_steps += outcome.steps
-            train_s += outcome.train_seconds
-            eval_s += outcome.eval_seconds
-            uploads.append(outcome.upload)
-            store.put(client, r, method.private_state(model), steps)
-            for kind, metrics in outcome.metrics.items():
-                results[kind].append((client, metrics))
-            progress.client_done(r, i, len(clients), client, outcome.metrics, time.perf_counter() - c_start)
-        global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
-        seconds = time.perf_counter() - round_start
-        means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
-        # Commit order: CSVs and checkpoints first, the progress marker last.
-        log.write(run.metrics)
-        save_tensors(run.global_checkpoint(r), global_state, {"format": GLOBAL_KIND, "round": str(r), "config_hash": chash})
-        if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
-            store.export(r, range(num_clients), run.round_dir(r) / "clients")
-        elapsed_before += seconds
-        run.write_progress(r, chash, elapsed_seconds=elapsed_before, federation_steps=federation_steps)
-        done = r
-        store.prune(done)
-        summary = _summary(fed, log, elapsed_before, sizes, status="complete" if r == t.rounds else "running")
-        write_json(run.summary, summary)
-        progress.round_done(r, means, seconds)
+    workers, worker_threads = resolve_workers(cfg, fed.device)
+    pool = ClientPool(cfg, run.path, workers, worker_threads) if workers > 1 and done < t.rounds else None
+    try:
+        for r in range(done + 1, t.rounds + 1):
+            round_start = time.perf_counter()
+            if per_round == num_clients:
+                clients = list(range(num_clients))
+            else:
+                clients = sorted(numpy_rng(cfg.seed, "sampling", r).choice(num_clients, per_round, replace=False).tolist())
+            progress.round_start(r, t.rounds, clients)
+            uploads = []
+            results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
+            train_s = eval_s = 0.0
+            for i, (client, outcome, seconds) in enumerate(
+                    _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
+                                    federation_steps)):
+                federation_steps += outcome.steps
+                train_s += outcome.train_seconds
+                eval_s += outcome.eval_seconds
+                uploads.append(outcome.upload)
+                for kind, metrics in outcome.metrics.items():
+                    results[kind].append((client, metrics))
+                progress.client_done(r, i, len(clients), client, outcome.metrics, seconds)
+            global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
+            seconds = time.perf_counter() - round_start
+            means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
+            # Commit order: CSVs and checkpoints first, the progress marker last.
+            log.write(run.metrics)
+            save_tensors(run.global_checkpoint(r), global_state, {"format": GLOBAL_KIND, "round": str(r), "config_hash": chash})
+            if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
+                store.export(r, range(num_clients), run.round_dir(r) / "clients")
+            elapsed_before += seconds
+            run.write_progress(r, chash, elapsed_seconds=elapsed_before, federation_steps=federation_steps)
+            done = r
+            store.prune(done)
+            summary = _summary(fed, log, elapsed_before, sizes, status="complete" if r == t.rounds else "running")
+            write_json(run.summary, summary)
+            progress.round_done(r, means, seconds)
+    finally:
+        if pool is not None:
+            pool.close()
     if not summary:
         summary = _summary(fed, log, elapsed_before, sizes, status="complete")
         write_json(run.summary, summary)
@@ -304,6 +391,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
 def _summary(fed: Federation, log: MetricsLog, elapsed: float, sizes: dict[str, int], *,
              status: str) -> dict[str, Any]:
     cfg = fed.cfg
+    workers, threads = resolve_workers(cfg, fed.device)
 
     def last(kind: str) -> dict[str, float]:
         rows = log.epoch_rows(kind)
@@ -325,7 +413,9 @@ def _summary(fed: Federation, log: MetricsLog, elapsed: float, sizes: dict[str, 
         "parameters": sizes,
         "seconds": {"total": elapsed, "mean_round": float(np.mean([r[1] for r in timing])) if timing else 0.0},
         "device": str(fed.device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if workers == 1 else threads,
+        "workers": workers,
+        "allocator_tuned": tune_allocator(),
         "method_details": fed.method.summary(),
         "versions": _versions(),
     }

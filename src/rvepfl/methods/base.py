@@ -14,6 +14,7 @@ Hooks, in the order a round calls them:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    uploads_update: ClassVar[bool] = False
+    """Whether :meth:`upload` sends the update (new minus received shared state) rather than the
+    new shared state itself."""
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         self.cfg = cfg
@@ -114,6 +118,16 @@ class Method(ABC):
         generator = self.batch_generator(ctx)
         return self.train_epochs(model, data, list(model.parameters()), self.cfg.train.local_epochs,
                                  generator, step)
+
+    def planned_steps(self, num_samples: int) -> int:
+        """The local steps :meth:`local_train` takes on ``num_samples`` training images.
+
+        The engine needs it to run clients side by side (``workers`` > 1) when the
+        learning-rate decay clock counts every client's steps: each client's clock is then known
+        before the clients before it have finished. It checks the count after every client.
+        """
+        t = self.cfg.train
+        return t.local_epochs * math.ceil(num_samples / t.batch_size)
 
     def batch_generator(self, ctx: RoundContext) -> torch.Generator:
         """The generator that orders this round's local batches of client ``ctx.client``."""

@@ -43,6 +43,7 @@ def _finite(eps: float) -> float | None:
 class DpFedAvg(FedAvg):
     name = "dp-fedavg"
     description = "DP-FedAvg: clipped updates, server Gaussian noise, RDP accounting (McMahan et al., 2018)"
+    uploads_update = True
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)

@@ -16,21 +16,24 @@ hooks and attributes Opacus adds are removed afterwards, so its ``state_dict`` i
 Each client's epsilon (at ``dp_sgd.delta``) covers all the rounds it has trained in: Opacus's
 RDP analysis of (q, noise multiplier, the client's total DP steps). The total is the client's
 own step count, which the engine keeps and passes in ``RoundContext.client_steps`` (the decay
-clock it passes as ``step`` may count other clients' steps too), so it needs no state of its own; after a resume, a client
-appears in the summary again once it has trained.
+clock it passes as ``step`` may count other clients' steps too). The client reports it with its
+upload (``Upload.info``) and the server keeps the reports for the summary, so the accounting is
+the same whether a client trains in the server's process or in a worker; after a resume, a
+client appears in the summary again once it has trained.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from rvepfl.config import Config
-from rvepfl.methods.base import ClientData, DataSpec, RoundContext
+from rvepfl.methods.base import ClientData, DataSpec, RoundContext, Upload
 from rvepfl.methods.fedavg import FedAvg
 from rvepfl.privacy import rdp_epsilon
 from rvepfl.seeding import derive_seed, torch_generator
@@ -60,7 +63,12 @@ class DpSgd(FedAvg):
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
-        self._clients: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, dict[str, Any]] = {}  # client side: the last round's accounting
+        self._clients: dict[int, dict[str, Any]] = {}  # server side: what the clients reported
+
+    def planned_steps(self, num_samples: int) -> int:
+        _, per_epoch = poisson_plan(num_samples, self.cfg.train.batch_size)
+        return self.cfg.train.local_epochs * per_epoch
 
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
         from opacus import GradSampleModule  # imported here: importing Opacus takes seconds
@@ -104,13 +112,32 @@ class DpSgd(FedAvg):
             for p in model.parameters():
                 p.grad = None
         own_steps = ctx.client_steps + (step - clock)  # the decay clock may count other clients' steps
-        self._clients[ctx.client] = {
+        self._pending[ctx.client] = {
             "client": ctx.client,
             "sample_rate": q,
             "steps": own_steps,
             "epsilon": rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=q, steps=own_steps, delta=d.delta),
         }
         return step
+
+    def upload(
+        self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
+    ) -> Upload:
+        """FedAvg's upload, with the client's accounting (its epsilon so far) as ``info``."""
+        sent = super().upload(model, ctx, num_samples, received)
+        assert ctx.client is not None
+        if ctx.client in self._pending:
+            sent.info["dp_sgd"] = self._pending.pop(ctx.client)
+        return sent
+
+    def aggregate(
+        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+    ) -> dict[str, torch.Tensor]:
+        """FedAvg's mean; the server records each client's reported epsilon for the summary."""
+        for sent in uploads:
+            if "dp_sgd" in sent.info:
+                self._clients[sent.client] = sent.info["dp_sgd"]
+        return super().aggregate(uploads, global_state, ctx)
 
     def summary(self) -> dict[str, Any]:
         d = self.cfg.dp_sgd

@@ -9,6 +9,8 @@ steps of both.
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from rvepfl.methods.base import ClientData, RoundContext
@@ -20,6 +22,10 @@ __all__ = ["FedRep"]
 class FedRep(FedPer):
     name = "fedrep"
     description = "FedRep: private head trained first, then the shared body (Collins et al., 2021)"
+
+    def planned_steps(self, num_samples: int) -> int:
+        t = self.cfg.train
+        return (self.cfg.personal.head_epochs + t.local_epochs) * math.ceil(num_samples / t.batch_size)
 
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
         """Head epochs (body frozen), then body epochs (head frozen)."""

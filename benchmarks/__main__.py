@@ -1,0 +1,151 @@
+"""``python -m benchmarks --json FILE``: every benchmark of issue #6, a table, and a JSON file.
+
+Each headline figure is a ratio of two timings (or two memory peaks) measured side by side in
+the same run, so it carries over between machines better than a time does:
+
+=========================  ========  ==============================================================
+key                        target    what it measures
+=========================  ========  ==============================================================
+fl_overhead_ratio          <= 1.10   one RVE-PFL round (evaluation excluded) / the same training in
+                                     one plain centralised loop (:mod:`benchmarks.training`)
+flop_rate_fraction         >= 0.50   achieved training FLOP rate / large-matmul FLOP rate
+rss_growth_150_vs_10       <= 1.10   peak RSS with 150 clients / with 10 (:mod:`benchmarks.memory`)
+miface_speedup_vs_art      >= 5      IBM ART's MIFace time / ours (:mod:`benchmarks.attacks`)
+round_seconds_quick        <= 38 s   one round of the published code's quick setting (its code:
+                                     about 114 s on this machine kind)
+=========================  ========  ==============================================================
+
+The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+import rvepfl
+from rvepfl.io import write_json
+from rvepfl.perf import tune_allocator
+
+PARTS = ("training", "allocator", "memory", "attacks")
+
+# key, target description, test, format
+_ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
+    ("fl_overhead_ratio", "<= 1.10", lambda v: v <= 1.10, "{:.2f}"),
+    ("fl_overhead_ratio_with_eval", "", None, "{:.2f}"),
+    ("flop_rate_fraction", ">= 0.50", lambda v: v >= 0.50, "{:.2f}"),
+    ("plain_loop_flop_rate_fraction", "", None, "{:.2f}"),
+    ("round_seconds_quick", "<= 38 s", lambda v: v <= 38.0, "{:.1f} s"),
+    ("allocator_speedup", "", None, "{:.2f}x"),
+    ("rss_growth_50_vs_10", "", None, "{:.3f}"),
+    ("rss_growth_150_vs_10", "<= 1.10", lambda v: v <= 1.10, "{:.3f}"),
+    ("miface_speedup_vs_art", ">= 5", lambda v: v >= 5.0, "{:.1f}x"),
+    ("dlg_iterations_per_second", "", None, "{:.1f}/s"),
+    ("ig_iterations_per_second", "", None, "{:.1f}/s"),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", metavar="FILE", help="write every figure and its raw timings to FILE")
+    p.add_argument("--only", metavar="PART", action="append", choices=PARTS,
+                   help=f"run only this part (repeatable): {', '.join(PARTS)}")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="client worker processes of the engine's round (the config key `workers`; 0: one per CPU)")
+    return p
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(results: dict[str, Any]) -> str:
+    """The headline figures as a Markdown table (the one in BENCHMARKS.md)."""
+    lines = ["| figure | measured | target | met |", "| --- | ---: | ---: | :---: |"]
+    for key, target, test, fmt in _ROWS:
+        if key not in results:
+            continue
+        value = results[key]
+        if value is None:
+            lines.append(f"| `{key}` | n/a | {target} | skipped |")
+            continue
+        met = "" if test is None else ("yes" if test(value) else "**no**")
+        lines.append(f"| `{key}` | {fmt.format(value)} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads < 0 or args.workers < 0:
+        print("error: expected --threads >= 0 and --workers >= 0", file=sys.stderr)
+        return 2
+    parts = args.only or list(PARTS)
+    tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "rvepfl": rvepfl.__version__, "platform": platform.platform()},
+        "parts": parts,
+    }
+    started = time.perf_counter()
+    if "training" in parts:
+        from benchmarks.training import training_benchmark
+        log("training: the quick round against a plain loop")
+        results["training"] = training_benchmark(args.threads, args.workers, log=log)
+        for key in ("fl_overhead_ratio", "fl_overhead_ratio_with_eval", "flop_rate_fraction",
+                    "plain_loop_flop_rate_fraction", "round_seconds_quick"):
+            results[key] = results["training"][key]
+    if "allocator" in parts:
+        from benchmarks.training import allocator_speedup
+        log("allocator: one local epoch with glibc's default thresholds and with ours")
+        results["allocator"] = allocator_speedup(args.threads)
+        results["allocator_speedup"] = results["allocator"]["allocator_speedup"]
+    if "memory" in parts:
+        from benchmarks.memory import memory_benchmark
+        log("memory: peak RSS with 10, 50 and 150 clients")
+        results["memory"] = memory_benchmark(args.threads, log=log)
+        results["rss_growth_50_vs_10"] = results["memory"]["rss_growth_50_vs_10"]
+        results["rss_growth_150_vs_10"] = results["memory"]["rss_growth_150_vs_10"]
+    if "attacks" in parts:
+        from benchmarks.attacks import attack_benchmark
+        log("attacks: DLG and Inverting Gradients rates, MI-Face against IBM ART")
+        results["attacks"] = attack_benchmark(threads=threads, log=log)
+        for key in ("dlg_iterations_per_second", "ig_iterations_per_second", "miface_speedup_vs_art"):
+            results[key] = results["attacks"][key]
+    results["seconds"] = time.perf_counter() - started
+    m = results["machine"]
+    print(f"rvepfl {m['rvepfl']} benchmarks, {results['date']}: {m['cpu']}, {m['cores']} cores, "
+          f"{threads} torch threads, torch {m['torch']} ({results['seconds']:.0f} s)\n")
+    print(table(results))
+    if args.json:
+        write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
