@@ -27,6 +27,13 @@ from rvepfl.io import atomic_write_text
 BEGIN, END = "<!-- results:quick -->", "<!-- /results:quick -->"
 
 
+def _processes(summary: dict) -> str:
+    """'2 worker processes of 1 thread' or '2 threads' (one process), from a summary."""
+    workers, threads = summary.get("workers", 1), summary["threads"]
+    per = f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{workers} worker processes of {per}" if workers > 1 else per
+
+
 def row(run: Path) -> tuple[str, dict]:
     cfg = tomllib.loads((run / "config.toml").read_text())
     summary = json.loads((run / "summary.json").read_text())
@@ -58,8 +65,8 @@ def main() -> int:
             *rows,
             "",
             f"Made by `rvepfl train` (and `rvepfl train --method fedavg`) with the quick configuration, "
-            f"seed {summaries[0]['seed']}, on {summaries[0]['device']} with {summaries[0]['threads']} "
-            f"threads ({v['platform']}, torch {v['torch']}), then "
+            f"seed {summaries[0]['seed']}, on {summaries[0]['device']} with {_processes(summaries[0])} "
+            f"({v['platform']}, torch {v['torch']}), then "
             f"`python scripts/readme_results.py {' '.join(str(r) for r in args.runs)}`. "
             "Accuracy is the mean over clients of each client's accuracy on its own fixed test split "
             "(100 images) after local training.",

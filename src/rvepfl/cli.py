@@ -142,7 +142,7 @@ def train(
     client_fraction: Annotated[Optional[float], typer.Option(help="Share of clients per round.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default); per worker with --workers.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes that train a round's clients side by side (1: none).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes that train a round's clients side by side (0: one per CPU; 1: all in this process).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.lr=2e-3 (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
