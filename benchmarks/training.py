@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rvepfl.config import Config, apply_overrides, load_config
 from rvepfl.fl.simulation import Federation, initialise, prepare, resolve_workers, train
-from rvepfl.methods import RoundContext
+from rvepfl.methods import ClientData, RoundContext
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import seed_torch, torch_generator
@@ -102,15 +102,9 @@ def plain_loop_seconds(fed: Federation) -> float:
     model.train()
     generator = torch_generator(cfg.seed, "train", 0)
     started = time.perf_counter()
-    fed.method.train_epochs(model, _Pooled(x, y), list(model.parameters()), cfg.train.local_epochs, generator, 0)
+    pooled = ClientData(x, y, x[:0], y[:0])
+    fed.method.train_epochs(model, pooled, list(model.parameters()), cfg.train.local_epochs, generator, 0)
     return time.perf_counter() - started
-
-
-class _Pooled:
-    """The pooled train split in the shape ``Method.train_epochs`` reads."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.train_x, self.train_y = x, y
 
 
 def training_benchmark(threads: int = 0, workers: int = 0, log: Any = print) -> dict[str, Any]:

@@ -136,9 +136,3 @@ class ClientPool:
     def close(self) -> None:
         """Stop the workers (queued tasks are cancelled)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> ClientPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
