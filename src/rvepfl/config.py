@@ -34,6 +34,7 @@ from rvepfl.errors import ConfigError, short_repr
 __all__ = [
     "Config",
     "DataConfig",
+    "FaultsConfig",
     "ModelConfig",
     "TrainConfig",
     "apply_overrides",
@@ -152,6 +153,18 @@ class PersonalConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    min_clients: int = 0
+    """The fewest clients of a round that must finish it for the round to count (0: every client
+    of the round; one failure stops the run). A client fails when it raises, its process dies or
+    it passes ``client_timeout``; failed clients are left out of the round's aggregation and
+    recorded in metrics/client_failures.csv. With fewer than this many finished, the round fails
+    with an error and the run resumes from the round before it."""
+    client_timeout: float = 0.0
+    """Seconds a client may take for one round, training and evaluation (0: no limit)."""
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "quick"
     """Name of the configuration; the default run directory is runs/<name>-<time>."""
@@ -177,6 +190,7 @@ class Config:
     dp_fedavg: DpFedAvgConfig = field(default_factory=DpFedAvgConfig)
     dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     @property
     def clients_per_round(self) -> int:
@@ -187,7 +201,8 @@ class Config:
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_THREADS = 1024
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig, "nbafl": NbaflConfig,
-             "dp_fedavg": DpFedAvgConfig, "dp_sgd": DpSgdConfig, "personal": PersonalConfig}
+             "dp_fedavg": DpFedAvgConfig, "dp_sgd": DpSgdConfig, "personal": PersonalConfig,
+             "faults": FaultsConfig}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -342,6 +357,10 @@ def _check(cfg: Config) -> Config:
     need(dps.max_grad_norm > 0, "dp_sgd.max_grad_norm", dps.max_grad_norm, "> 0")
     need(0 < dps.delta < 1, "dp_sgd.delta", dps.delta, "in (0, 1)")
     need(cfg.personal.head_epochs >= 0, "personal.head_epochs", cfg.personal.head_epochs, ">= 0")
+    f = cfg.faults
+    need(0 <= f.min_clients <= cfg.clients_per_round, "faults.min_clients", f.min_clients,
+         f"between 0 and the {cfg.clients_per_round} clients of a round (0: all of them)")
+    need(f.client_timeout >= 0, "faults.client_timeout", f.client_timeout, ">= 0 (0: no limit)")
     return cfg
 
 
@@ -411,14 +430,16 @@ def dumps_config(cfg: Config) -> str:
 
 
 def config_hash(cfg: Config) -> str:
-    """A short, stable hash of the settings that define a run (name, threads, workers, device and
-    the evaluation batch size excluded: they change speed, not the experiment)."""
+    """A short, stable hash of the settings that define a run (name, threads, workers, device,
+    the evaluation batch size and the fault tolerance excluded: they change speed or what a
+    failure does, not the experiment; failures are recorded in the run)."""
     values = config_to_dict(cfg)
     values.pop("threads", None)
     values.pop("workers", None)
     values.pop("device", None)
     values.pop("name", None)
     values["train"].pop("eval_batch_size", None)
+    values.pop("faults", None)
     blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -7,7 +7,7 @@
       summary.json           final metrics, timings, versions, seed
       partition.json         per-client sizes and label counts
       partition.npz          per-client indices into the pool (train images, then test images)
-      metrics/               the six published CSVs + round_timing.csv
+      metrics/               the six published CSVs + round_timing.csv + client_failures.csv
       checkpoints/round_NNNN/global.safetensors, clients/NNNN.safetensors
       state/                 progress.json and the client store (for resuming)
 """
@@ -24,14 +24,15 @@ import numpy as np
 from rvepfl.errors import CheckpointError
 from rvepfl.io import read_csv_rows, write_csv, write_json
 
-__all__ = ["CSV_HEADERS", "MetricsLog", "RunDir"]
+__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
 
 _CLIENT_TRAIN = ["client#", "Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
 _CLIENT_TEST = ["client#", "Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
 _EPOCH_TRAIN = ["Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
 _EPOCH_TEST = ["Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
 
-#: The six CSVs of the published code, with their exact columns, plus our per-round timing.
+#: The six CSVs of the published code, with their exact columns, plus our per-round timing and
+#: the clients that failed a round (see ``faults`` in the config).
 CSV_HEADERS: dict[str, list[str]] = {
     "client_training.csv": _CLIENT_TRAIN,
     "client_testing.csv": _CLIENT_TEST,
@@ -40,7 +41,12 @@ CSV_HEADERS: dict[str, list[str]] = {
     "epoch_testing.csv": _EPOCH_TEST,
     "general_test_epochs.csv": _EPOCH_TEST,
     "round_timing.csv": ["Round#", "Seconds", "Train Seconds", "Eval Seconds", "Clients"],
+    "client_failures.csv": ["Round#", "client#", "Failure", "Seconds", "Message"],
 }
+#: The CSVs of the published code (the others are ours).
+PUBLISHED_CSVS = [n for n in CSV_HEADERS if n not in ("round_timing.csv", "client_failures.csv")]
+#: The kinds of client failure in client_failures.csv.
+FAILURE_KINDS = ("error", "died", "timeout")
 #: (client CSV, epoch CSV) for each evaluation.
 EVALUATIONS = {
     "train": ("client_training.csv", "epoch_training.csv"),
@@ -48,6 +54,17 @@ EVALUATIONS = {
     "general": ("general_test_clients.csv", "general_test_epochs.csv"),
 }
 METRIC_KEYS = ("loss", "acc", "precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client left out of a round: how it failed (one of :data:`FAILURE_KINDS`), after how many
+    seconds, and a one-line message."""
+
+    client: int
+    kind: str
+    seconds: float
+    message: str
 
 
 @dataclass
@@ -61,8 +78,11 @@ class MetricsLog:
         round_: int,
         per_client: dict[str, list[tuple[int, dict[str, float]]]],
         timing: tuple[float, float, float, int],
+        failures: list[ClientFailure] | tuple[ClientFailure, ...] = (),
     ) -> dict[str, dict[str, float]]:
-        """Add one round's rows; return the per-evaluation means over clients."""
+        """Add one round's rows; return the per-evaluation means over the clients that finished.
+
+        ``timing`` is (seconds, train seconds, eval seconds, clients that finished)."""
         means: dict[str, dict[str, float]] = {}
         for kind, (client_csv, epoch_csv) in EVALUATIONS.items():
             entries = per_client[kind]
@@ -72,6 +92,8 @@ class MetricsLog:
             self.rows[epoch_csv].append([round_, *(mean[k] for k in METRIC_KEYS)])
             means[kind] = mean
         self.rows["round_timing.csv"].append([round_, *timing])
+        for f in failures:
+            self.rows["client_failures.csv"].append([round_, f.client, f.kind, f.seconds, f.message])
         return means
 
     def write(self, directory: Path) -> None:
@@ -85,16 +107,17 @@ class MetricsLog:
         for name, header in CSV_HEADERS.items():
             path = directory / name
             if not path.exists():
-                if upto > 0:
+                if upto > 0 and name != "client_failures.csv":  # runs older than the file have none
                     raise CheckpointError(f"Missing {path}: the run directory is incomplete")
                 continue
             found, rows = read_csv_rows(path)
             if found != header:
                 raise CheckpointError(f"{path} has columns {found}, expected {header}")
             r_col = header.index("Round#")
+            text = {header.index(c) for c in ("Failure", "Message") if c in header}
             for row in rows:
                 if int(row[r_col]) <= upto:
-                    log.rows[name].append([_parse(v) for v in row])
+                    log.rows[name].append([v if i in text else _parse(v) for i, v in enumerate(row)])
         return log
 
     def epoch_rows(self, kind: str) -> list[list[Any]]:

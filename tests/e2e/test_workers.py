@@ -15,15 +15,14 @@ from rvepfl.config import apply_overrides
 from rvepfl.fl.simulation import initialise, prepare, train
 from rvepfl.methods import RoundContext, available_methods, get_method
 from rvepfl.methods.base import DataSpec
-from rvepfl.rundir import CSV_HEADERS, RunDir
+from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import random_data, tiny_cfg
 from tests.helpers.processes import kill_at_line
 
-PUBLISHED = [n for n in CSV_HEADERS if n != "round_timing.csv"]
 
 
 def _csvs(run: Path) -> dict[str, str]:
-    return {name: (run / "metrics" / name).read_text() for name in PUBLISHED}
+    return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
 
 
 def _train(cfg, path: Path) -> dict:
