@@ -19,8 +19,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from rvepfl.config import Config, apply_overrides, config_hash, load_config
+from rvepfl.config import Config, apply_overrides, config_hash, dumps_config, load_config
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
+from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
 
 app = typer.Typer(
@@ -34,6 +35,10 @@ app = typer.Typer(
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: Config keys a resumed run may change: they are outside the config hash (speed, devices and
+#: what a client failure does), so the run's numbers stay those of its config.
+RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "train.eval_batch_size", "faults.min_clients",
+                            "faults.client_timeout"})
 
 
 class _Printer:
@@ -58,6 +63,10 @@ class _Printer:
             f"general acc {ge['acc']:.3f} | train loss {tr['loss']:.4f} acc {tr['acc']:.3f} | "
             f"test loss {te['loss']:.4f} acc {te['acc']:.3f} | {seconds:.1f}s"
         )
+
+    def client_failed(self, round_: int, index: int, count: int, client: int, failure: Any) -> None:
+        self._echo(f"  round {round_}/{self.rounds} client {index + 1}/{count} (#{client}) FAILED "
+                   f"({failure.kind} after {failure.seconds:.1f}s): {failure.message}")
 
     def round_done(self, round_: int, means: dict[str, dict[str, float]], seconds: float) -> None:
         te = means["test"]
@@ -164,18 +173,22 @@ def train(
     # A flag that was not given must not erase the same key given with --set.
     overrides = {**_parse_sets(set_ or []), **{k: v for k, v in flags.items() if v is not None}}
     if resume is not None:
-        given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else []) + (["out"] if out else [])
+        given = [k for k in overrides if k not in RESUMABLE_KEYS] + (["config"] if config else []) + (["out"] if out else [])
         if given:
-            _fail(f"--resume continues a run with its own config: drop {', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)}")
+            _fail(f"--resume continues a run with its own config: drop {', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)} "
+                  f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)")
         run = RunDir(resume)
         if not run.config.is_file():
             _fail(f"{resume} is not an rvepfl run directory (no config.toml)")
-        cfg = load_config(run.config)
+        saved = load_config(run.config)
         state = run.read_progress()
-        if state["config_hash"] != config_hash(cfg):
+        if state["config_hash"] != config_hash(saved):
             raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches state/progress.json")
+        cfg = apply_overrides(saved, overrides)
         fed = prepare(cfg)
         check_partition(fed, run)
+        if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
+            atomic_write_text(run.config, dumps_config(cfg))
         typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
     else:
         cfg = apply_overrides(load_config(config), overrides)
@@ -336,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=argv, prog_name="rvepfl", standalone_mode=False)
     except RvepflError as exc:
         typer.echo(f"error: {exc}", err=True)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -7,11 +7,14 @@ and exits non-zero; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RvepflError", "short_repr"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "RoundFailedError", "RvepflError", "short_repr"]
 
 
 class RvepflError(ValueError):
     """Base class of the errors a user can cause and fix."""
+
+    exit_code = 2
+    """The CLI's exit status for this error."""
 
 
 class ConfigError(RvepflError):
@@ -24,6 +27,12 @@ class DataError(RvepflError):
 
 class CheckpointError(RvepflError):
     """A checkpoint or run directory is missing, corrupt or of another configuration."""
+
+
+class RoundFailedError(RvepflError):
+    """Too many clients of a round failed (see ``[faults]``); the run stops resumable."""
+
+    exit_code = 3
 
 
 def short_repr(value: object, limit: int = 60) -> str:

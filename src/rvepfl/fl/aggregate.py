@@ -6,6 +6,10 @@
 [2.0, 4.0]
 >>> mean_state([a, b], weights=[3, 1])["w"].tolist()
 [1.5, 3.0]
+>>> running = RunningMean()
+>>> running.add(a); running.add(b, weight=3.0)
+>>> running.result()["w"].tolist()
+[2.5, 5.0]
 """
 
 from __future__ import annotations
@@ -14,37 +18,81 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["mean_state"]
+__all__ = ["RunningMean", "mean_state"]
+
+
+class RunningMean:
+    """Element-wise weighted mean of states with identical keys and shapes, added one at a time.
+
+    Only the float64 running sum is held, never the states themselves, so the server's memory
+    does not grow with the number of clients of a round (the engine aggregates each upload as it
+    arrives). The sum runs in float64 and is cast back to each entry's dtype at the end, so the
+    result does not depend on how large the weights are and hardly on the order of the states.
+
+    ``expected_total`` is the sum of the weights the server expects (it knows which clients it
+    asked): each state is then added as ``weight / expected_total`` times itself, so when every
+    expected state arrives the result is bit-identical to :func:`mean_state` over all of them. If
+    some never arrive (failed clients), the sum is rescaled to the weights that did.
+    """
+
+    def __init__(self, expected_total: float | None = None) -> None:
+        if expected_total is not None and not expected_total > 0:
+            raise ValueError(f"Expected a positive expected_total, got {expected_total}")
+        self._expected = expected_total
+        self._sum: dict[str, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._count = 0
+        self._weights: list[float] = []
+
+    def __len__(self) -> int:
+        """The number of states added."""
+        return self._count
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Add ``state`` with a non-negative ``weight``."""
+        if weight < 0:
+            raise ValueError(f"Expected non-negative weights with a positive sum, got {[*self._weights, weight]}")
+        if self._count == 0:
+            self._sum = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in state.items()}
+            self._dtypes = {k: v.dtype for k, v in state.items()}
+        elif list(state.keys()) != list(self._sum.keys()):
+            raise ValueError(f"State {self._count} has keys {sorted(state)} but state 0 has {sorted(self._sum)}")
+        for key, value in state.items():
+            acc = self._sum[key]
+            if value.shape != acc.shape:
+                raise ValueError(f"`{key}` has shape {tuple(value.shape)} in one state and {tuple(acc.shape)} in another")
+            scale = float(weight) / self._expected if self._expected is not None else float(weight)
+            acc.add_(value.detach().to("cpu", torch.float64), alpha=scale)
+        self._count += 1
+        self._weights.append(float(weight))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The weighted mean of the states added so far."""
+        if self._count == 0:
+            raise ValueError("Expected at least one state to average, got none")
+        total = sum(self._weights)
+        if total <= 0:
+            raise ValueError(f"Expected non-negative weights with a positive sum, got {self._weights}")
+        if self._expected is None:
+            return {k: (acc / total).to(self._dtypes[k]) for k, acc in self._sum.items()}
+        if total == self._expected:
+            return {k: acc.to(self._dtypes[k]) for k, acc in self._sum.items()}
+        return {k: (acc * (self._expected / total)).to(self._dtypes[k]) for k, acc in self._sum.items()}
 
 
 def mean_state(
     states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Element-wise (weighted) mean of states with identical keys and shapes.
-
-    The sum runs in float64 and is cast back, so the result does not depend on how large the
-    weights are and hardly on the order of the states.
-    """
+    """Element-wise (weighted) mean of states with identical keys and shapes (see :class:`RunningMean`)."""
     if not states:
         raise ValueError("Expected at least one state to average, got none")
-    keys = list(states[0].keys())
-    for i, s in enumerate(states[1:], start=1):
-        if list(s.keys()) != keys:
-            raise ValueError(f"State {i} has keys {sorted(s)} but state 0 has {sorted(keys)}")
     if weights is None:
         weights = [1.0] * len(states)
     if len(weights) != len(states):
         raise ValueError(f"Expected {len(states)} weights, got {len(weights)}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"Expected non-negative weights with a positive sum, got {list(weights)}")
-    total = float(sum(weights))
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        ref = states[0][key]
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for s, w in zip(states, weights):
-            if s[key].shape != ref.shape:
-                raise ValueError(f"`{key}` has shape {tuple(s[key].shape)} in one state and {tuple(ref.shape)} in another")
-            acc.add_(s[key].double(), alpha=float(w) / total)
-        out[key] = acc.to(ref.dtype)
-    return out
+    running = RunningMean(expected_total=float(sum(weights)))
+    for state, weight in zip(states, weights):
+        running.add(state, weight)
+    return running.result()

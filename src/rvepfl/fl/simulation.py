@@ -3,9 +3,14 @@
 One round, as published (DESIGN.md section 1): each participating client takes the latest
 global shared state into its personal model (its private state stays), is evaluated on its test
 split before training ("general test"), trains, is evaluated on its train and test splits, and
-uploads; the server aggregates the uploads into the new global state. After every round the CSVs,
-the global checkpoint and the progress marker are written atomically, in that order, so a run
-stopped at any point resumes from its last complete round and gives the same numbers.
+uploads; the server aggregates the uploads into the new global state, one upload at a time as
+each client finishes (so memory does not grow with the clients of a round). After every round the
+CSVs, the global checkpoint and the progress marker are written atomically, in that order, so a
+run stopped at any point resumes from its last complete round and gives the same numbers.
+
+Clients that fail (raise, lose their worker process, pass ``faults.client_timeout``) are left out
+of their round when ``faults.min_clients`` allows it and recorded in metrics/client_failures.csv;
+otherwise the round fails and nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ from torch.nn import functional as F
 import rvepfl
 from rvepfl.config import Config, config_hash, dumps_config
 from rvepfl.data import Dataset, Partition, load_dataset, make_partition, subset_dataset, to_tensor
-from rvepfl.errors import CheckpointError, ConfigError
+from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError
 from rvepfl.fl.store import ClientStore
-from rvepfl.fl.workers import ClientPool, ClientTask
+from rvepfl.fl.workers import ClientPool, ClientTask, TaskFailure, describe_exception
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, Upload, get_method
 from rvepfl.metrics import classification_metrics
 from rvepfl.perf import tune_allocator
-from rvepfl.rundir import MetricsLog, RunDir
+from rvepfl.rundir import ClientFailure, MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
 
 __all__ = ["GLOBAL_KIND", "Federation", "Progress", "evaluate", "prepare", "train"]
@@ -51,12 +56,14 @@ class Progress(Protocol):
     def round_start(self, round_: int, rounds: int, clients: list[int]) -> None: ...
     def client_done(self, round_: int, index: int, count: int, client: int,
                     metrics: dict[str, dict[str, float]], seconds: float) -> None: ...
+    def client_failed(self, round_: int, index: int, count: int, client: int, failure: ClientFailure) -> None: ...
     def round_done(self, round_: int, means: dict[str, dict[str, float]], seconds: float) -> None: ...
 
 
 class _Silent:
     def round_start(self, *args: Any) -> None: ...
     def client_done(self, *args: Any) -> None: ...
+    def client_failed(self, *args: Any) -> None: ...
     def round_done(self, *args: Any) -> None: ...
 
 
@@ -254,37 +261,98 @@ def train_client(fed: Federation, model: nn.Module, store: ClientStore, initial_
 
 def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, store: ClientStore,
                     initial_private: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor], round_: int,
-                    clients: list[int], committed: int, clock: int) -> Iterator[tuple[int, _ClientOutcome, float]]:
-    """Train ``clients`` for round ``round_``; yield (client, outcome, seconds) in client order.
+                    clients: list[int], committed: int,
+                    starts: list[int]) -> Iterator[tuple[int, _ClientOutcome | TaskFailure, float]]:
+    """Train ``clients`` for round ``round_``; yield (client, outcome or failure, seconds) in client
+    order. ``starts`` holds each client's decay clock when the clock counts every client's steps.
 
-    Without a pool, each client trains in this process on ``model`` in turn. With one, all are
-    queued at once; when the decay clock counts every client's steps, each client's clock is
-    ``clock`` plus the planned steps of the clients before it (:meth:`Method.planned_steps`),
-    and every client's actual steps are checked against its plan.
+    Without a pool, each client trains in this process on ``model`` in turn; a client that
+    raises becomes a failure of kind ``error``. With one, all are queued at once and the pool
+    also reports workers that died or ran past ``faults.client_timeout``.
     """
     per_federation = fed.cfg.train.lr_decay_clock == "federation"
     if pool is None:
-        for client in clients:
+        for client, start in zip(clients, starts):
             started = time.perf_counter()
-            outcome = train_client(fed, model, store, initial_private, global_state, round_, client, committed,
-                                   clock if per_federation else None)
-            clock += outcome.steps
+            try:
+                outcome = train_client(fed, model, store, initial_private, global_state, round_, client, committed,
+                                       start if per_federation else None)
+            except Exception as exc:  # noqa: BLE001 - a client fault: the round decides what it means
+                seconds = time.perf_counter() - started
+                yield client, TaskFailure("error", describe_exception(exc), seconds, exc), seconds
+                continue
             yield client, outcome, time.perf_counter() - started
         return
-    planned = [fed.method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
-    starts = list(itertools.accumulate(planned[:-1], initial=clock))
-    futures = [pool.submit(ClientTask(round_, c, committed, start if per_federation else None, global_state))
-               for c, start in zip(clients, starts)]
-    try:
-        for client, plan, future in zip(clients, planned, futures):
-            outcome, seconds = pool.result(future, client)
-            if outcome.steps != plan:
-                raise RuntimeError(f"{fed.method.name} planned {plan} local steps for client {client} and took "
-                                   f"{outcome.steps}: its planned_steps() is wrong; train with workers = 1")
-            yield client, outcome, seconds
-    finally:
-        for future in futures:
-            future.cancel()
+    tasks = [ClientTask(round_, c, committed, start if per_federation else None, global_state)
+             for c, start in zip(clients, starts)]
+    arrived: dict[int, tuple[_ClientOutcome | TaskFailure, float]] = {}
+    next_index = 0
+    for index, result, seconds in pool.run(tasks, fed.cfg.faults.client_timeout):
+        arrived[index] = (result, seconds)
+        while next_index in arrived:  # client order, so the aggregation's sum is always the same
+            result, seconds = arrived.pop(next_index)
+            yield clients[next_index], result, seconds
+            next_index += 1
+
+
+class _Round:
+    """One round's bookkeeping: the finished clients' metrics and timings, and the failures,
+    checked against ``faults.min_clients`` as they come."""
+
+    def __init__(self, fed: Federation, run: RunDir, round_: int, clients: list[int], progress: Progress) -> None:
+        self.fed, self.run, self.round, self.clients, self.progress = fed, run, round_, clients, progress
+        faults = fed.cfg.faults
+        self.required = faults.min_clients or len(clients)
+        self.results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
+        self.failures: list[ClientFailure] = []
+        self.finished = 0
+        self.train_s = self.eval_s = 0.0
+
+    def uploads(self, outcomes: Iterator[tuple[int, _ClientOutcome | TaskFailure, float]], planned: list[int],
+                store: ClientStore) -> Iterator[Upload]:
+        """The uploads of the clients that finish, one at a time (the method aggregates them as
+        they come); failures are recorded, and the round stops as soon as it cannot reach
+        ``faults.min_clients``."""
+        count = len(self.clients)
+        for i, (client, result, seconds) in enumerate(outcomes):
+            if isinstance(result, TaskFailure):
+                store.discard(client, self.round)
+                failure = ClientFailure(client, result.kind, round(seconds, 3), result.message)
+                self.failures.append(failure)
+                self.progress.client_failed(self.round, i, count, client, failure)
+                if count - len(self.failures) < self.required:
+                    self._fail(failure, result)
+                continue
+            if result.steps != planned[i]:
+                raise RuntimeError(f"{self.fed.method.name} planned {planned[i]} local steps for client {client} and "
+                                   f"took {result.steps}: its planned_steps() is wrong")
+            self.finished += 1
+            self.train_s += result.train_seconds
+            self.eval_s += result.eval_seconds
+            for kind, metrics in result.metrics.items():
+                self.results[kind].append((client, metrics))
+            self.progress.client_done(self.round, i, count, client, result.metrics, seconds)
+            yield result.upload
+
+    def _fail(self, last: ClientFailure, result: TaskFailure) -> None:
+        resume = f"`rvepfl train --resume {self.run.path}`"
+        if self.fed.cfg.faults.min_clients == 0:
+            if result.exception is not None:  # no tolerance configured: the client's own error
+                raise result.exception
+            raise RoundFailedError(
+                f"Round {self.round}: client {last.client} failed ({last.kind}: {last.message}); set "
+                f"faults.min_clients to let a round go on without failed clients, then resume with {resume}")
+        failed = "; ".join(f"client {f.client} ({f.kind}: {f.message})" for f in self.failures)
+        raise RoundFailedError(
+            f"Round {self.round}: {len(self.failures)} of {len(self.clients)} clients failed, so fewer than "
+            f"faults.min_clients = {self.required} can finish it: {failed}. Resume with {resume} "
+            "(faults.min_clients may be lowered in its config.toml)")
+
+    def check_complete(self) -> None:
+        """The method's aggregate took every upload (a method must consume all of them)."""
+        if self.finished + len(self.failures) != len(self.clients):
+            raise RuntimeError(f"{self.fed.method.name}.aggregate() stopped before the last upload of round "
+                               f"{self.round}: it must iterate over all of them")
 
 
 def _cores() -> int:
@@ -322,7 +390,6 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     done = int(state["completed_round"])
     elapsed_before = float(state.get("elapsed_seconds", 0.0))
     federation_steps = int(state.get("federation_steps", 0))
-    per_federation = t.lr_decay_clock == "federation"
 
     tune_allocator()
     if cfg.threads:
@@ -342,7 +409,9 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
              "private_per_client": sum(v.numel() for v in initial_private.values())}
     summary: dict[str, Any] = {}
     workers, worker_threads = resolve_workers(cfg, fed.device)
-    pool = ClientPool(cfg, run.path, workers, worker_threads) if workers > 1 and done < t.rounds else None
+    # A client past its time limit can only be stopped in a process of its own.
+    use_pool = (workers > 1 or cfg.faults.client_timeout > 0) and done < t.rounds
+    pool = ClientPool(cfg, run.path, workers, worker_threads) if use_pool else None
     try:
         for r in range(done + 1, t.rounds + 1):
             round_start = time.perf_counter()
@@ -351,22 +420,20 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             else:
                 clients = sorted(numpy_rng(cfg.seed, "sampling", r).choice(num_clients, per_round, replace=False).tolist())
             progress.round_start(r, t.rounds, clients)
-            uploads = []
-            results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
-            train_s = eval_s = 0.0
-            for i, (client, outcome, seconds) in enumerate(
-                    _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
-                                    federation_steps)):
-                federation_steps += outcome.steps
-                train_s += outcome.train_seconds
-                eval_s += outcome.eval_seconds
-                uploads.append(outcome.upload)
-                for kind, metrics in outcome.metrics.items():
-                    results[kind].append((client, metrics))
-                progress.client_done(r, i, len(clients), client, outcome.metrics, seconds)
-            global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
+            # Each client's decay clock counts the planned steps of the clients before it, whether
+            # they finish or not, so one client's failure changes no other client's training.
+            planned = [method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
+            starts = list(itertools.accumulate(planned, initial=federation_steps))
+            this_round = _Round(fed, run, r, clients, progress)
+            outcomes = _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
+                                       starts[:-1])
+            global_state = method.aggregate(this_round.uploads(outcomes, planned, store), global_state,
+                                            RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
+            this_round.check_complete()
+            federation_steps = starts[-1]
             seconds = time.perf_counter() - round_start
-            means = log.add_round(r, results, (seconds, train_s, eval_s, len(clients)))
+            timing = (seconds, this_round.train_s, this_round.eval_s, this_round.finished)
+            means = log.add_round(r, this_round.results, timing, this_round.failures)
             # Commit order: CSVs and checkpoints first, the progress marker last.
             log.write(run.metrics)
             save_tensors(run.global_checkpoint(r), global_state, {"format": GLOBAL_KIND, "round": str(r), "config_hash": chash})

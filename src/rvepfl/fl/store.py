@@ -75,6 +75,15 @@ class ClientStore:
                 "config_hash": self.config_hash}
         save_tensors(self._path(client, round_), tensors, meta)
 
+    def discard(self, client: int, round_: int) -> None:
+        """Forget ``client``'s state of (uncommitted) round ``round_``: it failed the round, so
+        its state stays that of its last round that counted. Also removes the temporary file a
+        worker killed while saving it may have left."""
+        path = self._path(client, round_)
+        path.unlink(missing_ok=True)
+        for tmp in self.dir.glob(f".{path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     def prune(self, committed: int) -> None:
         """Drop files of rounds after ``committed`` and every file older than a client's newest
         committed one."""

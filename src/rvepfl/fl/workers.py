@@ -1,17 +1,23 @@
-"""Client worker processes: a round's clients trained side by side (``workers`` > 1).
+"""Client worker processes: a round's clients trained side by side, and stopped when they fail.
 
 Clients of one round are independent given the global state they start from, so the engine
-can hand them to a pool of worker processes. Each worker builds the run's federation once (the
-same data, partition, method and initial model as the engine's, from the same config), then
-for every task loads the client's private state from the disk-backed store, runs the client's
-round exactly as the engine's own process would (:func:`rvepfl.fl.simulation.train_client`),
-saves the new private state to the store and sends back only the upload and the metrics. Every
-random draw of a client's round is seeded by (seed, round, client), so which process runs it
-does not matter; only floating-point rounding may differ when the thread count does.
+can hand them to worker processes. Each worker builds the run's federation once (the same data,
+partition, method and initial model as the engine's, from the same config), then for every task
+loads the client's private state from the disk-backed store, runs the client's round exactly as
+the engine's own process would (:func:`rvepfl.fl.simulation.train_client`), saves the new
+private state to the store and sends back only the upload and the metrics. Every random draw of
+a client's round is seeded by (seed, round, client), so which process runs it does not matter;
+only floating-point rounding may differ when the thread count does.
 
 On a CPU this uses the cores better than one process with several intra-op threads: measured on
 the 2-core development machine, two single-threaded processes trained the MNIST model at about
 1.25 times the images per second of one process with two threads (see BENCHMARKS.md).
+
+The pool gives each worker one client at a time, so it knows which client a worker holds. That
+is what makes client faults survivable (``[faults]`` in the config): a client that raises is
+reported with its error; a worker that dies (out of memory, killed) is reported as the client it
+held and replaced by a fresh one; a client past ``faults.client_timeout`` has its worker killed
+and replaced. The engine decides whether the round can do without it.
 
 Workers run in fresh interpreters (``spawn``) and, on Linux, are killed with the engine's
 process, so a run stopped with ``kill -9`` leaves no worker writing into its store.
@@ -26,17 +32,20 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rvepfl.config import Config
+from rvepfl.errors import RvepflError
 
-__all__ = ["ClientPool", "ClientTask"]
+__all__ = ["ClientPool", "ClientTask", "TaskFailure", "describe_exception"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,27 @@ class ClientTask:
     clock: int | None
     """The learning-rate decay clock at the client's start (None: the client's own steps)."""
     global_state: dict[str, torch.Tensor]
+
+
+@dataclass
+class TaskFailure:
+    """A task that did not finish: ``kind`` is ``error``, ``died`` or ``timeout``."""
+
+    kind: str
+    message: str
+    seconds: float
+    exception: BaseException | None = field(default=None, repr=False)
+    """The client's exception (kind ``error``), with the worker's traceback as a note."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line naming an exception and where it was raised (``ValueError: bad (at file.py:12 in f)``)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    if len(text) > 300:
+        text = text[:297] + "..."
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {text}{where}"
 
 
 _worker: dict[str, Any] = {}
@@ -69,11 +99,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _initialise(cfg: Config, run_path: str, threads: int, parent: int) -> None:
-    _die_with_parent()
-    if os.getppid() != parent:  # the engine died before this worker asked to die with it
-        os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+def _initialise(cfg: Config, run_path: str, threads: int) -> None:
     from rvepfl.config import config_hash
     from rvepfl.fl.simulation import initial_model, prepare
     from rvepfl.fl.store import ClientStore
@@ -87,14 +113,65 @@ def _initialise(cfg: Config, run_path: str, threads: int, parent: int) -> None:
     _worker.update(fed=fed, model=model, initial_private=initial_private, store=store)
 
 
-def _run(task: ClientTask) -> tuple[Any, float]:
+def _send_error(conn: Connection, kind: str, exc: BaseException, seconds: float) -> None:
+    """Send ``exc`` back; an exception that cannot be pickled travels as its description only."""
+    exc.add_note(f"Raised in a client worker process:\n{''.join(traceback.format_exception(exc))}")
+    try:
+        conn.send((kind, describe_exception(exc), seconds, exc))
+    except Exception:  # noqa: BLE001 - an unpicklable exception
+        conn.send((kind, describe_exception(exc), seconds, None))
+
+
+def _main(conn: Connection, cfg: Config, run_path: str, threads: int, parent: int) -> None:
+    """A worker: build the federation, say ready, then run one task at a time until told to stop."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the engine died before this worker asked to die with it
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    try:
+        _initialise(cfg, run_path, threads)
+    except Exception as exc:  # noqa: BLE001 - reported to the engine, which stops the run
+        _send_error(conn, "init-error", exc, 0.0)
+        return
+    conn.send(("ready",))
     from rvepfl.fl.simulation import train_client
 
-    started = time.perf_counter()
     w = _worker
-    outcome = train_client(w["fed"], w["model"], w["store"], w["initial_private"], task.global_state,
-                           task.round, task.client, task.committed, task.clock)
-    return outcome, time.perf_counter() - started
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        started = time.perf_counter()
+        try:
+            outcome = train_client(w["fed"], w["model"], w["store"], w["initial_private"], task.global_state,
+                                   task.round, task.client, task.committed, task.clock)
+        except Exception as exc:  # noqa: BLE001 - a client fault: the engine decides what it means
+            _send_error(conn, "error", exc, time.perf_counter() - started)
+            continue
+        conn.send(("ok", outcome, time.perf_counter() - started))
+
+
+class _Worker:
+    """One worker process, its end of the pipe, and the task it holds."""
+
+    def __init__(self, context: Any, cfg: Config, run_path: Path, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_main, args=(child, cfg, str(run_path), threads, os.getpid()),
+                                       daemon=True, name="rvepfl-client-worker")
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.task: tuple[int, ClientTask] | None = None
+        self.started = 0.0
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
 
 
 class ClientPool:
@@ -107,32 +184,91 @@ class ClientPool:
     run_path
         The run directory (the workers read and write its client store).
     workers
-        Number of processes (>= 2).
+        Number of processes (>= 1).
     threads
         Torch intra-op threads of each worker (>= 1).
     """
 
     def __init__(self, cfg: Config, run_path: Path, workers: int, threads: int) -> None:
-        self._executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_initialise,
-            initargs=(cfg, str(run_path), threads, os.getpid()),
-        )
+        self._spawn = lambda: _Worker(multiprocessing.get_context("spawn"), cfg, run_path, threads)
+        self._workers = [self._spawn() for _ in range(workers)]
 
-    def submit(self, task: ClientTask) -> Future[tuple[Any, float]]:
-        """Queue one client's round; the future holds (its outcome, seconds in the worker)."""
-        return self._executor.submit(_run, task)
+    def run(self, tasks: list[ClientTask], timeout: float = 0.0) -> Iterator[tuple[int, Any, float]]:
+        """Run ``tasks``; yield (task index, outcome or :class:`TaskFailure`, seconds) as each ends.
 
-    @staticmethod
-    def result(future: Future[tuple[Any, float]], client: int) -> tuple[Any, float]:
-        """The future's result; a worker that died becomes a one-line RuntimeError."""
+        ``timeout`` (seconds, 0: none) bounds each task from the moment a worker takes it; a
+        worker past it is killed. A dead or killed worker is replaced before it takes the next
+        task. A worker that cannot start (its federation fails to build) raises its error.
+        """
+        self._workers = [w if w.process.is_alive() else self._spawn()
+                         for w in self._workers]
         try:
-            return future.result()
-        except BrokenProcessPool:
-            raise RuntimeError(f"A client worker process died while training client {client} "
-                               "(out of memory? killed?): resume the run with `rvepfl train --resume`") from None
+            yield from self._run(deque(enumerate(tasks)), timeout)
+        finally:  # stopped early (the round failed): no worker may go on with a task of it
+            for w in self._workers:
+                if w.task is not None:
+                    w.kill()
+                    w.task = None
+
+    def _run(self, pending: deque[tuple[int, ClientTask]], timeout: float) -> Iterator[tuple[int, Any, float]]:
+        busy = 0
+        while pending or busy:
+            for w in self._workers:
+                if w.ready and w.task is None and pending:
+                    w.task, w.started = pending.popleft(), time.monotonic()
+                    w.conn.send(w.task[1])
+                    busy += 1
+            deadlines = [w.started + timeout - time.monotonic() for w in self._workers if w.task and timeout]
+            ready = wait([w.conn for w in self._workers] + [w.process.sentinel for w in self._workers],
+                         timeout=max(0.0, min(deadlines)) if deadlines else None)
+            for i, w in enumerate(self._workers):
+                message = None
+                if w.conn in ready or w.process.sentinel in ready:
+                    try:
+                        message = w.conn.recv() if w.conn.poll() else None
+                    except (EOFError, OSError):
+                        message = None
+                held = w.task
+                if message is not None and message[0] == "ready":
+                    w.ready = True
+                elif message is not None and message[0] == "init-error":
+                    raise message[3] if message[3] is not None else RvepflError(
+                        f"A client worker could not start: {message[1]}")
+                elif message is not None and held is not None:
+                    w.task, busy = None, busy - 1
+                    if message[0] == "ok":
+                        yield held[0], message[1], message[2]
+                    else:
+                        yield held[0], TaskFailure("error", message[1], message[2], message[3]), message[2]
+                elif w.process.sentinel in ready and not w.process.is_alive():
+                    code = w.process.exitcode
+                    seconds = time.monotonic() - w.started
+                    w.kill()
+                    self._workers[i] = self._spawn()
+                    if held is not None:
+                        busy -= 1
+                        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                        yield held[0], TaskFailure("died", f"its worker process died ({how}; out of memory?)",
+                                                   seconds), seconds
+                    elif not w.ready:
+                        raise RvepflError(f"A client worker process died while starting ({code}): "
+                                          "see the messages above")
+                elif held is not None and timeout and time.monotonic() - w.started >= timeout:
+                    seconds = time.monotonic() - w.started
+                    w.kill()
+                    self._workers[i] = self._spawn()
+                    busy -= 1
+                    yield held[0], TaskFailure("timeout", f"stopped after {seconds:.1f} s, past "
+                                               f"faults.client_timeout = {timeout:g} s", seconds), seconds
 
     def close(self) -> None:
-        """Stop the workers (queued tasks are cancelled)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers: idle ones are asked to exit, busy ones are killed."""
+        for w in self._workers:
+            if w.task is None and w.process.is_alive():
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+        for w in self._workers:
+            w.process.join(timeout=5 if w.task is None else 0)
+            w.kill()

@@ -9,14 +9,15 @@ Hooks, in the order a round calls them:
 2. :meth:`Method.is_shared`: which state entries travel to and from the server.
 3. :meth:`Method.local_train` per client: local optimisation (Adam by default).
 4. :meth:`Method.upload` per client: what the client sends (the shared entries by default).
-5. :meth:`Method.aggregate` on the server: the new global shared state (a mean by default).
+5. :meth:`Method.aggregate` on the server: the new global shared state (a mean by default), from
+   the uploads of the clients that finished the round, handed over one at a time as they arrive.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvepfl.config import Config
-from rvepfl.fl.aggregate import mean_state
+from rvepfl.fl.aggregate import RunningMean
 from rvepfl.seeding import torch_generator
 
 __all__ = ["ClientData", "DataSpec", "Method", "RoundContext", "Upload"]
@@ -61,6 +62,9 @@ class RoundContext:
     seed: int
     client_steps: int = 0
     """The client's own local steps before this round (the decay clock may count others too)."""
+    clients: tuple[int, ...] = ()
+    """On the server: the clients asked to take part in the round (those that finish it may be
+    fewer; see ``[faults]``); empty when unknown."""
 
 
 @dataclass
@@ -194,13 +198,30 @@ class Method(ABC):
 
     # -- server --------------------------------------------------------------------------------
     def aggregate(
-        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+        self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
-        """The new global shared state: the plain mean (published) or sample-weighted mean."""
-        weights = None
+        """The new global shared state: the plain mean (published) or sample-weighted mean.
+
+        ``uploads`` may be a one-pass iterator that yields each upload as its client finishes (the
+        engine's streaming): iterate it once, and keep a running result rather than the uploads,
+        so the server's memory stays flat as clients grow. It holds at least one upload; clients
+        that failed the round are not in it.
+        """
+        weighted = self.cfg.train.aggregation == "weighted"
+        running = RunningMean(self.expected_weight(ctx))
+        for sent in uploads:
+            running.add(sent.state, float(sent.num_samples) if weighted else 1.0)
+        return running.result()
+
+    def expected_weight(self, ctx: RoundContext) -> float | None:
+        """The sum of the aggregation weights of the round's clients (``ctx.clients``), if all of
+        them finish; None when the server does not know them (see :class:`RunningMean`)."""
+        if not ctx.clients:
+            return None
         if self.cfg.train.aggregation == "weighted":
-            weights = [float(u.num_samples) for u in uploads]
-        return mean_state([u.state for u in uploads], weights)
+            sizes = self.spec.client_train_sizes
+            return float(sum(sizes[c] for c in ctx.clients)) if sizes else None
+        return float(len(ctx.clients))
 
     def summary(self) -> dict[str, Any]:
         """Method-specific facts for summary.json (noise levels, budgets...)."""

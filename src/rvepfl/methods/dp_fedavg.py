@@ -19,14 +19,14 @@ reports the same value.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from rvepfl.config import Config
-from rvepfl.fl.aggregate import mean_state
+from rvepfl.fl.aggregate import RunningMean
 from rvepfl.methods.base import DataSpec, RoundContext, Upload
 from rvepfl.methods.fedavg import FedAvg
 from rvepfl.methods.nbafl import SERVER
@@ -69,11 +69,14 @@ class DpFedAvg(FedAvg):
         return Upload(client=ctx.client, num_samples=num_samples, state=clipped, info={"update_norm": norm})
 
     def aggregate(
-        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+        self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         d = self.cfg.dp_fedavg
-        mean_update = mean_state([u.state for u in uploads])
-        std = d.noise_multiplier * d.clip_norm / len(uploads)
+        running = RunningMean(float(len(ctx.clients)) if ctx.clients else None)
+        for sent in uploads:
+            running.add(sent.state)
+        mean_update = running.result()
+        std = d.noise_multiplier * d.clip_norm / len(running)
         noisy = add_gaussian_noise(mean_update, std, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
         new = {k: (v.double() + noisy[k].double()).to(v.dtype) for k, v in global_state.items()}
         self._rounds_accounted = ctx.round

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -131,13 +131,17 @@ class DpSgd(FedAvg):
         return sent
 
     def aggregate(
-        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+        self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """FedAvg's mean; the server records each client's reported epsilon for the summary."""
-        for sent in uploads:
-            if "dp_sgd" in sent.info:
-                self._clients[sent.client] = sent.info["dp_sgd"]
-        return super().aggregate(uploads, global_state, ctx)
+
+        def recorded() -> Iterator[Upload]:
+            for sent in uploads:
+                if "dp_sgd" in sent.info:
+                    self._clients[sent.client] = sent.info["dp_sgd"]
+                yield sent
+
+        return super().aggregate(recorded(), global_state, ctx)
 
     def summary(self) -> dict[str, Any]:
         d = self.cfg.dp_sgd

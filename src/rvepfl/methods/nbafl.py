@@ -18,7 +18,7 @@ server noise from that of (round, -1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -74,7 +74,7 @@ class NbAfl(FedAvg):
         return Upload(client=plain.client, num_samples=num_samples, state=noisy, info={"norm_before_clip": norm})
 
     def aggregate(
-        self, uploads: Sequence[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
+        self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         aggregate = super().aggregate(uploads, global_state, ctx)
         if self.noise.sigma_d == 0:

@@ -1,0 +1,33 @@
+"""Client faults on demand, for tests: put this directory on PYTHONPATH and set
+``RVEPFL_TEST_FAULTS`` to ``ROUND:CLIENT:KIND[,...]`` (KIND: ``raise``, ``die`` or ``hang``).
+
+Python imports ``sitecustomize`` at start-up, so the engine and every worker process it spawns
+(they inherit the environment) wrap :func:`rvepfl.fl.simulation.train_client`: the named client
+of the named round raises a ValueError, SIGKILLs its own process, or sleeps for ten minutes
+instead of training. Test code only; nothing in src/ knows about it.
+"""
+
+import os
+
+_SPEC = os.environ.get("RVEPFL_TEST_FAULTS", "")
+
+if _SPEC:
+    import signal
+    import time
+
+    import rvepfl.fl.simulation as _simulation
+
+    _FAULTS = {(int(r), int(c)): kind for r, c, kind in (item.split(":") for item in _SPEC.split(","))}
+    _train_client = _simulation.train_client
+
+    def _faulty_train_client(fed, model, store, initial_private, global_state, round_, client, *args):
+        kind = _FAULTS.get((round_, client))
+        if kind == "raise":
+            raise ValueError(f"injected fault of client {client} in round {round_}")
+        if kind == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "hang":
+            time.sleep(600)
+        return _train_client(fed, model, store, initial_private, global_state, round_, client, *args)
+
+    _simulation.train_client = _faulty_train_client
