@@ -278,7 +278,8 @@ class FlowerServer:
                 self.received = [e for e in json.loads(received.read_text(encoding="utf-8")) if e["round"] <= done]
             self.log(f"continuing {run.path} after round {state['completed_round']}/{self.cfg.train.rounds}")
             return run_key
-        if run.path.exists() and any(run.path.iterdir()):
+        if run.path.exists() and any(p.name != "flower" for p in run.path.iterdir()):
+            # (rvepfl flower-local keeps its app, logs and node directories in <run>/flower.)
             raise ConfigError(f"Run directory {run.path} exists and is not an rvepfl run: choose another server.out")
         write_run_start(run, self.cfg, self._partition_summary(), fed.partition)
         run_key = secrets.token_hex(8)
