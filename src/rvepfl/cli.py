@@ -217,6 +217,94 @@ def train(
     typer.echo(f"run directory: {run.path}")
 
 
+def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
+    from rvepfl.flower import require_flwr
+
+    require_flwr()
+    return apply_overrides(load_config(config), _parse_sets(set_ or []))
+
+
+@app.command("flower-app")
+def flower_app(
+    out: Annotated[Path, typer.Option(help="The Flower app directory to write (its pyproject.toml).")],
+    run_dir: Annotated[Path, typer.Option(help="The run directory on the SuperLink's machine (server.out).")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.rounds=3 (repeatable).")] = None,
+    wait_nodes: Annotated[float, typer.Option(help="Seconds the server waits for every client's SuperNode.")] = 120.0,
+) -> None:
+    """Write a Flower app directory for a config, to run with `flwr run DIR CONNECTION` on a deployment."""
+    from rvepfl.flower.appconfig import write_app
+
+    cfg = _flower_config(config, set_)
+    if wait_nodes <= 0:
+        raise ConfigError(f"Expected --wait-nodes > 0, got {wait_nodes}")
+    path = write_app(out, cfg, out=run_dir.absolute(), wait_nodes=wait_nodes)
+    typer.echo(f"Flower app: {path / 'pyproject.toml'} ({cfg.data.num_clients} SuperNodes needed, "
+               f"partition-id 0..{cfg.data.num_clients - 1}); run: flwr run {path} CONNECTION --stream")
+
+
+@app.command("flower-local")
+def flower_local(
+    out: Annotated[Path, typer.Option(help="Run directory (written by the ServerApp; continued if it holds a stopped run of the same config).")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.rounds=3 (repeatable).")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="SuperNodes to start (one per client: must equal data.num_clients).")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="TLS with a fresh self-signed CA instead of --insecure on loopback.")] = False,
+    threads: Annotated[int, typer.Option(help="Torch threads of each ClientApp.")] = 1,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop everything after this many seconds (default: no limit).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Run a config on Flower's Deployment Engine on this machine: a SuperLink and one SuperNode
+    per client on 127.0.0.1, each its own process group, `flwr run` streaming the ServerApp's log;
+    every process is stopped at the end, on error or on Ctrl-C."""
+    import json
+
+    from rvepfl.fl.simulation import prepare
+    from rvepfl.flower.appconfig import write_app
+    from rvepfl.flower.local import LocalFederation
+
+    cfg = _flower_config(config, set_)
+    n = cfg.data.num_clients
+    if nodes is not None and nodes != n:
+        raise ConfigError(f"Expected --nodes to equal data.num_clients = {n} (one SuperNode per client), got {nodes}")
+    if threads < 1:
+        raise ConfigError(f"Expected --threads >= 1, got {threads}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"Expected --timeout > 0 seconds, got {timeout}")
+    run_dir = out.absolute()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{out} is not a directory")
+    resuming = (run_dir / "state" / "progress.json").exists()
+    if not resuming and run_dir.exists() and any(p.name != "flower" for p in run_dir.iterdir()):
+        _fail(f"run directory {out} already exists and holds no run: choose another --out")
+    prepare(cfg)  # the data and partition, validated before any process starts
+    work = run_dir / "flower"
+    app_dir = write_app(work / "app", cfg, out=run_dir)
+    say = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    typer.echo(f"{'continuing' if resuming else 'training'} {cfg.method} on Flower: {n} SuperNodes on 127.0.0.1, "
+               f"{cfg.train.rounds} rounds -> {run_dir} (logs in {work / 'local' / 'logs'})", err=True)
+    status = work / "status.json"
+    status.unlink(missing_ok=True)
+    started = time.perf_counter()
+    try:
+        with LocalFederation(work / "local", n, tls=tls, threads=threads, log=say) as fed:
+            code = fed.run_app(app_dir, stream=say, timeout=timeout)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: every process stopped; continue with the same command", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except RuntimeError as exc:
+        _fail(str(exc), 1)
+    try:
+        result = json.loads(status.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        result = {"status": "failed", "error": f"the ServerApp ended without a result (flwr run exit status {code}); "
+                                                f"see {work / 'local' / 'logs'}"}
+    if result.get("status") != "complete":
+        _fail(str(result.get("error")), 1)
+    _print_table(run_dir)
+    typer.echo(f"finished in {time.perf_counter() - started:.0f} s on Flower; run directory: {run_dir}")
+
+
 @app.command()
 def methods() -> None:
     """List the available federated methods."""

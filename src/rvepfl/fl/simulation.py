@@ -174,12 +174,17 @@ def _partition_summary(fed: Federation) -> dict[str, Any]:
 
 def initialise(fed: Federation, run: RunDir) -> None:
     """Create a new run directory's config, partition and empty progress marker."""
-    cfg = fed.cfg
+    write_run_start(run, fed.cfg, _partition_summary(fed), fed.partition)
+
+
+def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any], partition: Partition) -> None:
+    """Write a new run directory's config.toml, partition.json, partition.npz and progress marker
+    (round 0); shared by the in-process engine and the Flower server."""
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, dumps_config(cfg))
-    write_json(run.path / "partition.json", _partition_summary(fed))
+    write_json(run.path / "partition.json", partition_summary)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **fed.partition.to_arrays())
+    np.savez_compressed(buf, **partition.to_arrays())
     atomic_write_bytes(run.path / "partition.npz", buf.getvalue())
     run.write_progress(0, config_hash(cfg))
 

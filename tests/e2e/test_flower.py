@@ -1,0 +1,166 @@
+"""The methods on Flower's Deployment Engine: a real SuperLink and SuperNodes as separate
+processes on 127.0.0.1 (random free ports, a temporary FLWR_HOME, every process in its own
+process group and stopped by group id in teardown). Marked slow (a deployment takes about a
+minute on 2 cores); ``.ci/run`` runs this file with ``-m slow`` and makes a missing flwr a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.flower import need_flwr
+
+need_flwr()
+
+from rvepfl.config import Config  # noqa: E402
+from rvepfl.fl.simulation import initialise, prepare, train  # noqa: E402
+from rvepfl.flower.appconfig import write_app  # noqa: E402
+from rvepfl.flower.local import LocalFederation  # noqa: E402
+from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402
+from tests.helpers.methods import tiny_cfg  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _gone(pgid: int) -> bool:
+    """Whether no live process is left in process group ``pgid`` (zombies that the machine's
+    init has not reaped yet do not count: they run nothing)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return False
+    return True
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that name ``path`` (what a deployment left behind)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmd and int(proc.name) != os.getpid():
+                found.append(cmd)
+    return found
+
+
+def _deploy(cfg: Config, work: Path, *, during=None) -> tuple[int, list[str]]:
+    """Run ``cfg`` on a local federation in ``work``; ``during(fed)`` runs in a thread meanwhile."""
+    app = write_app(work / "app", cfg, out=work / "run")
+    lines: list[str] = []
+    fed = LocalFederation(work / "fed", cfg.data.num_clients)
+    try:
+        fed.start()
+        if during is not None:
+            threading.Thread(target=during, args=(fed,), daemon=True).start()
+        code = fed.run_app(app, stream=lines.append, timeout=400)
+    finally:
+        fed.stop()
+        groups = [p.pid for p in fed.procs.values()]
+        assert groups and all(_gone(g) for g in groups), "a process group outlived the federation"
+    return code, lines
+
+
+def _csvs(run: Path) -> dict[str, str]:
+    return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
+
+
+def test_two_rounds_of_rvepfl_on_two_supernodes_match_the_in_process_engine(tmp_path):
+    cfg = tiny_cfg("rvepfl", **{"data.subset": 200})
+    started = time.monotonic()
+    code, lines = _deploy(cfg, tmp_path)
+    seconds = time.monotonic() - started
+    assert code == 0, "\n".join(lines[-20:])
+    run = tmp_path / "run"
+    assert json.loads((run / "flower/status.json").read_text()) == {"status": "complete"}
+    for name, header in CSV_HEADERS.items():
+        rows = (run / "metrics" / name).read_text().splitlines()
+        assert rows[0] == ",".join(header)
+    assert len((run / "metrics/client_testing.csv").read_text().splitlines()) == 1 + 2 * 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["engine"] == "flower" and summary["rounds_completed"] == 2
+    # What the server received: the classifier of each client in each round, no encoder tensor.
+    received = json.loads((run / "flower/received.json").read_text())
+    uploads = [e["records"]["upload"]["arrays"] for e in received if e["type"] == "train"]
+    assert len(uploads) == 4
+    for arrays in uploads:
+        assert arrays and all(k.startswith("classifier.") for k in arrays)
+    every_key = [k for e in received for r in e.get("records", {}).values() for k in r.get("arrays", {})]
+    assert not [k for k in every_key if k.startswith("encoder.")]
+    # The encoders stayed on the nodes, on disk.
+    key = json.loads((run / "flower/run.json").read_text())["run_key"]
+    for i in range(2):
+        assert list((tmp_path / f"fed/nodes/node-{i}" / key).glob("*-r0002.safetensors"))
+    # The same config and seed through the in-process engine: the same partition and metrics.
+    # One torch thread in every process and float32 arrays / float64 metrics sent as raw bytes:
+    # the arithmetic is the same, so the files must be byte-identical (tolerance 0).
+    fed = prepare(cfg)
+    initialise(fed, RunDir(tmp_path / "ref"))
+    train(fed, RunDir(tmp_path / "ref"))
+    assert (run / "partition.npz").read_bytes() == (tmp_path / "ref/partition.npz").read_bytes()
+    assert _csvs(run) == _csvs(tmp_path / "ref")
+    print(f"2 rounds of RVE-PFL on a loopback deployment: {seconds:.0f} s")
+
+
+def test_a_supernode_killed_mid_round_is_recorded_and_the_run_completes(tmp_path):
+    cfg = tiny_cfg("fedavg", **{"data.subset": 200, "faults.min_clients": 1, "faults.client_timeout": 120})
+    progress = tmp_path / "run/state/progress.json"
+    killed: list[float] = []
+
+    def kill_node_1_in_round_2(fed: LocalFederation) -> None:
+        while not (progress.exists() and json.loads(progress.read_text())["completed_round"] == 1):
+            time.sleep(0.1)
+        fed.kill("supernode-1")  # SIGKILL to its process group: the node and its apps die
+        killed.append(time.monotonic())
+
+    code, lines = _deploy(cfg, tmp_path, during=kill_node_1_in_round_2)
+    assert code == 0 and killed, "\n".join(lines[-20:])
+    run = tmp_path / "run"
+    rows = [r.split(",") for r in (run / "metrics/client_failures.csv").read_text().splitlines()[1:]]
+    # The SuperLink reports the node unavailable once it misses its heartbeats (about 50 s here),
+    # before faults.client_timeout.
+    assert [r[:3] for r in rows] == [["2", "1", "died"]] and "Node Unavailable" in rows[0][4]
+    timing = (run / "metrics/round_timing.csv").read_text().splitlines()
+    assert [t.split(",")[-1] for t in timing[1:]] == ["2", "1"]
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+def test_tls_on_loopback_with_a_self_signed_ca_through_the_cli(tmp_path):
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text('method = "fedavg"\nthreads = 1\nworkers = 1\ndevice = "cpu"\n'
+                        "[data]\nsubset = 200\nnum_clients = 2\n[train]\nrounds = 1\nlocal_epochs = 1\nbatch_size = 32\n")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rvepfl", "flower-local", "--config", str(cfg_file),
+                             "--out", str(run), "--tls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "finished in" in out and "Mean client test metrics" in out
+    logs = run / "flower/local/logs"
+    assert "Uvicorn running on https://127.0.0.1:" in (logs / "superlink.log").read_text()
+    for i in range(2):
+        cmd = (logs / f"supernode-{i}.log").read_text()
+        assert "SuperNode ID" in cmd
+    assert "--insecure" not in err
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+    assert not _processes_naming(tmp_path), "processes outlived rvepfl flower-local"
