@@ -23,6 +23,7 @@ from rvepfl.config import Config, apply_overrides, config_hash, dumps_config, lo
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
+from rvepfl.progress import ProgressPrinter
 
 app = typer.Typer(
     name="rvepfl",
@@ -41,54 +42,14 @@ RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "train.eval_batch_si
                             "faults.client_timeout"})
 
 
-class _Printer:
-    """Progress lines on stderr: one per client, one per round."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def _echo(self, text: str) -> None:
-        if not self.quiet:
-            typer.echo(text, err=True)
-
-    def round_start(self, round_: int, rounds: int, clients: list[int]) -> None:
-        self.rounds = rounds
-        self._echo(f"round {round_}/{rounds}: {len(clients)} clients")
-
-    def client_done(self, round_: int, index: int, count: int, client: int,
-                    metrics: dict[str, dict[str, float]], seconds: float) -> None:
-        tr, te, ge = metrics["train"], metrics["test"], metrics["general"]
-        self._echo(
-            f"  round {round_}/{self.rounds} client {index + 1}/{count} (#{client}): "
-            f"general acc {ge['acc']:.3f} | train loss {tr['loss']:.4f} acc {tr['acc']:.3f} | "
-            f"test loss {te['loss']:.4f} acc {te['acc']:.3f} | {seconds:.1f}s"
-        )
-
-    def client_failed(self, round_: int, index: int, count: int, client: int, failure: Any) -> None:
-        self._echo(f"  round {round_}/{self.rounds} client {index + 1}/{count} (#{client}) FAILED "
-                   f"({failure.kind} after {failure.seconds:.1f}s): {failure.message}")
-
-    def round_done(self, round_: int, means: dict[str, dict[str, float]], seconds: float) -> None:
-        te = means["test"]
-        self._echo(
-            f"round {round_}/{self.rounds} done in {seconds:.1f}s: mean client test acc {te['acc']:.4f} "
-            f"loss {te['loss']:.4f} (general acc {means['general']['acc']:.4f})"
-        )
-
-
-class _PrefixedPrinter(_Printer):
-    """Progress lines of one run of a comparison, each prefixed with the run's label."""
-
-    def __init__(self, prefix: str, quiet: bool) -> None:
-        super().__init__(quiet)
-        self.prefix = prefix
-
-    def _echo(self, text: str) -> None:
-        super()._echo(f"{self.prefix}: {text.strip()}")
+def _printer(quiet: bool, prefix: str = "") -> ProgressPrinter:
+    """Progress lines on stderr (none with --quiet)."""
+    return ProgressPrinter((lambda text: None) if quiet else (lambda text: typer.echo(text, err=True)), prefix)
 
 
 def _prefixed(quiet: bool) -> Any:
-    return lambda prefix: _PrefixedPrinter(prefix, quiet)
+    """Progress of each run of a comparison, its lines prefixed with the run's label."""
+    return lambda prefix: _printer(quiet, prefix)
 
 
 def _print_table(run_dir: Path) -> None:
@@ -204,7 +165,7 @@ def train(
             f"seed {cfg.seed} -> {run.path}", err=True)
     started = time.perf_counter()
     try:
-        summary = run_training(fed, run, _Printer(quiet))
+        summary = run_training(fed, run, _printer(quiet))
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: continue with `rvepfl train --resume {run.path}`", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None

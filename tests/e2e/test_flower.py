@@ -1,7 +1,7 @@
 """The methods on Flower's Deployment Engine: a real SuperLink and SuperNodes as separate
 processes on 127.0.0.1 (random free ports, a temporary FLWR_HOME, every process in its own
-process group and stopped by group id in teardown). Marked slow (a deployment takes about a
-minute on 2 cores); ``.ci/run`` runs this file with ``-m slow`` and makes a missing flwr a failure.
+process group and stopped by group id in teardown). A deployment takes about a minute on 2
+cores. Without flwr these tests skip; ``.ci/run`` installs it and makes a missing flwr a failure.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from rvepfl.flower.local import LocalFederation  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402
 from tests.helpers.methods import tiny_cfg  # noqa: E402
 
-pytestmark = pytest.mark.slow
 
 
 def _gone(pgid: int) -> bool:

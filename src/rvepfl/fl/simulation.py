@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +44,7 @@ from rvepfl.perf import tune_allocator
 from rvepfl.rundir import ClientFailure, MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
 
-__all__ = ["GLOBAL_KIND", "Federation", "Progress", "evaluate", "prepare", "train"]
+__all__ = ["GLOBAL_KIND", "ClientOutcome", "Federation", "Progress", "RoundBook", "evaluate", "prepare", "train"]
 
 GLOBAL_KIND = "rvepfl-global-state"
 """The ``format`` metadata of the global-state checkpoints (``checkpoints/round_*/global.safetensors``)."""
@@ -204,7 +204,10 @@ def check_partition(fed: Federation, run: RunDir) -> None:
 
 
 @dataclass
-class _ClientOutcome:
+class ClientOutcome:
+    """What one client's round gives the server: its upload, its metrics (``general``, ``train``,
+    ``test``), its local steps and its seconds of training and evaluation."""
+
     upload: Upload
     metrics: dict[str, dict[str, float]]
     steps: int
@@ -213,7 +216,7 @@ class _ClientOutcome:
 
 
 def _client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: int,
-                  received: dict[str, torch.Tensor]) -> _ClientOutcome:
+                  received: dict[str, torch.Tensor]) -> ClientOutcome:
     """One client's round on ``model`` (already holding its private state and the global state):
     general test, local training, evaluation on its train and test splits, upload."""
     assert ctx.client is not None
@@ -228,7 +231,7 @@ def _client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: i
     m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size)
     m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
     e3 = time.perf_counter()
-    return _ClientOutcome(
+    return ClientOutcome(
         upload=method.upload(model, ctx, len(data.train_y), received),
         metrics={"general": general, "train": m_train, "test": m_test},
         steps=steps,
@@ -249,7 +252,7 @@ def initial_model(fed: Federation) -> tuple[nn.Module, dict[str, torch.Tensor], 
 
 def train_client(fed: Federation, model: nn.Module, store: ClientStore, initial_private: dict[str, torch.Tensor],
                  global_state: dict[str, torch.Tensor], round_: int, client: int, committed: int,
-                 clock: int | None) -> _ClientOutcome:
+                 clock: int | None) -> ClientOutcome:
     """One client's round on ``model``: its private state after round ``committed`` (or the
     initial one) and the global state loaded, :func:`_client_round` with the decay clock at
     ``clock`` (None: the client's own step count), and its new private state saved to the store
@@ -267,7 +270,7 @@ def train_client(fed: Federation, model: nn.Module, store: ClientStore, initial_
 def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, store: ClientStore,
                     initial_private: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor], round_: int,
                     clients: list[int], committed: int,
-                    starts: list[int]) -> Iterator[tuple[int, _ClientOutcome | TaskFailure, float]]:
+                    starts: list[int]) -> Iterator[tuple[int, ClientOutcome | TaskFailure, float]]:
     """Train ``clients`` for round ``round_``; yield (client, outcome or failure, seconds) in client
     order. ``starts`` holds each client's decay clock when the clock counts every client's steps.
 
@@ -290,7 +293,7 @@ def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, 
         return
     tasks = [ClientTask(round_, c, committed, start if per_federation else None, global_state)
              for c, start in zip(clients, starts)]
-    arrived: dict[int, tuple[_ClientOutcome | TaskFailure, float]] = {}
+    arrived: dict[int, tuple[ClientOutcome | TaskFailure, float]] = {}
     next_index = 0
     for index, result, seconds in pool.run(tasks, fed.cfg.faults.client_timeout):
         arrived[index] = (result, seconds)
@@ -300,12 +303,15 @@ def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, 
             next_index += 1
 
 
-class _Round:
-    """One round's bookkeeping: the finished clients' metrics and timings, and the failures,
-    checked against ``faults.min_clients`` as they come."""
+class RoundBook:
+    """One round's bookkeeping, the same for every engine: the finished clients' metrics and
+    timings, and the failures, checked against ``faults.min_clients`` as they come.
 
-    def __init__(self, fed: Federation, run: RunDir, round_: int, clients: list[int], progress: Progress) -> None:
-        self.fed, self.run, self.round, self.clients, self.progress = fed, run, round_, clients, progress
+    ``resume`` says how to continue the run after the round failed (e.g. "resume with `rvepfl
+    train --resume DIR`")."""
+
+    def __init__(self, fed: Federation, round_: int, clients: list[int], progress: Progress, resume: str) -> None:
+        self.fed, self.round, self.clients, self.progress, self.resume = fed, round_, clients, progress, resume
         faults = fed.cfg.faults
         self.required = faults.min_clients or len(clients)
         self.results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
@@ -313,15 +319,17 @@ class _Round:
         self.finished = 0
         self.train_s = self.eval_s = 0.0
 
-    def uploads(self, outcomes: Iterator[tuple[int, _ClientOutcome | TaskFailure, float]], planned: list[int],
-                store: ClientStore) -> Iterator[Upload]:
+    def uploads(self, outcomes: Iterable[tuple[int, ClientOutcome | TaskFailure, float]], planned: list[int],
+                store: ClientStore | None) -> Iterator[Upload]:
         """The uploads of the clients that finish, one at a time (the method aggregates them as
-        they come); failures are recorded, and the round stops as soon as it cannot reach
-        ``faults.min_clients``."""
+        they come), from (client, outcome or failure, seconds) in client order; failures are
+        recorded (and their private state of this round dropped from ``store``), and the round
+        stops as soon as it cannot reach ``faults.min_clients``."""
         count = len(self.clients)
         for i, (client, result, seconds) in enumerate(outcomes):
             if isinstance(result, TaskFailure):
-                store.discard(client, self.round)
+                if store is not None:
+                    store.discard(client, self.round)
                 failure = ClientFailure(client, result.kind, round(seconds, 3), result.message)
                 self.failures.append(failure)
                 self.progress.client_failed(self.round, i, count, client, failure)
@@ -340,18 +348,17 @@ class _Round:
             yield result.upload
 
     def _fail(self, last: ClientFailure, result: TaskFailure) -> None:
-        resume = f"`rvepfl train --resume {self.run.path}`"
         if self.fed.cfg.faults.min_clients == 0:
             if result.exception is not None:  # no tolerance configured: the client's own error
                 raise result.exception
             raise RoundFailedError(
                 f"Round {self.round}: client {last.client} failed ({last.kind}: {last.message}); set "
-                f"faults.min_clients to let a round go on without failed clients, then resume with {resume}")
+                f"faults.min_clients to let a round go on without failed clients, then {self.resume}")
         failed = "; ".join(f"client {f.client} ({f.kind}: {f.message})" for f in self.failures)
         raise RoundFailedError(
             f"Round {self.round}: {len(self.failures)} of {len(self.clients)} clients failed, so fewer than "
-            f"faults.min_clients = {self.required} can finish it: {failed}. Resume with {resume} "
-            "(faults.min_clients may be lowered in its config.toml)")
+            f"faults.min_clients = {self.required} can finish it: {failed}. The run stays at round "
+            f"{self.round - 1}: {self.resume} (faults.min_clients may be lowered)")
 
     def check_complete(self) -> None:
         """The method's aggregate took every upload (a method must consume all of them)."""
@@ -429,7 +436,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             # they finish or not, so one client's failure changes no other client's training.
             planned = [method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
             starts = list(itertools.accumulate(planned, initial=federation_steps))
-            this_round = _Round(fed, run, r, clients, progress)
+            this_round = RoundBook(fed, r, clients, progress, f"resume with `rvepfl train --resume {run.path}`")
             outcomes = _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
                                        starts[:-1])
             global_state = method.aggregate(this_round.uploads(outcomes, planned, store), global_state,

@@ -33,8 +33,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,20 @@ from flwr.serverapp import Grid, ServerApp
 
 from rvepfl.config import Config, config_hash
 from rvepfl.data.partition import ClientSplit, Partition
-from rvepfl.errors import CheckpointError, ConfigError, RvepflError
+from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
 from rvepfl.fl.simulation import (
-    GLOBAL_KIND, Federation, _summary, check_partition, initial_model, write_run_start,
+    GLOBAL_KIND, ClientOutcome, Federation, RoundBook, _summary, check_partition, initial_model, write_run_start,
 )
+from rvepfl.fl.workers import TaskFailure
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
 from rvepfl.io import load_tensors, save_tensors, write_json
 from rvepfl.methods import DataSpec, RoundContext, Upload, get_method
-from rvepfl.rundir import ClientFailure, MetricsLog, RunDir
+from rvepfl.progress import ProgressPrinter
+from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng
 
-__all__ = ["FlowerServer", "RoundFailed", "app", "describe_content"]
+__all__ = ["FlowerServer", "app", "describe_content"]
 
 app = ServerApp()
 
@@ -67,10 +68,6 @@ _ERROR_KINDS = {
     ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "died",
     ErrorCode.MESSAGE_UNAVAILABLE: "died",
 }
-
-
-class RoundFailed(RvepflError):
-    """Fewer clients than ``faults.min_clients`` finished a round."""
 
 
 def describe_content(content: RecordDict) -> dict[str, Any]:
@@ -90,15 +87,6 @@ def _first_line(text: str | None) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     line = lines[-1] if lines else "no reason given"
     return line if len(line) <= 300 else line[:297] + "..."
-
-
-@dataclass
-class _Outcome:
-    upload: Upload
-    metrics: dict[str, dict[str, float]]
-    steps: int
-    train_seconds: float
-    eval_seconds: float
 
 
 class FlowerServer:
@@ -124,6 +112,7 @@ class FlowerServer:
     def __init__(self, grid: Grid, cfg: Config, run: RunDir, *, wait_nodes: float,
                  log: Callable[[str], None] = print, poll: float = 0.2) -> None:
         self.grid, self.cfg, self.run, self.log = grid, cfg, run, log
+        self.progress = ProgressPrinter(log)
         self.wait_nodes, self.poll = wait_nodes, poll
         self.chash = config_hash(cfg)
         self.nodes: dict[int, int] = {}  # client -> node id
@@ -319,51 +308,42 @@ class FlowerServer:
             else:
                 clients = sorted(numpy_rng(cfg.seed, "sampling", r)
                                  .choice(cfg.data.num_clients, cfg.clients_per_round, replace=False).tolist())
-            self.log(f"round {r}/{t.rounds}: {len(clients)} clients")
+            self.progress.round_start(r, t.rounds, clients)
             if any(self.nodes[c] not in set(self.grid.get_node_ids()) for c in clients):
                 self._ask_new_nodes(min(60.0, self.wait_nodes))  # a restarted node takes its client back
+            # As in the in-process engine: each client's decay clock counts the planned steps of
+            # the clients before it, whether they finish or not.
             planned = [method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
-            starts = list(itertools.accumulate(planned[:-1], initial=federation_steps))
+            starts = list(itertools.accumulate(planned, initial=federation_steps))
             export = r == t.rounds or bool(t.checkpoint_every and r % t.checkpoint_every == 0)
             global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
             messages = {}
-            for c, start in zip(clients, starts):
+            for c, start in zip(clients, starts[:-1]):
                 request = self._request(round=r, committed=last_good[c], clock=start if per_federation else -1,
                                         **{"run-key": run_key, "export": export})
                 messages[self.nodes[c]] = Message(RecordDict({"global": global_record, "request": request}),
                                                   dst_node_id=self.nodes[c], message_type="train", group_id=str(r))
             by_node = {self.nodes[c]: c for c in clients}
             replies, node_failures = self._exchange(messages, cfg.faults.client_timeout, "train", r, by_node)
-            failures = [ClientFailure(by_node[n], kind, round(s, 3), msg) for n, (kind, s, msg) in node_failures.items()]
-            failures.sort(key=lambda f: f.client)
-            finished = [c for c in clients if self.nodes[c] in replies]
-            for f in failures:
-                self.log(f"  round {r}/{t.rounds} client #{f.client} failed ({f.kind}, {f.seconds:.1f}s): {f.message}")
-            need = cfg.faults.min_clients or len(clients)
-            if len(finished) < need:
-                raise RoundFailed(
-                    f"Round {r}: {len(finished)} of {len(clients)} clients finished, faults.min_clients needs {need} "
-                    f"({'; '.join(f'client {f.client} {f.kind}: {f.message}' for f in failures[:3])}); the run "
-                    f"stays at round {r - 1}: start it again to continue")
-            uploads, results = [], {"train": [], "test": [], "general": []}
-            train_s = eval_s = 0.0
-            for i, c in enumerate(finished):
-                outcome = self._outcome(replies[self.nodes[c]], c, global_state)
-                plan = planned[clients.index(c)]
-                if outcome.steps != plan:
-                    raise RuntimeError(f"{method.name} planned {plan} local steps for client {c} and took {outcome.steps}")
-                federation_steps += outcome.steps
-                train_s += outcome.train_seconds
-                eval_s += outcome.eval_seconds
-                uploads.append(outcome.upload)
-                for kind, metrics in outcome.metrics.items():
-                    results[kind].append((c, metrics))
-                te, ge = outcome.metrics["test"], outcome.metrics["general"]
-                self.log(f"  round {r}/{t.rounds} client {i + 1}/{len(finished)} (#{c}): general acc {ge['acc']:.3f} | "
-                         f"test loss {te['loss']:.4f} acc {te['acc']:.3f}")
-            global_state = method.aggregate(uploads, global_state, RoundContext(round=r, client=None, seed=cfg.seed))
+
+            def outcomes() -> Iterator[tuple[int, ClientOutcome | TaskFailure, float]]:
+                for c in clients:  # client order, as the in-process engine aggregates
+                    node = self.nodes[c]
+                    if node in node_failures:
+                        kind, secs, message = node_failures[node]
+                        yield c, TaskFailure(kind, message, secs), secs
+                    else:
+                        outcome = self._outcome(replies.pop(node), c)
+                        yield c, outcome, outcome.train_seconds + outcome.eval_seconds
+
+            book = RoundBook(fed, r, clients, self.progress,
+                             f"start the run again with the same server.out ({run.path}) to continue")
+            global_state = method.aggregate(book.uploads(outcomes(), planned, store=None), global_state,
+                                            RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
+            book.check_complete()
+            federation_steps = starts[-1]
             seconds = time.perf_counter() - round_start
-            means = log.add_round(r, results, (seconds, train_s, eval_s, len(finished)), failures=failures)
+            means = log.add_round(r, book.results, (seconds, book.train_s, book.eval_s, book.finished), book.failures)
             # Commit order, as in the in-process engine: CSVs and checkpoints first, progress last.
             log.write(run.metrics)
             save_tensors(run.global_checkpoint(r), global_state,
@@ -371,18 +351,18 @@ class FlowerServer:
             write_json(run.path / "flower" / "received.json", self.received)
             elapsed += seconds
             run.write_progress(r, self.chash, elapsed_seconds=elapsed, federation_steps=federation_steps)
-            for c in finished:
-                last_good[c] = r
+            for c in clients:
+                if all(f.client != c for f in book.failures):
+                    last_good[c] = r
             summary = self._summary(fed, log, elapsed, sizes, status="complete" if r == t.rounds else "running")
             write_json(run.summary, summary)
-            self.log(f"round {r}/{t.rounds} done in {seconds:.1f}s: mean client test acc {means['test']['acc']:.4f} "
-                     f"loss {means['test']['loss']:.4f} (general acc {means['general']['acc']:.4f})")
+            self.progress.round_done(r, means, seconds)
         if not summary:
             summary = self._summary(fed, log, elapsed, sizes, status="complete")
             write_json(run.summary, summary)
         return summary
 
-    def _outcome(self, reply: Message, client: int, global_state: dict[str, torch.Tensor]) -> _Outcome:
+    def _outcome(self, reply: Message, client: int) -> ClientOutcome:
         content = reply.content
         state = state_from_record(content["upload"])
         info = dict(content["upload-info"])
@@ -396,7 +376,7 @@ class FlowerServer:
                 per_kind[kind][name] = float(value)
         upload = Upload(client=client, num_samples=int(info["num-samples"]), state=state,
                         info=json.loads(str(info["info-json"])))
-        return _Outcome(upload, per_kind, int(metrics["steps"]), float(metrics["train-seconds"]),
+        return ClientOutcome(upload, per_kind, int(metrics["steps"]), float(metrics["train-seconds"]),
                         float(metrics["eval-seconds"]))
 
     def _summary(self, fed: Federation, log: MetricsLog, elapsed: float, sizes: dict[str, int], *,
@@ -433,6 +413,6 @@ def main(grid: Grid, context: Context) -> None:
         write_json(_status_file(out), {"status": "complete"})
     except RvepflError as exc:
         flwr_log(logging.ERROR, "error: %s", exc)
-        if out is not None and (out.exists() or isinstance(exc, RoundFailed)):
+        if out is not None and (out.exists() or isinstance(exc, RoundFailedError)):
             write_json(_status_file(out), {"status": "failed", "error": str(exc)})
         raise
