@@ -171,12 +171,19 @@ def train(
         if not run.config.is_file():
             _fail(f"{resume} is not an rvepfl run directory (no config.toml)")
         cfg = load_config(run.config)
-        state = run.read_progress()
-        if state["config_hash"] != config_hash(cfg):
-            raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches state/progress.json")
-        fed = prepare(cfg)
-        check_partition(fed, run)
-        typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
+        if run.unstarted():  # stopped while being created, before its progress marker: create it again
+            fed = prepare(cfg)
+            run.remove_temp_files()
+            initialise(fed, run)
+            typer.echo(f"starting {run.path} again from its config.toml: it was stopped while being created", err=True)
+        else:
+            state = run.read_progress()
+            if state["config_hash"] != config_hash(cfg):
+                raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches "
+                                      "state/progress.json")
+            fed = prepare(cfg)
+            check_partition(fed, run)
+            typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
     else:
         cfg = apply_overrides(load_config(config), overrides)
         fed = prepare(cfg)  # validates the data before anything is written

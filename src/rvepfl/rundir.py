@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from rvepfl.errors import CheckpointError
-from rvepfl.io import read_csv_rows, write_csv, write_json
+from rvepfl.io import is_temp_file, read_csv_rows, remove_temp_files, write_csv, write_json
 
-__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
+__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "INIT_FILES", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
 
 _CLIENT_TRAIN = ["client#", "Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
 _CLIENT_TEST = ["client#", "Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
@@ -54,6 +54,9 @@ EVALUATIONS = {
     "general": ("general_test_clients.csv", "general_test_epochs.csv"),
 }
 METRIC_KEYS = ("loss", "acc", "precision", "recall", "f1")
+#: What a new run directory holds before its progress marker is written (see
+#: :func:`rvepfl.fl.simulation.initialise`).
+INIT_FILES = frozenset({"config.toml", "partition.json", "partition.npz"})
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,18 @@ class RunDir:
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"Corrupt {self.progress}: {exc}") from None
         return value
+
+    def unstarted(self) -> bool:
+        """Whether the directory was stopped while being created: no progress marker, and no file
+        but those written before it (and temporary files). Such a directory can be created again."""
+        if self.progress.exists():
+            return False
+        files = [p for p in self.path.rglob("*") if not p.is_dir() and not is_temp_file(p)]
+        return all(p.parent == self.path and p.name in INIT_FILES for p in files)
+
+    def remove_temp_files(self) -> list[Path]:
+        """Remove the temporary files of writes that a stopped process left in the run directory."""
+        return remove_temp_files(self.path)
 
     def write_progress(self, completed_round: int, config_hash: str, **extra: Any) -> None:
         write_json(self.progress, {"completed_round": completed_round, "config_hash": config_hash, **extra})
