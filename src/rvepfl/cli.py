@@ -99,7 +99,9 @@ def _print_table(run_dir: Path) -> None:
     for row in log.epoch_rows("test"):
         r = row[0]
         table.add_row(str(r), f"{row[1]:.4f}", f"{100 * row[2]:.2f} %", f"{row[3]:.4f}",
-                      f"{row[4]:.4f}", f"{row[5]:.4f}", f"{100 * general[r][2]:.2f} %", f"{seconds[r]:.1f}")
+                      f"{row[4]:.4f}", f"{row[5]:.4f}",
+                      f"{100 * general[r][2]:.2f} %" if r in general else "–",  # a row lost from a CSV
+                      f"{seconds[r]:.1f}" if r in seconds else "–")
     console = Console(width=max(100, Console().width))
     console.print(table)
 
@@ -266,7 +268,7 @@ def attack(
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
-    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (cached per N in RUN/attacks).")] = 5000,
+    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (at least 100; cached per N in RUN/attacks).")] = 5000,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>-<threat model>, as the audit writes).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
