@@ -6,8 +6,8 @@
         python -m tests.helpers.crash train --resume ...
 
 reads the point from the environment, installs the hooks below, then runs
-:func:`rvepfl.cli.main` with the command-line arguments. Points (``occurrence``, default 1: the
-how-manieth time the point is reached in one process):
+:func:`rvepfl.cli.main` with the command-line arguments. The points (each dies the ``occurrence``-th
+time, default the first, that one process reaches it):
 
 - ``step``: after optimiser step ``step`` (from 1) of client ``client``'s local training in round
   ``round`` (inside local training);
