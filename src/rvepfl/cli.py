@@ -69,7 +69,9 @@ def _print_table(run_dir: Path) -> None:
     for row in log.epoch_rows("test"):
         r = row[0]
         table.add_row(str(r), f"{row[1]:.4f}", f"{100 * row[2]:.2f} %", f"{row[3]:.4f}",
-                      f"{row[4]:.4f}", f"{row[5]:.4f}", f"{100 * general[r][2]:.2f} %", f"{seconds[r]:.1f}")
+                      f"{row[4]:.4f}", f"{row[5]:.4f}",
+                      f"{100 * general[r][2]:.2f} %" if r in general else "–",  # a row lost from a CSV
+                      f"{seconds[r]:.1f}" if r in seconds else "–")
     console = Console(width=max(100, Console().width))
     console.print(table)
 
@@ -142,15 +144,22 @@ def train(
         if not run.config.is_file():
             _fail(f"{resume} is not an rvepfl run directory (no config.toml)")
         saved = load_config(run.config)
-        state = run.read_progress()
-        if state["config_hash"] != config_hash(saved):
-            raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches state/progress.json")
         cfg = apply_overrides(saved, overrides)
-        fed = prepare(cfg)
-        check_partition(fed, run)
-        if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
-            atomic_write_text(run.config, dumps_config(cfg))
-        typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
+        if run.unstarted():  # stopped while being created, before its progress marker: create it again
+            fed = prepare(cfg)
+            run.remove_temp_files()
+            initialise(fed, run)
+            typer.echo(f"starting {run.path} again from its config.toml: it was stopped while being created", err=True)
+        else:
+            state = run.read_progress()
+            if state["config_hash"] != config_hash(saved):
+                raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches "
+                                      "state/progress.json")
+            fed = prepare(cfg)
+            check_partition(fed, run)
+            if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
+                atomic_write_text(run.config, dumps_config(cfg))
+            typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
     else:
         cfg = apply_overrides(load_config(config), overrides)
         fed = prepare(cfg)  # validates the data before anything is written
@@ -321,7 +330,7 @@ def attack(
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
-    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (cached per N in RUN/attacks).")] = 5000,
+    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (at least 100; cached per N in RUN/attacks).")] = 5000,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>-<threat model>, as the audit writes).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:

@@ -25,6 +25,8 @@ from rvepfl.errors import CheckpointError, short_repr
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "is_temp_file",
+    "remove_temp_files",
     "read_csv_rows",
     "load_tensors",
     "save_tensors",
@@ -50,6 +52,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    """Commit a fully written temporary file: flush it to disk, rename it over ``path``, and
+    flush the directory so that the rename survives a power loss too."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """Whether ``path`` is named as this module's (and the client store's) temporary files are:
+    ``.<name>.<random>.tmp``, a write that has not been committed."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Remove the temporary files a stopped process left anywhere under ``directory`` (their
+    final files are intact: a write is committed by renaming its temporary file); return them.
+
+    Call it only where no other process is writing: a temporary file in use would vanish.
+    """
+    removed = []
+    root = Path(directory)
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.rglob(".*.tmp")):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
@@ -58,13 +93,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -110,9 +142,7 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
     try:
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp), metadata=dict(metadata))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

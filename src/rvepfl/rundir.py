@@ -15,16 +15,17 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rvepfl.errors import CheckpointError
-from rvepfl.io import read_csv_rows, write_csv, write_json
+from rvepfl.errors import CheckpointError, short_repr
+from rvepfl.io import is_temp_file, read_csv_rows, remove_temp_files, write_csv, write_json
 
-__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
+__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "INIT_FILES", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
 
 _CLIENT_TRAIN = ["client#", "Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
 _CLIENT_TEST = ["client#", "Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
@@ -54,6 +55,9 @@ EVALUATIONS = {
     "general": ("general_test_clients.csv", "general_test_epochs.csv"),
 }
 METRIC_KEYS = ("loss", "acc", "precision", "recall", "f1")
+#: What a new run directory holds before its progress marker is written (see
+#: :func:`rvepfl.fl.simulation.initialise`).
+INIT_FILES = frozenset({"config.toml", "partition.json", "partition.npz"})
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,10 @@ class MetricsLog:
                 raise CheckpointError(f"{path} has columns {found}, expected {header}")
             r_col = header.index("Round#")
             text = {header.index(c) for c in ("Failure", "Message") if c in header}
-            for row in rows:
-                if int(row[r_col]) <= upto:
-                    log.rows[name].append([v if i in text else _parse(v) for i, v in enumerate(row)])
+            for line, row in enumerate(rows, start=2):
+                values = _parse_row(path, line, header, row, text)
+                if values[r_col] <= upto:
+                    log.rows[name].append(values)
         return log
 
     def epoch_rows(self, kind: str) -> list[list[Any]]:
@@ -129,6 +134,30 @@ def _parse(value: str) -> int | float:
         return int(value)
     except ValueError:
         return float(value)
+
+
+def _parse_row(path: Path, line: int, header: list[str], row: list[str], text: set[int]) -> list[Any]:
+    """One CSV row as values (numbers, but text in the ``text`` columns); raises
+    :class:`CheckpointError` naming the file, the line and what is wrong."""
+    damaged = "the file is damaged: restore it, or train the run again"
+    if len(row) != len(header):
+        raise CheckpointError(f"{path}, line {line}: expected {len(header)} values ({', '.join(header)}), "
+                              f"got {len(row)}; {damaged}")
+    values: list[Any] = []
+    for i, (column, value) in enumerate(zip(header, row)):
+        if i in text:
+            values.append(value)
+            continue
+        try:
+            number = _parse(value)
+        except ValueError:
+            number = None
+        whole = column in ("Round#", "client#", "Clients")
+        if number is None or (whole and not isinstance(number, int)):
+            raise CheckpointError(f"{path}, line {line}: `{column}` should be {'a whole number' if whole else 'a number'}, "
+                                  f"got {short_repr(value)}; {damaged}")
+        values.append(number)
+    return values
 
 
 class RunDir:
@@ -151,16 +180,46 @@ class RunDir:
         return self.round_dir(round_) / "global.safetensors"
 
     def read_progress(self) -> dict[str, Any]:
+        """The progress marker; a missing or damaged one raises :class:`CheckpointError`."""
         try:
             value = json.loads(self.progress.read_text(encoding="utf-8"))
-            int(value["completed_round"]), str(value["config_hash"])
         except FileNotFoundError:
             raise CheckpointError(
                 f"{self.path} is not an rvepfl run directory (no state/progress.json)"
             ) from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"Corrupt {self.progress}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"Corrupt {self.progress}: {exc}; restore it, or train the run again") from None
+        expected = {"completed_round": "a whole number >= 0", "config_hash": "a string",
+                    "federation_steps": "a whole number >= 0", "elapsed_seconds": "a finite number >= 0"}
+        if not isinstance(value, dict):
+            raise CheckpointError(f"Corrupt {self.progress}: expected a JSON object, got {type(value).__name__}; "
+                                  "restore it, or train the run again")
+        for key, what in expected.items():
+            if key not in value and key in ("federation_steps", "elapsed_seconds"):
+                continue  # written from the first round on
+            v = value.get(key)
+            if key == "config_hash":
+                ok = isinstance(v, str)
+            elif key == "elapsed_seconds":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            else:
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            if not ok:
+                raise CheckpointError(f"Corrupt {self.progress}: `{key}` should be {what}, got {short_repr(v)}; "
+                                      "restore it, or train the run again")
         return value
+
+    def unstarted(self) -> bool:
+        """Whether the directory was stopped while being created: no progress marker, and no file
+        but those written before it (and temporary files). Such a directory can be created again."""
+        if self.progress.exists():
+            return False
+        files = [p for p in self.path.rglob("*") if not p.is_dir() and not is_temp_file(p)]
+        return all(p.parent == self.path and p.name in INIT_FILES for p in files)
+
+    def remove_temp_files(self) -> list[Path]:
+        """Remove the temporary files of writes that a stopped process left in the run directory."""
+        return remove_temp_files(self.path)
 
     def write_progress(self, completed_round: int, config_hash: str, **extra: Any) -> None:
         write_json(self.progress, {"completed_round": completed_round, "config_hash": config_hash, **extra})

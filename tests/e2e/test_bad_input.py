@@ -76,7 +76,8 @@ def test_the_table_covers_the_bad_inputs_it_should() -> None:
     commands = " ".join(" ".join(r.argv) for r in ROWS)
     for needle in ("bad.toml", "typo.toml", "nbafl.epsilon=0", "--clients", "missing", "locked",
                    "truncated", "wrong-magic", "cifar", "corrupt-run", "foreign-run", "edited-run", "pickled-run",
-                   "--round", "--method", "--dataset", "attack xyz", "name=../"):
+                   "--round", "--method", "--dataset", "attack xyz", "name=../", "--evaluator-images",
+                   "show infinite-run", "show malformed-run"):
         assert needle in commands, needle
     assert all(r.message.startswith("error: ") and "\n" not in r.message for r in ROWS)
 
@@ -153,6 +154,18 @@ def _edit_seed(run: Path) -> None:
     path.write_text(path.read_text().replace("seed = 0", "seed = 5"))
 
 
+def _infinite_progress(run: Path) -> None:
+    path = run / "state" / "progress.json"
+    path.write_text(re.sub(r'"completed_round": \d+', '"completed_round": Infinity', path.read_text()))
+
+
+def _short_metrics_row(run: Path) -> None:
+    path = run / "metrics" / "epoch_testing.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = "2,0.5,0.1"
+    path.write_text("\n".join(lines) + "\n")
+
+
 SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "bad.toml": _text("[train\nrounds = 3\n"),
     "typo.toml": _text("[train]\nlcoal_epochs = 3\n"),
@@ -167,6 +180,8 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "pickled-run": _run(_pickle_as_global),
     "foreign-run": _run(_client_state_as_global),
     "edited-run": _run(_edit_seed),
+    "infinite-run": _run(_infinite_progress),
+    "malformed-run": _run(_short_metrics_row),
 }
 
 
@@ -227,3 +242,16 @@ def test_bad_input_row(row: Row, trained: Path, tmp_path: Path, monkeypatch: pyt
     assert code == row.exit_code
     assert out == ""
     assert after == before
+
+
+def test_a_data_dir_whose_name_is_too_long_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # Not a row of the table: the command would hold a 300-character name.
+    monkeypatch.chdir(tmp_path)
+    name = "a" * 300
+    code = main(["train", "--data-dir", name, "--out", "run"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.splitlines() == [
+        f"error: {name}: cannot use this path as the data directory (File name too long); check --data-dir"]
+    assert list(tmp_path.iterdir()) == []

@@ -25,31 +25,11 @@ from rvepfl.experiments.compare import (
 from rvepfl.fl.simulation import initialise, prepare, train
 from rvepfl.methods import available_methods
 from rvepfl.rundir import RunDir
+from tests.helpers.suites import toml_text
 
 BASE = {"threads": 1, "workers": 1, "device": "cpu",
         "data": {"subset": 200, "num_clients": 2},
         "train": {"rounds": 1, "local_epochs": 1, "batch_size": 32}}
-
-
-def toml_text(methods: list[str], seeds: list[int], rounds: int = 1, name: str = "tiny") -> str:
-    quoted = ", ".join(f'"{m}"' for m in methods)
-    return f"""
-name = "{name}"
-methods = [{quoted}]
-datasets = ["mnist"]
-seeds = {seeds}
-[base]
-threads = 1
-workers = 1
-device = "cpu"
-[base.data]
-subset = 200
-num_clients = 2
-[base.train]
-rounds = {rounds}
-local_epochs = 1
-batch_size = 32
-"""
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -172,6 +152,15 @@ def test_directory_stopped_during_creation_is_recreated(tmp_path):
     run.mkdir(parents=True)
     (run / "config.toml").write_text("half")
     assert run_compare(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
+    # Killed while writing the first progress marker: state/ holds only its temporary file.
+    (run / "state" / "progress.json").unlink()
+    shutil.rmtree(run / "state" / "clients")
+    (run / "state" / ".progress.json.k1l2x3y4.tmp").write_text('{"completed_ro')
+    for path in [*run.glob("*.json"), *run.glob("metrics/*"), *run.rglob("*.safetensors")]:
+        if path.name != "partition.json":
+            path.unlink()
+    assert run_compare(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
+    assert not list(run.rglob("*.tmp"))
     shutil.rmtree(run)
     run.mkdir(parents=True)
     (run / "notes.txt").write_text("mine")

@@ -45,6 +45,11 @@ UPLOAD_THREATS = ("gradient", "update")
 DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released"}
 DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "miface": 1000}
 MIN_EVALUATOR_IMAGES = 500
+"""The fewest held-out images (unused by every client) for which an evaluator is trained at all."""
+MIN_EVALUATOR_DRAW = 100
+"""The smallest ``--evaluator-images``: the evaluator trains on 80 % of its images and is tested on
+the other 20 %, so fewer leave it (and its reported accuracy) next to guessing; below 3 it cannot
+be split at all."""
 _KIND = "rvepfl-attack-reconstructions"
 
 
@@ -97,8 +102,9 @@ def resolve_settings(target: Target, attack: str, *, threat: str | None, round_:
         steps = target.cfg.train.local_epochs if local_steps is None else local_steps
         if steps < 1:
             raise ConfigError(f"Expected --local-steps >= 1, got {steps}")
-    if evaluator_images < 1:
-        raise ConfigError(f"Expected --evaluator-images >= 1, got {evaluator_images}")
+    if evaluator_images < MIN_EVALUATOR_DRAW:
+        raise ConfigError(f"Expected --evaluator-images >= {MIN_EVALUATOR_DRAW} (the evaluator trains on 80 % of "
+                          f"them and is tested on the other 20 %), got {evaluator_images}")
     r = target.check_round(round_)
     target.check_client(client)
     if batch_size < 1:

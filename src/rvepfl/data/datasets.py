@@ -101,7 +101,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
         from rvepfl.data.download import download as fetch
 
         fetch(name, root)
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except (OSError, ValueError) as exc:  # e.g. a name longer than the file system allows, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataError(f"{root}: cannot use this path as the data directory ({reason}); check --data-dir") from None
+    if not found:
         raise DataError(f"Data directory not found: {root} (check --data-dir, or add --download)")
     if name == "cifar10":
         train_x, train_y, test_x, test_y = readers.read_cifar10(root)

@@ -97,7 +97,7 @@ class AuditSpec:
 
 def audit_from_dict(values: dict[str, Any], *, smoke: bool = False, source: str = "",
                     default_name: str = "audit") -> AuditSpec:
-    from rvepfl.attacks.runner import ATTACK_NAMES, UPLOAD_THREATS
+    from rvepfl.attacks.runner import ATTACK_NAMES, MIN_EVALUATOR_DRAW, UPLOAD_THREATS
 
     values = dict(values)
     audit = values.pop("audit", None)
@@ -155,7 +155,7 @@ def audit_from_dict(values: dict[str, Any], *, smoke: bool = False, source: str 
     for r in spec.runs:
         if client >= r.cfg.data.num_clients:
             raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
-    evaluator_images = integer("evaluator_images", 3000, 1)
+    evaluator_images = integer("evaluator_images", 3000, MIN_EVALUATOR_DRAW)
     if smoke:
         iterations = {a: 3 for a in ATTACK_NAMES}
         restarts = {}

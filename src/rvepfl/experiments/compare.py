@@ -59,7 +59,7 @@ import numpy as np
 from rvepfl.config import Config, DatasetName, check_name, config_from_dict, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.simulation import Progress, check_partition, initialise, prepare, train
-from rvepfl.io import atomic_write_bytes, atomic_write_text, write_csv
+from rvepfl.io import atomic_write_bytes, atomic_write_text, remove_temp_files, write_csv
 from rvepfl.methods import available_methods
 from rvepfl.rundir import MetricsLog, RunDir
 
@@ -86,7 +86,6 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 _TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
 # `audit` is read by `rvepfl audit` (rvepfl.experiments.audit); compare trains the same runs and ignores it.
 _SET_BY_COMPARE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
-_INIT_FILES = {"config.toml", "partition.json", "partition.npz"}
 _DISPLAY = {"rvepfl": "RVE-PFL", "nbafl": "NbAFL"}
 
 
@@ -296,12 +295,9 @@ def default_out(spec: CompareSpec) -> Path:
 # -- running -------------------------------------------------------------------------------------
 def _state(run: RunDir, cfg: Config) -> str:
     """``new``, ``resume`` or ``complete``; raises if the directory holds something else."""
-    if not run.path.exists() or not any(run.path.iterdir()):
+    if run.unstarted():  # empty, or stopped while being created: nothing trained yet
         return "new"
     if not run.progress.exists():
-        leftovers = {p.name for p in run.path.iterdir() if not p.name.startswith(".")}
-        if leftovers <= _INIT_FILES:  # stopped while being created: nothing trained yet
-            return "new"
         raise CheckpointError(f"{run.path} exists but is not an rvepfl run directory (no state/progress.json): "
                               "remove it, or give another --out")
     state = run.read_progress()
@@ -337,6 +333,7 @@ def run_compare(
     out = Path(out) if out is not None else default_out(spec)
     say = log or (lambda line: None)
     count = len(spec.runs)
+    remove_temp_files(out)  # uncommitted writes of a stopped comparison (or audit)
     plan = [(r, RunDir(out / "runs" / r.label)) for r in spec.runs]
     states = {r.label: _state(run, r.cfg) for r, run in plan}
 

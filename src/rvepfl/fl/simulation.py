@@ -399,6 +399,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     state = run.read_progress()
     if state["config_hash"] != chash:
         raise CheckpointError(f"{run.path} belongs to another configuration (hash {state['config_hash']}, this one {chash})")
+    run.remove_temp_files()  # uncommitted writes of a stopped run
     done = int(state["completed_round"])
     elapsed_before = float(state.get("elapsed_seconds", 0.0))
     federation_steps = int(state.get("federation_steps", 0))

@@ -1,0 +1,26 @@
+"""Tiny compare files for the tests of `rvepfl compare` and `rvepfl audit`."""
+
+from __future__ import annotations
+
+
+def toml_text(methods: list[str], seeds: list[int], rounds: int = 1, name: str = "tiny") -> str:
+    """A compare file: ``methods`` on MNIST, 200 bundled images, 2 clients, ``rounds`` rounds of
+    one local epoch at batch 32, one thread in one process."""
+    quoted = ", ".join(f'"{m}"' for m in methods)
+    return f"""
+name = "{name}"
+methods = [{quoted}]
+datasets = ["mnist"]
+seeds = {seeds}
+[base]
+threads = 1
+workers = 1
+device = "cpu"
+[base.data]
+subset = 200
+num_clients = 2
+[base.train]
+rounds = {rounds}
+local_epochs = 1
+batch_size = 32
+"""
