@@ -25,6 +25,20 @@ from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
 from rvepfl.progress import ProgressPrinter
 
+def _plain_help_extras() -> None:
+    """typer < 0.21 (the range flwr 1.41 allows) escapes the ``[default: ...]`` and ``[required]``
+    of option help for rich markup even when markup is off, so ``--help`` showed ``\\[default: 1]``;
+    with markup off (``rich_markup_mode=None``, below) the text is shown as it is."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # typer without rich: nothing is escaped
+        return
+    if hasattr(rich_utils, "escape_before_html_export"):
+        rich_utils.escape_before_html_export = lambda text: text.strip()
+
+
+_plain_help_extras()
+
 app = typer.Typer(
     name="rvepfl",
     help="Personalised federated learning that resists model-inversion attacks (RVE-PFL).",

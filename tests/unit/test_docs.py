@@ -51,3 +51,16 @@ def test_config_table_defaults_are_the_code_defaults():
             assert float(shown) == value, (key, shown, value)
         else:
             assert shown == str(expected), (key, shown, value)
+
+
+def test_help_shows_defaults_without_markup_escapes(capsys):
+    """`--help` of every command shows `[default: ...]` / `[required]` as plain text (typer < 0.21
+    escaped them for rich markup: `\\[default: 1]`)."""
+    from rvepfl.cli import main
+
+    for command in [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]:
+        assert main([command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "\\[" not in out, command
+    assert main(["attack", "--help"]) == 0
+    assert "[default: 0]" in capsys.readouterr().out
