@@ -44,8 +44,8 @@ __all__ = ["APP_NAME", "SERVER_KEYS", "app_pyproject", "run_config", "split_run_
 
 APP_NAME = "rvepfl-flower"
 SERVER_KEYS: dict[str, Any] = {"out": "", "wait_nodes": 120.0}
-"""Run-config keys under ``server.`` with their defaults: the run directory on the server (empty:
-``runs/<name>-flower`` in the ServerApp's working directory) and the seconds to wait for every
+"""Run-config keys under ``server.`` with their defaults: the run directory on the server's
+machine (required: the ServerApp refuses an empty one) and the seconds to wait for every
 client's SuperNode to connect."""
 
 
