@@ -43,6 +43,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "dumps_config",
+    "flatten",
     "read_toml_file",
 ]
 
@@ -404,6 +405,21 @@ def load_config(path: str | Path | None) -> Config:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The config as nested plain dicts (what ``config.toml`` holds)."""
     return dataclasses.asdict(cfg)
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys, the form ``--set`` and :func:`apply_overrides` take.
+
+    >>> flatten({"train": {"rounds": 3}, "seed": 1})
+    {'train.rounds': 3, 'seed': 1}
+    """
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:

@@ -11,6 +11,7 @@ import pytest
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
 from rvepfl.experiments.audit import audit_from_dict
+from tests.helpers.suites import finished_suite
 
 TINY = """
 name = "tiny-audit"
@@ -48,10 +49,7 @@ JOBS = (("idlg", "gradient"), ("idlg", "update"), ("miface", "released"), ("mifa
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("audit")
-    (root / "audit.toml").write_text(TINY)
-    assert main(["audit", "--config", str(root / "audit.toml"), "--out", str(root / "out"), "--quiet"]) == 0
-    return root / "out"
+    return finished_suite(tmp_path_factory.mktemp("audit"), "audit", TINY)
 
 
 def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
@@ -81,7 +79,7 @@ def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
 
 
 def test_audit_rerun_skips_everything(audited, capsys):
-    config = audited.parent / "audit.toml"
+    config = audited.parent / "suite.toml"  # written by finished_suite
     before = (audited / "audit.csv").read_text()
     assert main(["audit", "--config", str(config), "--out", str(audited)]) == 0
     err = capsys.readouterr().err

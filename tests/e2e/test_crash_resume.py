@@ -31,7 +31,7 @@ from rvepfl.config import config_hash, load_config
 from rvepfl.io import is_temp_file, read_metadata
 from rvepfl.rundir import CSV_HEADERS
 from tests.helpers.processes import run_until_crash
-from tests.helpers.suites import toml_text
+from tests.helpers.suites import finished_suite, toml_text
 
 TINY = ["--method", "fedper", "--subset", "200", "--clients", "2", "--rounds", "2", "--local-epochs", "1",
         "--batch-size", "32", "--threads", "1"]
@@ -162,10 +162,7 @@ SECOND_RUN_TRAINS = {"at": "step", "round": 1, "client": 0, "step": 1, "occurren
 
 @pytest.fixture(scope="module")
 def compare_reference(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("compare")
-    (root / "c.toml").write_text(COMPARE)
-    assert main(["compare", "--config", str(root / "c.toml"), "--out", str(root / "out"), "--quiet"]) == 0
-    return root / "out"
+    return finished_suite(tmp_path_factory.mktemp("compare"), "compare", COMPARE)
 
 
 def rerun(args: list[str], point: dict | None, out: Path, finished: dict[str, list[str]], mark: Path,
@@ -227,10 +224,7 @@ miface = 3
 
 @pytest.fixture(scope="module")
 def audit_reference(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("audit")
-    (root / "a.toml").write_text(AUDIT)
-    assert main(["audit", "--config", str(root / "a.toml"), "--out", str(root / "out"), "--quiet"]) == 0
-    return root / "out"
+    return finished_suite(tmp_path_factory.mktemp("audit"), "audit", AUDIT)
 
 
 def test_audit_killed_twice_then_rerun_redoes_nothing_finished(audit_reference, tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def toml_text(methods: list[str], seeds: list[int], rounds: int = 1, name: str = "tiny") -> str:
     """A compare file: ``methods`` on MNIST, 200 bundled images, 2 clients, ``rounds`` rounds of
@@ -24,3 +26,13 @@ rounds = {rounds}
 local_epochs = 1
 batch_size = 32
 """
+
+
+def finished_suite(root: Path, command: str, text: str) -> Path:
+    """Write ``text`` as ``root``/suite.toml, run ``rvepfl COMMAND`` (compare or audit) on it to the
+    end in this process, and return its output directory."""
+    from rvepfl.cli import main
+
+    (root / "suite.toml").write_text(text)
+    assert main([command, "--config", str(root / "suite.toml"), "--out", str(root / "out"), "--quiet"]) == 0
+    return root / "out"

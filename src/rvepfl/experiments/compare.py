@@ -56,7 +56,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from rvepfl.config import Config, DatasetName, check_name, config_from_dict, config_hash, read_toml_file
+from rvepfl.config import Config, DatasetName, check_name, config_from_dict, config_hash, flatten, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.fl.simulation import Progress, check_partition, initialise, prepare, train
 from rvepfl.io import atomic_write_bytes, atomic_write_text, remove_temp_files, write_csv
@@ -165,17 +165,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables as dotted keys: ``{"train": {"rounds": 3}}`` -> ``{"train.rounds": 3}``."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _table(values: dict[str, Any], key: str) -> dict[str, Any]:
     value = values.get(key, {})
     if not isinstance(value, dict):
@@ -271,8 +260,8 @@ def compare_from_dict(values: dict[str, Any], *, smoke: bool = False, source: st
                 merged = _merge(_merge(merged, smoke_values),
                                 {"name": label, "method": method, "seed": seed, "data": {"dataset": dataset}})
                 runs.append(RunSpec(len(runs) + 1, dataset, method, seed, _build(merged, label)))
-    smoke_keys = set(_flatten(smoke_values))
-    shown = {m: {k: v for k, v in _flatten(t).items() if k not in smoke_keys} for m, t in per_method.items()}
+    smoke_keys = set(flatten(smoke_values))
+    shown = {m: {k: v for k, v in flatten(t).items() if k not in smoke_keys} for m, t in per_method.items()}
     return CompareSpec(name, methods, datasets, seeds, tuple(runs), smoke, source, setups,
                        {m: v for m, v in shown.items() if v})
 

@@ -41,34 +41,32 @@ class RunningMean:
         self._expected = expected_total
         self._sum: dict[str, torch.Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}
-        self._count = 0
         self._weights: list[float] = []
 
     def __len__(self) -> int:
         """The number of states added."""
-        return self._count
+        return len(self._weights)
 
     def add(self, state: Mapping[str, torch.Tensor], weight: float = 1.0) -> None:
         """Add ``state`` with a non-negative ``weight``."""
         if weight < 0:
             raise ValueError(f"Expected non-negative weights with a positive sum, got {[*self._weights, weight]}")
-        if self._count == 0:
+        if not self._weights:
             self._sum = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in state.items()}
             self._dtypes = {k: v.dtype for k, v in state.items()}
         elif list(state.keys()) != list(self._sum.keys()):
-            raise ValueError(f"State {self._count} has keys {sorted(state)} but state 0 has {sorted(self._sum)}")
+            raise ValueError(f"State {len(self._weights)} has keys {sorted(state)} but state 0 has {sorted(self._sum)}")
         for key, value in state.items():
             acc = self._sum[key]
             if value.shape != acc.shape:
                 raise ValueError(f"`{key}` has shape {tuple(value.shape)} in one state and {tuple(acc.shape)} in another")
             scale = float(weight) / self._expected if self._expected is not None else float(weight)
             acc.add_(value.detach().to("cpu", torch.float64), alpha=scale)
-        self._count += 1
         self._weights.append(float(weight))
 
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted mean of the states added so far."""
-        if self._count == 0:
+        if not self._weights:
             raise ValueError("Expected at least one state to average, got none")
         total = sum(self._weights)
         if total <= 0:

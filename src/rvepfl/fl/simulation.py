@@ -44,7 +44,8 @@ from rvepfl.perf import tune_allocator
 from rvepfl.rundir import ClientFailure, MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng, seed_torch
 
-__all__ = ["GLOBAL_KIND", "ClientOutcome", "Federation", "Progress", "RoundBook", "evaluate", "prepare", "train"]
+__all__ = ["GLOBAL_KIND", "ClientOutcome", "Federation", "Progress", "RoundBook", "evaluate", "prepare", "round_clients",
+           "round_clocks", "save_global_state", "start_global_state", "train"]
 
 GLOBAL_KIND = "rvepfl-global-state"
 """The ``format`` metadata of the global-state checkpoints (``checkpoints/round_*/global.safetensors``)."""
@@ -303,6 +304,39 @@ def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, 
             next_index += 1
 
 
+def round_clients(cfg: Config, round_: int) -> list[int]:
+    """The clients that take part in round ``round_``: all of them, or a draw of
+    ``clients_per_round`` from the round's ``sampling`` stream, in client order."""
+    n, k = cfg.data.num_clients, cfg.clients_per_round
+    if k == n:
+        return list(range(n))
+    return sorted(numpy_rng(cfg.seed, "sampling", round_).choice(n, k, replace=False).tolist())
+
+
+def round_clocks(fed: Federation, clients: list[int], federation_steps: int) -> tuple[list[int], list[int]]:
+    """(planned local steps of each client, decay clock at each client's start plus the clock
+    after the round). Each client's clock counts the planned steps of the clients before it,
+    whether they finish or not, so one client's failure changes no other client's training."""
+    planned = [fed.method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
+    return planned, list(itertools.accumulate(planned, initial=federation_steps))
+
+
+def save_global_state(run: RunDir, round_: int, state: dict[str, torch.Tensor], chash: str) -> None:
+    """The global shared state after round ``round_`` (0: the initial one), as a checkpoint."""
+    save_tensors(run.global_checkpoint(round_), state, {"format": GLOBAL_KIND, "round": str(round_), "config_hash": chash})
+
+
+def start_global_state(run: RunDir, done: int, initial_shared: dict[str, torch.Tensor],
+                       chash: str) -> dict[str, torch.Tensor]:
+    """The global state a run continues from after round ``done``: the initial one (saved as
+    round 0) for a new run, else the checkpoint of round ``done``."""
+    if done == 0:
+        state = {k: v.clone() for k, v in initial_shared.items()}
+        save_global_state(run, 0, state, chash)
+        return state
+    return load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=GLOBAL_KIND)
+
+
 class RoundBook:
     """One round's bookkeeping, the same for every engine: the finished clients' metrics and
     timings, and the failures, checked against ``faults.min_clients`` as they come.
@@ -408,16 +442,11 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, initial_private, initial_shared = initial_model(fed)
-    if done == 0:
-        global_state = {k: v.clone() for k, v in initial_shared.items()}
-        save_tensors(run.global_checkpoint(0), global_state, {"format": GLOBAL_KIND, "round": "0", "config_hash": chash})
-    else:
-        global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=GLOBAL_KIND)
+    global_state = start_global_state(run, done, initial_shared, chash)
     store = ClientStore(run.state / "clients", config_hash=chash)
     store.prune(done)
     log = MetricsLog.read(run.metrics, done)
     num_clients = cfg.data.num_clients
-    per_round = cfg.clients_per_round
     sizes = {"shared": sum(v.numel() for v in global_state.values()),
              "private_per_client": sum(v.numel() for v in initial_private.values())}
     summary: dict[str, Any] = {}
@@ -428,15 +457,9 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     try:
         for r in range(done + 1, t.rounds + 1):
             round_start = time.perf_counter()
-            if per_round == num_clients:
-                clients = list(range(num_clients))
-            else:
-                clients = sorted(numpy_rng(cfg.seed, "sampling", r).choice(num_clients, per_round, replace=False).tolist())
+            clients = round_clients(cfg, r)
             progress.round_start(r, t.rounds, clients)
-            # Each client's decay clock counts the planned steps of the clients before it, whether
-            # they finish or not, so one client's failure changes no other client's training.
-            planned = [method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
-            starts = list(itertools.accumulate(planned, initial=federation_steps))
+            planned, starts = round_clocks(fed, clients, federation_steps)
             this_round = RoundBook(fed, r, clients, progress, f"resume with `rvepfl train --resume {run.path}`")
             outcomes = _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
                                        starts[:-1])
@@ -449,7 +472,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             means = log.add_round(r, this_round.results, timing, this_round.failures)
             # Commit order: CSVs and checkpoints first, the progress marker last.
             log.write(run.metrics)
-            save_tensors(run.global_checkpoint(r), global_state, {"format": GLOBAL_KIND, "round": str(r), "config_hash": chash})
+            save_global_state(run, r, global_state, chash)
             if r == t.rounds or (t.checkpoint_every and r % t.checkpoint_every == 0):
                 store.export(r, range(num_clients), run.round_dir(r) / "clients")
             elapsed_before += seconds

@@ -36,7 +36,7 @@ from typing import Any
 import tomli_w
 
 import rvepfl
-from rvepfl.config import Config, config_from_dict, config_to_dict
+from rvepfl.config import Config, config_from_dict, config_to_dict, flatten
 from rvepfl.errors import ConfigError
 from rvepfl.io import atomic_write_text
 
@@ -49,19 +49,9 @@ machine (required: the ServerApp refuses an empty one) and the seconds to wait f
 client's SuperNode to connect."""
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def run_config(cfg: Config, *, out: str | Path = "", wait_nodes: float = SERVER_KEYS["wait_nodes"]) -> dict[str, Any]:
     """The flat run config (dotted keys) of ``cfg`` plus the ``server.`` keys."""
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten(config_to_dict(cfg))
     flat["server.out"] = str(out)
     flat["server.wait_nodes"] = float(wait_nodes)
     return flat

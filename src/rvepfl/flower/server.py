@@ -29,7 +29,6 @@ that round, and the node reads (and prunes to) it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 import time
@@ -47,16 +46,16 @@ from rvepfl.config import Config, config_hash
 from rvepfl.data.partition import ClientSplit, Partition
 from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
 from rvepfl.fl.simulation import (
-    GLOBAL_KIND, ClientOutcome, Federation, RoundBook, _summary, check_partition, initial_model, write_run_start,
+    ClientOutcome, Federation, RoundBook, _summary, check_partition, initial_model, round_clients, round_clocks,
+    save_global_state, start_global_state, write_run_start,
 )
 from rvepfl.fl.workers import TaskFailure
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
-from rvepfl.io import load_tensors, save_tensors, write_json
+from rvepfl.io import write_json
 from rvepfl.methods import DataSpec, RoundContext, Upload, get_method
 from rvepfl.progress import ProgressPrinter
 from rvepfl.rundir import MetricsLog, RunDir
-from rvepfl.seeding import numpy_rng
 
 __all__ = ["FlowerServer", "app", "describe_content"]
 
@@ -287,12 +286,7 @@ class FlowerServer:
         federation_steps = int(state.get("federation_steps", 0))
         per_federation = t.lr_decay_clock == "federation"
         _, initial_private, initial_shared = initial_model(fed)
-        if done == 0:
-            global_state = {k: v.clone() for k, v in initial_shared.items()}
-            save_tensors(run.global_checkpoint(0), global_state,
-                         {"format": GLOBAL_KIND, "round": "0", "config_hash": self.chash})
-        else:
-            global_state = load_tensors(run.global_checkpoint(done), expected=initial_shared, kind=GLOBAL_KIND)
+        global_state = start_global_state(run, done, initial_shared, self.chash)
         log = MetricsLog.read(run.metrics, done)
         last_good = {c: 0 for c in range(cfg.data.num_clients)}  # each client's last committed round
         for row in log.rows["client_testing.csv"]:
@@ -303,18 +297,11 @@ class FlowerServer:
         summary: dict[str, Any] = {}
         for r in range(done + 1, t.rounds + 1):
             round_start = time.perf_counter()
-            if cfg.clients_per_round == cfg.data.num_clients:
-                clients = list(range(cfg.data.num_clients))
-            else:
-                clients = sorted(numpy_rng(cfg.seed, "sampling", r)
-                                 .choice(cfg.data.num_clients, cfg.clients_per_round, replace=False).tolist())
+            clients = round_clients(cfg, r)
             self.progress.round_start(r, t.rounds, clients)
             if any(self.nodes[c] not in set(self.grid.get_node_ids()) for c in clients):
                 self._ask_new_nodes(min(60.0, self.wait_nodes))  # a restarted node takes its client back
-            # As in the in-process engine: each client's decay clock counts the planned steps of
-            # the clients before it, whether they finish or not.
-            planned = [method.planned_steps(len(fed.partition.clients[c].train)) for c in clients]
-            starts = list(itertools.accumulate(planned, initial=federation_steps))
+            planned, starts = round_clocks(fed, clients, federation_steps)
             export = r == t.rounds or bool(t.checkpoint_every and r % t.checkpoint_every == 0)
             global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
             messages = {}
@@ -346,14 +333,12 @@ class FlowerServer:
             means = log.add_round(r, book.results, (seconds, book.train_s, book.eval_s, book.finished), book.failures)
             # Commit order, as in the in-process engine: CSVs and checkpoints first, progress last.
             log.write(run.metrics)
-            save_tensors(run.global_checkpoint(r), global_state,
-                         {"format": GLOBAL_KIND, "round": str(r), "config_hash": self.chash})
+            save_global_state(run, r, global_state, self.chash)
             write_json(run.path / "flower" / "received.json", self.received)
             elapsed += seconds
             run.write_progress(r, self.chash, elapsed_seconds=elapsed, federation_steps=federation_steps)
-            for c in clients:
-                if all(f.client != c for f in book.failures):
-                    last_good[c] = r
+            failed = {f.client for f in book.failures}
+            last_good.update({c: r for c in clients if c not in failed})
             summary = self._summary(fed, log, elapsed, sizes, status="complete" if r == t.rounds else "running")
             write_json(run.summary, summary)
             self.progress.round_done(r, means, seconds)
