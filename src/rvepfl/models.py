@@ -4,6 +4,15 @@ The architecture follows the published code exactly (see DESIGN.md section 1): t
 an image x of shape (C, H, W) to a sample z of the *same* shape, and the classifier reads z as if
 it were an image. Only the classifier is ever shared with the server.
 
+Speed (measured by ``python -m benchmarks``, see BENCHMARKS.md): the convolutions run on
+channels-last activations, where oneDNN's CPU kernels and max-pooling are faster, while every
+parameter, state dict and checkpoint keeps PyTorch's usual (contiguous) layout; the encoder's
+conv output is turned back to the usual layout before the dense layer reads it in (C, H, W)
+order, and ReLU follows max-pooling (relu(maxpool(h)) equals maxpool(relu(h)) exactly, values and
+gradients, on a quarter of the elements). On the quick setting this made a steady-state round
+about 12 % faster; the channels-last convolutions sum in another order, so results differ from
+the plain layout in the last bits (the same seed still gives the same numbers).
+
 >>> import torch
 >>> model = PersonalModel(channels=1, image_size=28, num_classes=10)
 >>> model(torch.zeros(2, 1, 28, 28)).shape
@@ -33,6 +42,13 @@ def glorot_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+
+def _channels_last(h: torch.Tensor) -> torch.Tensor:
+    """``h`` in channels-last layout, so that the next convolution (and the ones after it) run
+    channels-last. The first convolution's output needs it: with a one-channel input the layouts
+    coincide and the convolution keeps the usual one."""
+    return h.contiguous(memory_format=torch.channels_last)
 
 
 def _check_shape(channels: int, image_size: int, minimum: int) -> None:
@@ -67,8 +83,8 @@ class Encoder(nn.Module):
     def forward(
         self, x: torch.Tensor, *, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = F.relu(self.conv1(x))
-        h = F.relu(self.conv2(h))
+        h = F.relu_(_channels_last(self.conv1(x)))
+        h = F.relu_(self.conv2(h).contiguous())  # (C, H, W) order for the dense layer
         h = self.dropout(self.dense(h.flatten(1)))
         mu = self.mu(h)
         logvar = self.logvar(h)
@@ -101,8 +117,8 @@ class Classifier(nn.Module):
         glorot_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
+        h = F.relu_(F.max_pool2d(_channels_last(self.conv1(x)), 2))
+        h = F.relu_(F.max_pool2d(self.conv2(h), 2))
         h = self.dropout(F.relu(self.dense(h.flatten(1))))
         return self.out(h)
 

@@ -55,3 +55,43 @@ def test_bad_shapes_are_config_errors():
         Encoder(2, 28)
     with pytest.raises(ConfigError, match="num_classes"):
         Classifier(1, 28, 1)
+
+
+def _plain_layout_forward(model: PersonalModel, x: torch.Tensor) -> torch.Tensor:
+    """The published layer order in PyTorch's usual layout: relu before max-pooling, no
+    channels-last conversions."""
+    from torch.nn import functional as F
+
+    enc, clf = model.encoder, model.classifier
+    h = F.relu(enc.conv2(F.relu(enc.conv1(x))))
+    mu = enc.mu(enc.dense(h.flatten(1)))
+    z = mu.view(x.shape)
+    h = F.max_pool2d(F.relu(clf.conv1(z)), 2)
+    h = F.max_pool2d(F.relu(clf.conv2(h)), 2)
+    return clf.out(F.relu(clf.dense(h.flatten(1))))
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
+def test_the_fast_layout_computes_the_published_model(channels, size):
+    """The channels-last convolutions and relu-after-pooling give the published model's outputs
+    and gradients (against the plain layout in float64, to float32 rounding), and leave every
+    parameter and gradient in the usual layout (checkpoints and uploads rely on it)."""
+    torch.manual_seed(0)
+    model = PersonalModel(channels, size, 10, sample_at_eval=False).eval()  # z = mu, no dropout
+    x = torch.randn(5, channels, size, size)
+    fast = model(x)
+    fast.square().sum().backward()
+    assert all(v.is_contiguous() for v in model.state_dict().values())
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert len(grads) == 16  # every layer but the unused logvar head (z = mu here)
+    assert all(g.is_contiguous() for g in grads.values())
+
+    exact = PersonalModel(channels, size, 10, sample_at_eval=False).eval().double()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    reference = _plain_layout_forward(exact, x.double())
+    reference.square().sum().backward()
+    torch.testing.assert_close(fast.double(), reference, rtol=1e-5, atol=1e-6)
+    for name, p in exact.named_parameters():
+        if name in grads:  # relative to the gradient's size: summed in another order
+            error = (grads[name].double() - p.grad).norm() / p.grad.norm()
+            assert error < 1e-5, (name, error.item())
