@@ -15,7 +15,9 @@ round_seconds_quick        <= 38 s   one round of the published code's quick set
                                      about 114 s on this machine kind)
 =========================  ========  ==============================================================
 
-The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts.
+The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
+when asked for: ``--only paper --device cuda`` times a paper-scale round (150 clients, 10 local
+epochs, 70,000 MNIST-size images) on a GPU (:mod:`benchmarks.paper`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import Any
 import torch
 
 import rvepfl
+from rvepfl.errors import RvepflError
 from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
 
 PARTS = ("training", "allocator", "memory", "attacks")
+EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
 _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
@@ -50,17 +54,23 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("miface_speedup_vs_art", ">= 5", lambda v: v >= 5.0, "{:.1f}x"),
     ("dlg_iterations_per_second", "", None, "{:.1f}/s"),
     ("ig_iterations_per_second", "", None, "{:.1f}/s"),
+    ("paper_round_seconds", "", None, "{:.1f} s"),
+    ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", metavar="FILE", help="write every figure and its raw timings to FILE")
-    p.add_argument("--only", metavar="PART", action="append", choices=PARTS,
-                   help=f"run only this part (repeatable): {', '.join(PARTS)}")
+    p.add_argument("--only", metavar="PART", action="append", choices=PARTS + EXTRA_PARTS,
+                   help=f"run only this part (repeatable): {', '.join(PARTS + EXTRA_PARTS)} "
+                        "(paper: only when named)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--workers", type=int, default=0,
                    help="client worker processes of the engine's round (the config key `workers`; 0: one per CPU)")
+    p.add_argument("--device", default="auto", help="the paper part's device: auto, cpu or cuda")
+    p.add_argument("--paper-clients", type=int, default=150, metavar="N",
+                   help="the paper part trains N of its 150 clients a round (150: the full round)")
     return p
 
 
@@ -94,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads < 0 or args.workers < 0:
         print("error: expected --threads >= 0 and --workers >= 0", file=sys.stderr)
+        return 2
+    if not 1 <= args.paper_clients <= 150:
+        print(f"error: expected 1 <= --paper-clients <= 150, got {args.paper_clients}", file=sys.stderr)
         return 2
     parts = args.only or list(PARTS)
     tune_allocator()
@@ -136,6 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["attacks"] = attack_benchmark(threads=threads, log=log)
         for key in ("dlg_iterations_per_second", "ig_iterations_per_second", "miface_speedup_vs_art"):
             results[key] = results["attacks"][key]
+    if "paper" in parts:
+        from benchmarks.paper import paper_benchmark
+        log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")
+        try:
+            results["paper"] = paper_benchmark(args.device, args.paper_clients, log=log)
+        except RvepflError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for key in ("paper_round_seconds", "paper_images_per_second"):
+            if results["paper"][key] is not None:  # the round's time only when it is the full round
+                results[key] = results["paper"][key]
     results["seconds"] = time.perf_counter() - started
     m = results["machine"]
     print(f"rvepfl {m['rvepfl']} benchmarks, {results['date']}: {m['cpu']}, {m['cores']} cores, "

@@ -25,6 +25,7 @@ from rvepfl.errors import CheckpointError, short_repr
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "flush_to_disk",
     "is_temp_file",
     "remove_temp_files",
     "read_csv_rows",
@@ -52,12 +53,24 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace(tmp: Path, path: Path) -> None:
+def _replace(tmp: Path, path: Path, durable: bool = True) -> None:
     """Commit a fully written temporary file: flush it to disk, rename it over ``path``, and
-    flush the directory so that the rename survives a power loss too."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    flush the directory so that the rename survives a power loss too. With ``durable`` False only
+    the rename: readers never see a partial file, and :func:`flush_to_disk` must follow before
+    anything that relies on the file surviving a power loss is written."""
+    if durable:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def flush_to_disk(path: str | Path) -> None:
+    """Flush a file written with ``durable=False`` (its data and its name) to disk."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
     _fsync_dir(path.parent)
 
 
@@ -134,15 +147,17 @@ def read_csv_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Save tensors as safetensors, atomically, with string metadata."""
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
+                 durable: bool = True) -> None:
+    """Save tensors as safetensors, atomically, with string metadata; ``durable=False`` leaves the
+    flush to disk to a later :func:`flush_to_disk` (see :func:`_replace`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp), metadata=dict(metadata))
-        _replace(tmp, path)
+        _replace(tmp, path, durable)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

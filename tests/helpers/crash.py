@@ -103,13 +103,13 @@ def _install_write(point: dict[str, Any]) -> None:
 
     original = io._replace
 
-    def replace(tmp: Path, path: Path) -> None:
+    def replace(tmp: Path, path: Path, durable: bool = True) -> None:
         if Path(path).as_posix().endswith(point["file"]):
             _reached["count"] += 1
             if _reached["count"] == point.get("occurrence", 1):
                 os.truncate(tmp, os.path.getsize(tmp) // 2)
                 _die(f"writing {path} ({tmp.name} cut to half)")
-        original(tmp, path)
+        original(tmp, path, durable)
 
     io._replace = replace
 

@@ -1,4 +1,4 @@
-"""The allocator setting and the benchmark report's table (the benchmarks themselves are not tests)."""
+"""The allocator setting, the benchmark report's table and the paper part's set-up (no timing is tested)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks.__main__ import table
@@ -45,3 +46,36 @@ def test_table_marks_targets_met_missed_and_skipped():
     assert "| `miface_speedup_vs_art` | n/a | >= 5 | skipped |" in lines
     assert "| `allocator_speedup` | 1.30x |  |  |" in lines
     assert not any("rss_growth" in line for line in lines)  # absent keys are left out
+
+
+def test_tiled_mnist_is_a_full_size_mnist_of_the_bundled_digits(tmp_path):
+    from benchmarks.paper import write_tiled_mnist
+    from rvepfl.data.datasets import load_dataset
+
+    full = load_dataset("mnist", write_tiled_mnist(tmp_path / "mnist"))
+    bundled = load_dataset("mnist", None)
+    assert full.train_x.shape == (60_000, 28, 28, 1) and full.test_x.shape == (10_000, 28, 28, 1)
+    n = len(bundled.train_y) + len(bundled.test_y)
+    assert (full.train_x[:n] == np.concatenate([bundled.train_x, bundled.test_x])).all()
+    assert (full.train_y[n : 2 * n] == np.concatenate([bundled.train_y, bundled.test_y])).all()
+
+
+def test_paper_part_trains_paper_size_clients(tmp_path):
+    """The paper part's code path, shrunk: 2 of the 150 clients a round, 1 local epoch, on the CPU."""
+    from benchmarks.paper import paper_benchmark
+
+    out = paper_benchmark("cpu", 2, local_epochs=1, log=lambda line: None)
+    low, high = out["setting"]["train_images_per_client"]
+    assert 415 <= low <= high <= 425  # 70,000 images / 150 clients, 90 % of each to train on
+    assert out["setting"]["clients_trained"] == 2
+    assert low * 2 <= out["images_trained"] <= high * 2
+    assert out["paper_round_seconds"] is None  # not the full round
+    assert out["paper_images_per_second"] == pytest.approx(out["images_trained"] / out["round_seconds"])
+    assert 0 < out["round_train_seconds"] and 0 < out["round_eval_seconds"]
+
+
+def test_paper_part_refuses_a_bad_client_count(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["--only", "paper", "--paper-clients", "151"]) == 2
+    assert capsys.readouterr().err.strip() == "error: expected 1 <= --paper-clients <= 150, got 151"

@@ -80,3 +80,66 @@ def test_csv_round_trip_keeps_full_precision(tmp_path):
     write_csv(tmp_path / "x.csv", ["a", "b"], [[1, value]])
     header, rows = read_csv_rows(tmp_path / "x.csv")
     assert header == ["a", "b"] and float(rows[0][1]) == value
+
+
+def test_save_tensors_writes_what_the_safetensors_library_reads(tmp_path):
+    """Every dtype, 0-d and empty tensors, a non-contiguous view: the library loads the same
+    tensors and metadata, each tensor's data starts at a multiple of its element size, and the
+    header is padded to 8 bytes as the format asks."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5, generator=g), "f64": torch.randn(7, generator=g, dtype=torch.float64),
+        "f16": torch.randn(3, generator=g).half(), "bf16": torch.randn(5, generator=g).bfloat16(),
+        "i64": torch.tensor(12345678901, dtype=torch.int64), "i32": torch.arange(3, dtype=torch.int32),
+        "i16": torch.arange(-2, 3, dtype=torch.int16), "i8": torch.tensor([-7], dtype=torch.int8),
+        "u8": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4), "view": torch.arange(12.0).view(3, 4).t(),
+    }
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, tensors, {"format": "x", "note": "é"})
+    loaded = load_file(str(path))
+    assert loaded.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"format": "x", "note": "é"}
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    assert size % 8 == 0
+    header = json.loads(raw[8 : 8 + size])
+    for name, t in tensors.items():
+        start, end = header[name]["data_offsets"]
+        assert start % t.element_size() == 0 and end - start == t.numel() * t.element_size()
+    assert max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__") == len(raw) - 8 - size
+
+
+def test_deferred_flush_leaves_the_fsync_to_flush(tmp_path, monkeypatch):
+    """A store with deferred_flush writes each state whole (renamed into place) without waiting
+    for the disk; flush() then syncs that file and its directory. The default store syncs both
+    in put()."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    deferred = ClientStore(tmp_path / "d", config_hash="h", deferred_flush=True)
+    deferred.put(3, 1, {"enc.w": torch.ones(2, 3)}, steps=2)
+    assert synced == []
+    state, steps = deferred.get(3, 1, REF)
+    assert steps == 2 and state["enc.w"].eq(1).all()
+    deferred.flush(3, 1)
+    assert len(synced) == 2
+    if os.path.exists("/proc/self/fd"):
+        assert synced == [str(deferred._path(3, 1)), str(tmp_path / "d")]
+    synced.clear()
+    ClientStore(tmp_path / "s", config_hash="h").put(3, 1, {"enc.w": torch.ones(2, 3)}, steps=2)
+    assert len(synced) == 2  # the temporary file before its rename, then the directory

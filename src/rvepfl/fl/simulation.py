@@ -22,6 +22,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -304,6 +305,17 @@ def _round_outcomes(fed: Federation, pool: ClientPool | None, model: nn.Module, 
             next_index += 1
 
 
+def _flushing(outcomes: Iterable[tuple[int, ClientOutcome | TaskFailure, float]], store: ClientStore, round_: int,
+              flusher: ThreadPoolExecutor, flushes: list[Future[None]]
+              ) -> Iterator[tuple[int, ClientOutcome | TaskFailure, float]]:
+    """Pass ``outcomes`` on, handing each finished client's new private state to ``flusher`` to be
+    flushed to disk (appended to ``flushes``) while the other clients train."""
+    for client, result, seconds in outcomes:
+        if not isinstance(result, TaskFailure):
+            flushes.append(flusher.submit(store.flush, client, round_))
+        yield client, result, seconds
+
+
 def round_clients(cfg: Config, round_: int) -> list[int]:
     """The clients that take part in round ``round_``: all of them, or a draw of
     ``clients_per_round`` from the round's ``sampling`` stream, in client order."""
@@ -443,7 +455,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
         torch.set_num_threads(cfg.threads)
     model, initial_private, initial_shared = initial_model(fed)
     global_state = start_global_state(run, done, initial_shared, chash)
-    store = ClientStore(run.state / "clients", config_hash=chash)
+    store = ClientStore(run.state / "clients", config_hash=chash, deferred_flush=True)
     store.prune(done)
     log = MetricsLog.read(run.metrics, done)
     num_clients = cfg.data.num_clients
@@ -454,6 +466,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     # A client past its time limit can only be stopped in a process of its own.
     use_pool = (workers > 1 or cfg.faults.client_timeout > 0) and done < t.rounds
     pool = ClientPool(cfg, run.path, workers, worker_threads) if use_pool else None
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvepfl-flush")
     try:
         for r in range(done + 1, t.rounds + 1):
             round_start = time.perf_counter()
@@ -461,11 +474,14 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             progress.round_start(r, t.rounds, clients)
             planned, starts = round_clocks(fed, clients, federation_steps)
             this_round = RoundBook(fed, r, clients, progress, f"resume with `rvepfl train --resume {run.path}`")
-            outcomes = _round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients, done,
-                                       starts[:-1])
+            flushes: list[Future[None]] = []
+            outcomes = _flushing(_round_outcomes(fed, pool, model, store, initial_private, global_state, r, clients,
+                                                 done, starts[:-1]), store, r, flusher, flushes)
             global_state = method.aggregate(this_round.uploads(outcomes, planned, store), global_state,
                                             RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
             this_round.check_complete()
+            for flushed in flushes:  # every state the round commits is on disk before the commit
+                flushed.result()
             federation_steps = starts[-1]
             seconds = time.perf_counter() - round_start
             timing = (seconds, this_round.train_s, this_round.eval_s, this_round.finished)
@@ -483,6 +499,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
             write_json(run.summary, summary)
             progress.round_done(r, means, seconds)
     finally:
+        flusher.shutdown(wait=True, cancel_futures=True)
         if pool is not None:
             pool.close()
     if not summary:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rvepfl.io import load_tensors, save_tensors
+from rvepfl.io import flush_to_disk, load_tensors, save_tensors
 
 __all__ = ["ClientStore", "STEP_KEY", "load_client_state"]
 
@@ -34,11 +34,18 @@ def load_client_state(path: str | Path, expected: dict[str, torch.Tensor]) -> tu
 
 
 class ClientStore:
-    """Private client states of a run, versioned by round."""
+    """Private client states of a run, versioned by round.
 
-    def __init__(self, directory: str | Path, *, config_hash: str) -> None:
+    With ``deferred_flush``, :meth:`put` leaves a file's flush to disk to :meth:`flush`, which the
+    engine calls from a thread of its own while the clients train on, and waits for before it
+    commits the round: a client's 79 MB encoder took about 0.28 s to flush on the 2-core machine,
+    time its worker would otherwise spend waiting instead of training the next client.
+    """
+
+    def __init__(self, directory: str | Path, *, config_hash: str, deferred_flush: bool = False) -> None:
         self.dir = Path(directory)
         self.config_hash = config_hash
+        self.deferred_flush = deferred_flush
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _files(self) -> dict[int, dict[int, Path]]:
@@ -73,7 +80,11 @@ class ClientStore:
         tensors[STEP_KEY] = torch.tensor(steps, dtype=torch.int64)
         meta = {"format": _KIND, "client": str(client), "round": str(round_),
                 "config_hash": self.config_hash}
-        save_tensors(self._path(client, round_), tensors, meta)
+        save_tensors(self._path(client, round_), tensors, meta, durable=not self.deferred_flush)
+
+    def flush(self, client: int, round_: int) -> None:
+        """Flush ``client``'s file of round ``round_`` (written with ``deferred_flush``) to disk."""
+        flush_to_disk(self._path(client, round_))
 
     def discard(self, client: int, round_: int) -> None:
         """Forget ``client``'s state of (uncommitted) round ``round_``: it failed the round, so

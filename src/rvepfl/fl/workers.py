@@ -109,7 +109,8 @@ def _initialise(cfg: Config, run_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     fed = prepare(cfg)
     model, initial_private, _ = initial_model(fed)
-    store = ClientStore(Path(run_path) / "state" / "clients", config_hash=config_hash(cfg))
+    # The engine flushes each saved state to disk itself while this worker trains the next client.
+    store = ClientStore(Path(run_path) / "state" / "clients", config_hash=config_hash(cfg), deferred_flush=True)
     _worker.update(fed=fed, model=model, initial_private=initial_private, store=store)
 
 
