@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.training import round_timing
 from rvepfl.config import apply_overrides, load_config
 from rvepfl.data.datasets import load_dataset
 from rvepfl.fl.simulation import initialise, prepare, resolve_workers, round_clients, train
@@ -96,8 +97,7 @@ def paper_benchmark(device: str = "auto", clients: int = PAPER_CLIENTS, *, local
         started = time.perf_counter()
         train(fed, run)
         total = time.perf_counter() - started
-        lines = (run.metrics / "round_timing.csv").read_text(encoding="utf-8").splitlines()[1:]
-        seconds, train_s, eval_s = (float(v) for v in lines[-1].split(",")[1:4])
+        seconds, train_s, eval_s = round_timing(run)[-1]
         sizes = [len(fed.partition.clients[c].train) for c in range(PAPER_CLIENTS)]
         return {
             "device": _device_name(fed.device),

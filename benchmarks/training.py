@@ -48,7 +48,7 @@ from rvepfl.perf import tune_allocator
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import seed_torch, torch_generator
 
-__all__ = ["allocator_speedup", "matmul_gflops", "quick_config", "training_benchmark"]
+__all__ = ["allocator_speedup", "matmul_gflops", "quick_config", "round_timing", "training_benchmark"]
 
 
 def quick_config(*, batch_size: int = 256, rounds: int = 2, **overrides: Any) -> Config:
@@ -129,7 +129,7 @@ def training_benchmark(threads: int = 0, workers: int = 0, log: Any = print) -> 
         run = RunDir(Path(tmp) / "run")
         initialise(fed, run)
         train(fed, run)
-        rows = _round_timing(run)
+        rows = round_timing(run)
     log("  plain centralised loop again ...")
     plain.append(plain_loop_seconds(fed))
     log("  matrix product rate ...")
@@ -160,7 +160,8 @@ def training_benchmark(threads: int = 0, workers: int = 0, log: Any = print) -> 
     }
 
 
-def _round_timing(run: RunDir) -> list[tuple[float, float, float]]:
+def round_timing(run: RunDir) -> list[tuple[float, float, float]]:
+    """(seconds, train seconds, eval seconds) of each round in ``run``'s round_timing.csv."""
     lines = (run.metrics / "round_timing.csv").read_text(encoding="utf-8").splitlines()[1:]
     return [tuple(float(v) for v in line.split(",")[1:4]) for line in lines]  # type: ignore[misc]
 
