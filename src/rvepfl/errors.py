@@ -7,7 +7,8 @@ and exits non-zero; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RoundFailedError", "RvepflError", "short_repr"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NoAttackSurface", "RoundFailedError", "RvepflError",
+           "short_repr"]
 
 
 class RvepflError(ValueError):
@@ -27,6 +28,11 @@ class DataError(RvepflError):
 
 class CheckpointError(RvepflError):
     """A checkpoint or run directory is missing, corrupt or of another configuration."""
+
+
+class NoAttackSurface(ConfigError):
+    """A method exposes nothing that an attack under a threat model could work on (for example a
+    gradient attack on a method whose shared part is not a whole path from input to logits)."""
 
 
 class RoundFailedError(RvepflError):
