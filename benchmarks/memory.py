@@ -48,7 +48,8 @@ def _peak_rss_kib() -> float:
 
 def _child(clients: int, threads: int, directory: str) -> None:
     """Train ``clients`` clients for two rounds in ``directory``; print peak RSS and seconds as JSON."""
-    from rvepfl.fl.simulation import initialise, prepare, train
+    from rvepfl.fl.client import prepare
+    from rvepfl.fl.simulation import initialise, train
     from rvepfl.rundir import RunDir
 
     from benchmarks.training import quick_config

@@ -30,7 +30,9 @@ import torch
 from benchmarks.training import round_timing
 from rvepfl.config import apply_overrides, load_config
 from rvepfl.data.datasets import load_dataset
-from rvepfl.fl.simulation import initialise, prepare, resolve_workers, round_clients, train
+from rvepfl.fl.client import prepare
+from rvepfl.fl.server import round_clients
+from rvepfl.fl.simulation import initialise, resolve_workers, train
 from rvepfl.rundir import RunDir
 
 __all__ = ["PAPER_CLIENTS", "paper_benchmark", "write_tiled_mnist"]

@@ -42,7 +42,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rvepfl.config import Config, apply_overrides, load_config
-from rvepfl.fl.simulation import Federation, initialise, prepare, resolve_workers, train
+from rvepfl.fl.client import Federation, prepare
+from rvepfl.fl.simulation import initialise, resolve_workers, train
 from rvepfl.methods import ClientData, RoundContext
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import RunDir
@@ -103,7 +104,8 @@ def plain_loop_seconds(fed: Federation) -> float:
     generator = torch_generator(cfg.seed, "train", 0)
     started = time.perf_counter()
     pooled = ClientData(x, y, x[:0], y[:0])
-    fed.method.train_epochs(model, pooled, list(model.parameters()), cfg.train.local_epochs, generator, 0)
+    ctx = RoundContext(round=0, client=0, seed=cfg.seed)
+    fed.method.train_epochs(model, pooled, list(model.parameters()), cfg.train.local_epochs, generator, 0, ctx)
     return time.perf_counter() - started
 
 

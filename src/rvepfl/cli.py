@@ -6,6 +6,7 @@ nothing is written before the configuration and the data have been validated.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from datetime import datetime
@@ -19,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from rvepfl.config import Config, apply_overrides, config_hash, dumps_config, load_config
+from rvepfl.config import Config, apply_overrides, dumps_config, load_config
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
@@ -75,12 +76,12 @@ def _print_table(run_dir: Path) -> None:
     run = RunDir(run_dir)
     done = int(run.read_progress()["completed_round"])
     log = MetricsLog.read(run.metrics, done)
-    general = {row[0]: row for row in log.epoch_rows("general")}
+    general = {row[0]: row for row in log.round_means("general")}
     seconds = {row[0]: row[1] for row in log.rows["round_timing.csv"]}
     table = Table(title="Mean client test metrics per round (after local training)")
     for col in ("Round", "Test loss", "Test acc", "Precision", "Recall", "F1", "General acc", "Seconds"):
         table.add_column(col, justify="right")
-    for row in log.epoch_rows("test"):
+    for row in log.round_means("test"):
         r = row[0]
         table.add_row(str(r), f"{row[1]:.4f}", f"{100 * row[2]:.2f} %", f"{row[3]:.4f}",
                       f"{row[4]:.4f}", f"{row[5]:.4f}",
@@ -136,7 +137,9 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Train a federation in-process and write a run directory."""
-    from rvepfl.fl.simulation import check_partition, initialise, prepare
+    from rvepfl.fl.client import prepare
+    from rvepfl.fl.server import check_partition
+    from rvepfl.fl.simulation import initialise
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
 
@@ -166,11 +169,11 @@ def train(
             typer.echo(f"starting {run.path} again from its config.toml: it was stopped while being created", err=True)
         else:
             state = run.read_progress()
-            if state["config_hash"] != config_hash(saved):
+            if not run.made_with(saved):
                 raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches "
                                       "state/progress.json")
             fed = prepare(cfg)
-            check_partition(fed, run)
+            check_partition(fed.partition, run)
             if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
                 atomic_write_text(run.config, dumps_config(cfg))
             typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
@@ -243,7 +246,7 @@ def flower_local(
     every process is stopped at the end, on error or on Ctrl-C."""
     import json
 
-    from rvepfl.fl.simulation import prepare
+    from rvepfl.fl.client import prepare
     from rvepfl.flower.appconfig import write_app
     from rvepfl.flower.local import LocalFederation
 
@@ -274,7 +277,7 @@ def flower_local(
         with LocalFederation(work / "local", n, tls=tls, threads=threads, log=say) as fed:
             code = fed.run_app(app_dir, stream=say, timeout=timeout)
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: every process stopped; continue with the same command", err=True)
+        typer.echo("\ninterrupted: every process stopped; continue with the same command", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except RuntimeError as exc:
         _fail(str(exc), 1)
@@ -291,11 +294,31 @@ def flower_local(
 
 @app.command()
 def methods() -> None:
-    """List the available federated methods."""
-    from rvepfl.methods import available_methods, get_method
+    """List the federated methods and privacy mechanisms, with their settings."""
+    from rvepfl import registry
+    from rvepfl.params import field_docs
 
-    for name in available_methods():
-        typer.echo(f"{name:10s} {get_method(name).description}")
+    def show(name: str, cls: type, own: dict[str, type]) -> None:
+        typer.echo(f"{name:10s} {cls.description}")
+        for section, params in own.items():
+            docs = field_docs(params)
+            for f in dataclasses.fields(params):
+                typer.echo(f"    {section}.{f.name} = {_toml_value(f.default)}: {docs.get(f.name, '')}")
+
+    typer.echo("Methods (the `method` key):")
+    for name, cls in registry.methods().items():
+        show(name, cls, cls.sections())
+    typer.echo("Privacy mechanisms: alone (on fedavg, e.g. `nbafl`), or on any method they can wrap "
+               "(METHOD+MECHANISM, e.g. `rvepfl+nbafl`):")
+    for name, mech in registry.mechanisms().items():
+        show(name, mech, mech.sections())
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``"iid"``, ``0.001``)."""
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
 @app.command()

@@ -1,8 +1,17 @@
 """Configuration: frozen dataclasses loaded from TOML, overridden by CLI flags, validated.
 
-A config has sections (``[data]``, ``[train]``, ``[model]``) plus top-level keys. Unknown keys,
-wrong types and out-of-range values raise :class:`~rvepfl.errors.ConfigError` with a one-line
-message naming the key, the value received and what is allowed.
+A config has top-level keys, the engine's sections (``[data]``, ``[train]``, ``[faults]``) and
+one section per method or mechanism that has settings (``[model]`` for RVE-PFL, ``[nbafl]``,
+``[dp_fedavg]``, ``[dp_sgd]``, ``[personal]`` for FedRep, ...). Those sections are not listed
+here: each method and mechanism declares its own dataclass (``Params``) and section beside its
+class, and :class:`Config` is made from the engine's part (:class:`EngineConfig`) plus every
+section :func:`rvepfl.registry.sections` finds. Unknown keys, wrong types and out-of-range values
+raise :class:`~rvepfl.errors.ConfigError` with a one-line message naming the key, the value
+received and what is allowed.
+
+A run is identified by :func:`config_hash`, which covers the engine's settings that change
+numbers and the sections of the method and mechanism the run uses, nothing else: a new method's
+section changes no other run's hash.
 
 >>> cfg = Config()
 >>> cfg.data.dataset, cfg.train.batch_size
@@ -29,13 +38,15 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
+from rvepfl import registry
 from rvepfl.errors import ConfigError, short_repr
+from rvepfl.params import check_params, need
 
 __all__ = [
     "Config",
     "DataConfig",
+    "EngineConfig",
     "FaultsConfig",
-    "ModelConfig",
     "TrainConfig",
     "apply_overrides",
     "check_name",
@@ -44,7 +55,9 @@ __all__ = [
     "load_config",
     "dumps_config",
     "flatten",
+    "legacy_config_hash",
     "read_toml_file",
+    "used_sections",
 ]
 
 DatasetName = Literal["mnist", "fmnist", "cifar10"]
@@ -108,52 +121,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kl_weight: float = 0.0
-    """Weight beta of the KL term of the encoder's loss (0 as published)."""
-    sample_at_eval: bool = True
-    """Sample z at evaluation too (published); false: use z = mu."""
-
-
-@dataclass(frozen=True)
-class NbaflConfig:
-    epsilon: float = 60.0
-    """Privacy budget epsilon of NbAFL (Wei et al., TIFS 2020; 60 as in the paper's experiments)."""
-    delta: float = 0.01
-    """Privacy parameter delta of NbAFL (0.01 as in the paper's experiments)."""
-    clip_norm: float = 20.0
-    """Clipping threshold C of each client's parameters (the whole shared state as one vector, L2 norm)."""
-    exposures: int = 0
-    """L: uploads of each client's parameters the noise is calibrated for (0: L = train.rounds, one per round)."""
-
-
-@dataclass(frozen=True)
-class DpFedAvgConfig:
-    noise_multiplier: float = 1.0
-    """Server noise std / clip_norm (central DP, Gaussian mechanism on the summed clipped updates)."""
-    clip_norm: float = 1.0
-    """L2 bound of each client's model update (all tensors as one vector)."""
-    delta: float = 1e-5
-    """delta for the reported epsilon (Opacus RDP accountant, one step per round)."""
-
-
-@dataclass(frozen=True)
-class DpSgdConfig:
-    noise_multiplier: float = 1.0
-    """Noise std / max_grad_norm of per-sample-gradient DP-SGD (Opacus)."""
-    max_grad_norm: float = 1.0
-    """Per-sample gradient clipping bound."""
-    delta: float = 1e-5
-    """delta for each client's reported epsilon (Opacus RDP accountant over all its steps)."""
-
-
-@dataclass(frozen=True)
-class PersonalConfig:
-    head_epochs: int = 1
-    """FedRep: local epochs of the private head before the shared body's epochs."""
-
-
-@dataclass(frozen=True)
 class FaultsConfig:
     min_clients: int = 0
     """The fewest clients of a round that must finish it for the round to count (0: every client
@@ -166,11 +133,14 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class EngineConfig:
+    """The settings every run has, whatever its method: the top-level keys and the engine's
+    sections. :class:`Config` adds one section per method and mechanism with settings."""
+
     name: str = "quick"
     """Name of the configuration; the default run directory is runs/<name>-<time>."""
     method: str = "rvepfl"
-    """Federated method (see `rvepfl methods`)."""
+    """Federated method: a method, a mechanism alone (on FedAvg) or METHOD+MECHANISM (see `rvepfl methods`)."""
     seed: int = 0
     """Master seed; every source of randomness derives from it."""
     threads: int = 0
@@ -186,11 +156,6 @@ class Config:
     """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    nbafl: NbaflConfig = field(default_factory=NbaflConfig)
-    dp_fedavg: DpFedAvgConfig = field(default_factory=DpFedAvgConfig)
-    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
-    personal: PersonalConfig = field(default_factory=PersonalConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     @property
@@ -199,11 +164,23 @@ class Config:
         return max(1, round(self.train.client_fraction * self.data.num_clients))
 
 
+def _make_config() -> type:
+    """:class:`EngineConfig` plus a field per method or mechanism section, each defaulting to its
+    dataclass's defaults (pickled by reference as ``rvepfl.config.Config``)."""
+    extra = [(name, params, field(default_factory=params)) for name, params in registry.sections().items()]
+    cls = dataclasses.make_dataclass("Config", extra, bases=(EngineConfig,), frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = ("A whole run configuration: :class:`EngineConfig`'s keys and sections, and one section "
+                   f"per method or mechanism with settings ({', '.join(f'[{e[0]}]' for e in extra)}).")
+    return cls
+
+
+Config: Any = _make_config()
+
+
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_THREADS = 1024
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig, "nbafl": NbaflConfig,
-             "dp_fedavg": DpFedAvgConfig, "dp_sgd": DpSgdConfig, "personal": PersonalConfig,
-             "faults": FaultsConfig}
+_ENGINE_SECTIONS = {"data": DataConfig, "train": TrainConfig, "faults": FaultsConfig}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -312,17 +289,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def _check(cfg: Config) -> Config:
-    """Range checks that types alone cannot express."""
-    from rvepfl.methods import available_methods  # late import: methods import config
-
-    def need(cond: bool, key: str, value: Any, allowed: str) -> None:
-        if not cond:
-            raise ConfigError(f"Expected `{key}` {allowed}, got {short_repr(value)}")
-
-    d, t, m = cfg.data, cfg.train, cfg.model
-    methods = available_methods()
-    if cfg.method not in methods:
-        raise ConfigError(f"Unknown method {cfg.method!r}: choose one of {', '.join(methods)}")
+    """Range checks that types alone cannot express: the engine's here, each section's by its
+    own dataclass, the method name (and composition) by the registry."""
+    d, t = cfg.data, cfg.train
+    registry.method_class(cfg.method)
     check_name(cfg.name)
     need(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
     need(0 <= cfg.threads <= _MAX_THREADS, "threads", cfg.threads,
@@ -345,19 +315,8 @@ def _check(cfg: Config) -> Config:
     need(t.lr_decay >= 0, "train.lr_decay", t.lr_decay, ">= 0")
     need(0.0 < t.client_fraction <= 1.0, "train.client_fraction", t.client_fraction, "in (0, 1]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, ">= 0")
-    need(m.kl_weight >= 0, "model.kl_weight", m.kl_weight, ">= 0")
-    nb, dpf, dps = cfg.nbafl, cfg.dp_fedavg, cfg.dp_sgd
-    need(nb.epsilon > 0, "nbafl.epsilon", nb.epsilon, "> 0")
-    need(0 < nb.delta < 1, "nbafl.delta", nb.delta, "in (0, 1)")
-    need(nb.clip_norm > 0, "nbafl.clip_norm", nb.clip_norm, "> 0")
-    need(nb.exposures >= 0, "nbafl.exposures", nb.exposures, ">= 0")
-    need(dpf.noise_multiplier >= 0, "dp_fedavg.noise_multiplier", dpf.noise_multiplier, ">= 0")
-    need(dpf.clip_norm > 0, "dp_fedavg.clip_norm", dpf.clip_norm, "> 0")
-    need(0 < dpf.delta < 1, "dp_fedavg.delta", dpf.delta, "in (0, 1)")
-    need(dps.noise_multiplier >= 0, "dp_sgd.noise_multiplier", dps.noise_multiplier, ">= 0")
-    need(dps.max_grad_norm > 0, "dp_sgd.max_grad_norm", dps.max_grad_norm, "> 0")
-    need(0 < dps.delta < 1, "dp_sgd.delta", dps.delta, "in (0, 1)")
-    need(cfg.personal.head_epochs >= 0, "personal.head_epochs", cfg.personal.head_epochs, ">= 0")
+    for section in registry.sections():
+        check_params(getattr(cfg, section), section)
     f = cfg.faults
     need(0 <= f.min_clients <= cfg.clients_per_round, "faults.min_clients", f.min_clients,
          f"between 0 and the {cfg.clients_per_round} clients of a round (0: all of them)")
@@ -432,7 +391,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         *parents, leaf = dotted.split(".")
         for part in parents:
             if part not in node or not isinstance(node[part], dict):
-                raise _unknown(dotted, list(_SECTIONS))
+                raise _unknown(dotted, [*_ENGINE_SECTIONS, *registry.sections()])
             node = node[part]
         if leaf not in node:
             raise _unknown(dotted, list(node))
@@ -440,22 +399,71 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return config_from_dict(values)
 
 
+def used_sections(cfg: Config) -> tuple[str, ...]:
+    """The method and mechanism sections ``cfg`` uses (those of ``cfg.method``)."""
+    return tuple(registry.method_class(cfg.method).sections())
+
+
+def _run_dict(cfg: Config) -> dict[str, Any]:
+    """The config as nested dicts without the sections of methods and mechanisms it does not use."""
+    values = config_to_dict(cfg)
+    used = set(used_sections(cfg))
+    return {k: v for k, v in values.items() if k not in registry.sections() or k in used}
+
+
 def dumps_config(cfg: Config) -> str:
-    """The config as TOML text, exactly what ran."""
-    return tomli_w.dumps(config_to_dict(cfg))
+    """The config as TOML text, exactly what ran: the engine's keys and sections and the sections
+    of the method and mechanism it uses (the others would say nothing about the run)."""
+    return tomli_w.dumps(_run_dict(cfg))
+
+
+#: Keys outside the hash: they change speed or what a client failure does, not the experiment
+#: (failures are recorded in the run).
+_UNHASHED = {"": ("name", "threads", "workers", "device"), "train": ("eval_batch_size",)}
 
 
 def config_hash(cfg: Config) -> str:
-    """A short, stable hash of the settings that define a run (name, threads, workers, device,
-    the evaluation batch size and the fault tolerance excluded: they change speed or what a
-    failure does, not the experiment; failures are recorded in the run)."""
-    values = config_to_dict(cfg)
-    values.pop("threads", None)
-    values.pop("workers", None)
-    values.pop("device", None)
-    values.pop("name", None)
-    values["train"].pop("eval_batch_size", None)
+    """A short, stable hash of the settings that define a run: the engine's (name, threads,
+    workers, device, the evaluation batch size and the fault tolerance excluded) and the sections
+    of the method and mechanism the run uses."""
+    values = _run_dict(cfg)
+    for key in _UNHASHED[""]:
+        values.pop(key, None)
+    for key in _UNHASHED["train"]:
+        values["train"].pop(key, None)
     values.pop("faults", None)
+    blob = json.dumps(values, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+#: The keys of the first hash scheme (rvepfl 0.1.0 before methods owned their settings), which
+#: covered every method's section whether the run used it or not.
+_LEGACY_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_dir", "download", "split", "test_fraction", "partition", "num_clients", "subset",
+             "shards_per_client", "dirichlet_alpha"),
+    "train": ("rounds", "local_epochs", "batch_size", "lr", "adam_eps", "lr_decay", "lr_decay_clock",
+              "client_fraction", "aggregation", "checkpoint_every"),
+    "model": ("kl_weight", "sample_at_eval"),
+    "nbafl": ("epsilon", "delta", "clip_norm", "exposures"),
+    "dp_fedavg": ("noise_multiplier", "clip_norm", "delta"),
+    "dp_sgd": ("noise_multiplier", "max_grad_norm", "delta"),
+    "personal": ("head_epochs",),
+}
+
+
+def legacy_config_hash(cfg: Config) -> str | None:
+    """The hash a run directory made before methods owned their settings recorded for ``cfg``
+    (None when ``cfg`` sets something that scheme did not know, so no such run can match it).
+    Such a run keeps working: on resume its next commit records :func:`config_hash`."""
+    values: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed}
+    for section, keys in _LEGACY_KEYS.items():
+        params = getattr(cfg, section, None)
+        if params is None:
+            return None
+        table, defaults = dataclasses.asdict(params), dataclasses.asdict(type(params)())
+        if any(k not in keys and value != defaults[k] for k, value in table.items()):
+            return None
+        values[section] = {k: table[k] for k in keys}
     blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -1,7 +1,7 @@
 """Progress lines of a training run, for whichever engine runs it and wherever they go.
 
 :class:`ProgressPrinter` implements the engine's progress events
-(:class:`rvepfl.fl.simulation.Progress`) as one line per client and per round, handed to an
+(:class:`rvepfl.fl.server.Progress`) as one line per client and per round, handed to an
 ``echo`` function: the CLI's stderr, or the Flower ServerApp's log.
 """
 

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rvepfl.config import Config, config_hash, legacy_config_hash
 from rvepfl.errors import CheckpointError, short_repr
 from rvepfl.io import is_temp_file, read_csv_rows, remove_temp_files, write_csv, write_json
 
-__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "INIT_FILES", "PUBLISHED_CSVS", "ClientFailure", "MetricsLog", "RunDir"]
+if TYPE_CHECKING:
+    from rvepfl.fl.client import ClientFailure
+
+__all__ = ["CSV_HEADERS", "FAILURE_KINDS", "INIT_FILES", "PUBLISHED_CSVS", "MetricsLog", "RunDir"]
 
 _CLIENT_TRAIN = ["client#", "Round#", "Training Loss", "ACC", "Pre", "Recall", "f1-score"]
 _CLIENT_TEST = ["client#", "Round#", "Testing Loss", "ACC", "Pre", "Recall", "f1-score"]
@@ -56,19 +61,8 @@ EVALUATIONS = {
 }
 METRIC_KEYS = ("loss", "acc", "precision", "recall", "f1")
 #: What a new run directory holds before its progress marker is written (see
-#: :func:`rvepfl.fl.simulation.initialise`).
+#: :func:`rvepfl.fl.server.write_run_start`).
 INIT_FILES = frozenset({"config.toml", "partition.json", "partition.npz"})
-
-
-@dataclass(frozen=True)
-class ClientFailure:
-    """A client left out of a round: how it failed (one of :data:`FAILURE_KINDS`), after how many
-    seconds, and a one-line message."""
-
-    client: int
-    kind: str
-    seconds: float
-    message: str
 
 
 @dataclass
@@ -82,7 +76,7 @@ class MetricsLog:
         round_: int,
         per_client: dict[str, list[tuple[int, dict[str, float]]]],
         timing: tuple[float, float, float, int],
-        failures: list[ClientFailure] | tuple[ClientFailure, ...] = (),
+        failures: Sequence[ClientFailure] = (),
     ) -> dict[str, dict[str, float]]:
         """Add one round's rows; return the per-evaluation means over the clients that finished.
 
@@ -97,7 +91,7 @@ class MetricsLog:
             means[kind] = mean
         self.rows["round_timing.csv"].append([round_, *timing])
         for f in failures:
-            self.rows["client_failures.csv"].append([round_, f.client, f.kind, f.seconds, f.message])
+            self.rows["client_failures.csv"].append([round_, f.client, f.kind, round(f.seconds, 3), f.message])
         return means
 
     def write(self, directory: Path) -> None:
@@ -125,7 +119,9 @@ class MetricsLog:
                     log.rows[name].append(values)
         return log
 
-    def epoch_rows(self, kind: str) -> list[list[Any]]:
+    def round_means(self, kind: str) -> list[list[Any]]:
+        """The rows of the per-round means (over the clients that finished) of evaluation ``kind``
+        (``train``, ``test`` or ``general``): ``Round#`` then the metrics, one row per round."""
         return self.rows[EVALUATIONS[kind][1]]
 
 
@@ -220,6 +216,20 @@ class RunDir:
     def remove_temp_files(self) -> list[Path]:
         """Remove the temporary files of writes that a stopped process left in the run directory."""
         return remove_temp_files(self.path)
+
+    def made_with(self, cfg: Config) -> bool:
+        """Whether the run's progress marker records ``cfg``'s config hash (or, for a run made
+        before methods owned their settings, the hash that scheme gave ``cfg``)."""
+        recorded = self.read_progress()["config_hash"]
+        return recorded == config_hash(cfg) or recorded == legacy_config_hash(cfg)
+
+    def check_config(self, cfg: Config) -> dict[str, Any]:
+        """The progress marker, once checked to be of a run of ``cfg`` (:meth:`made_with`)."""
+        state = self.read_progress()
+        if not self.made_with(cfg):
+            raise CheckpointError(f"{self.path} belongs to another configuration (hash {state['config_hash']}, "
+                                  f"this one {config_hash(cfg)})")
+        return state
 
     def write_progress(self, completed_round: int, config_hash: str, **extra: Any) -> None:
         write_json(self.progress, {"completed_round": completed_round, "config_hash": config_hash, **extra})

@@ -17,9 +17,13 @@ import hashlib
 import numpy as np
 import torch
 
-__all__ = ["STREAMS", "derive_seed", "numpy_rng", "torch_generator", "seed_torch"]
+__all__ = ["SERVER", "STREAMS", "derive_seed", "numpy_rng", "torch_generator", "seed_torch"]
 
 STREAMS = ("partition", "init", "sampling", "train", "noise", "attack")
+
+SERVER = -1
+"""The server's key in a per-party stream such as ``noise`` (clients are 0, 1, ...): the server's
+noise of round r comes from ``("noise", r, SERVER)``."""
 
 
 def derive_seed(seed: int, stream: str, *keys: int) -> int:

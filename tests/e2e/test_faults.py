@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from rvepfl.errors import RoundFailedError
+from rvepfl.fl import client as client_side
 from rvepfl.fl import simulation
-from rvepfl.fl.simulation import initialise, prepare, train
+from rvepfl.fl.client import ClientFailure, Federation, prepare
+from rvepfl.fl.simulation import initialise, train
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import tiny_cfg
 
@@ -36,17 +38,17 @@ def _csvs(run: Path) -> dict[str, str]:
 
 def _inject(monkeypatch: pytest.MonkeyPatch, faults: dict[tuple[int, int], str]) -> None:
     """Make train_client raise for the (round, client) pairs in ``faults`` (in this process)."""
-    original = simulation.train_client
+    original = client_side.train_client
 
     def faulty(fed, model, store, initial_private, global_state, round_, client, *args):
         if (round_, client) in faults:
             raise ValueError(f"injected fault of client {client} in round {round_}")
         return original(fed, model, store, initial_private, global_state, round_, client, *args)
 
-    monkeypatch.setattr(simulation, "train_client", faulty)
+    monkeypatch.setattr(client_side, "train_client", faulty)
 
 
-def _new_run(path: Path, **overrides) -> tuple[simulation.Federation, RunDir]:
+def _new_run(path: Path, **overrides) -> tuple[Federation, RunDir]:
     fed = prepare(tiny_cfg("fedavg", **{"data.num_clients": 3, "train.checkpoint_every": 1, **overrides}))
     run = RunDir(path)
     initialise(fed, run)
@@ -85,15 +87,15 @@ def test_the_global_state_is_the_mean_of_the_clients_that_finished(tmp_path, mon
     """Client 1 fails in round 1: the new global state is the mean of clients 0 and 2's uploads,
     which a run that only has those two clients' uploads reproduces."""
     uploads = []
-    original = simulation._round_outcomes
+    original = simulation.InProcess.run_round
 
-    def recording(*args, **kwargs):
-        for client, result, seconds in original(*args, **kwargs):
-            if not isinstance(result, simulation.TaskFailure):
+    def recording(self, *args, **kwargs):
+        for client, result, seconds in original(self, *args, **kwargs):
+            if not isinstance(result, ClientFailure):
                 uploads.append(result.upload.state)
             yield client, result, seconds
 
-    monkeypatch.setattr(simulation, "_round_outcomes", recording)
+    monkeypatch.setattr(simulation.InProcess, "run_round", recording)
     _inject(monkeypatch, {(1, 1): "raise"})
     fed, run = _new_run(tmp_path / "run", **{"faults.min_clients": 1, "train.rounds": 1})
     train(fed, run)

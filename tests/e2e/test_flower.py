@@ -21,7 +21,8 @@ from tests.helpers.flower import need_flwr
 need_flwr()
 
 from rvepfl.config import Config  # noqa: E402
-from rvepfl.fl.simulation import initialise, prepare, train  # noqa: E402
+from rvepfl.fl.client import prepare  # noqa: E402
+from rvepfl.fl.simulation import initialise, train  # noqa: E402
 from rvepfl.flower.appconfig import write_app  # noqa: E402
 from rvepfl.flower.local import LocalFederation  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from rvepfl.config import apply_overrides
-from rvepfl.fl.simulation import initialise, prepare, train
-from rvepfl.methods import RoundContext, available_methods, get_method
+from rvepfl.fl.client import prepare
+from rvepfl.fl.simulation import initialise, train
+from rvepfl.methods import RoundContext
+from rvepfl.registry import available_methods, method_class
 from rvepfl.methods.base import DataSpec
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import random_data, tiny_cfg
@@ -57,7 +59,7 @@ def test_two_workers_with_the_client_clock_and_client_sampling(tmp_path):
 def test_planned_steps_match_local_train(method):
     for n, batch in ((50, 16), (64, 16), (7, 32)):
         cfg = apply_overrides(tiny_cfg(method), {"train.batch_size": batch, "personal.head_epochs": 2})
-        m = get_method(method)(cfg, DataSpec(1, 8, 10, (n, n)))
+        m = method_class(method)(cfg, DataSpec(1, 8, 10, (n, n)))
         steps = m.local_train(m.build_model(), random_data(n, 2), RoundContext(1, 0, 0), 100) - 100
         assert steps == m.planned_steps(n), (method, n, batch)
 

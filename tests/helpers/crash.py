@@ -62,11 +62,11 @@ def _reach(point: dict[str, Any], where: str) -> None:
 def _install_step(point: dict[str, Any]) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from rvepfl.methods import available_methods, get_method
+    from rvepfl import registry
     from rvepfl.methods.base import Method
 
     current: dict[str, Any] = {}
-    for cls in {Method, *(get_method(name) for name in available_methods())}:
+    for cls in {Method, *registry.methods().values(), *registry.mechanisms().values()}:
         if "local_train" not in vars(cls):
             continue
 

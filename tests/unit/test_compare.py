@@ -22,8 +22,9 @@ from rvepfl.experiments.compare import (
     render_markdown,
     run_compare,
 )
-from rvepfl.fl.simulation import initialise, prepare, train
-from rvepfl.methods import available_methods
+from rvepfl.fl.client import prepare
+from rvepfl.fl.simulation import initialise, train
+from rvepfl.registry import available_methods
 from rvepfl.rundir import RunDir
 from tests.helpers.suites import toml_text
 

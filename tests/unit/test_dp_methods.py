@@ -9,8 +9,10 @@ import torch
 
 from rvepfl.config import Config, apply_overrides
 from rvepfl.errors import ConfigError
-from rvepfl.fl.simulation import initialise, prepare, train
-from rvepfl.methods import ClientData, DataSpec, RoundContext, Upload, available_methods, get_method
+from rvepfl.fl.client import prepare
+from rvepfl.fl.simulation import initialise, train
+from rvepfl.methods import ClientData, DataSpec, RoundContext, Upload
+from rvepfl.registry import available_methods, method_class
 from rvepfl.models import Classifier
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2, l2_norm
 from rvepfl.rundir import RunDir
@@ -29,7 +31,7 @@ def test_dp_methods_are_registered():
 # -- NbAFL -----------------------------------------------------------------------------------------
 def nbafl(**overrides):
     cfg = apply_overrides(Config(), {"method": "nbafl", "data.num_clients": 4, "train.rounds": 10, **overrides})
-    return get_method("nbafl")(cfg, DataSpec(1, 8, 10, (120, 100, 130, 110)))
+    return method_class("nbafl")(cfg, DataSpec(1, 8, 10, (120, 100, 130, 110)))
 
 
 def test_nbafl_uploads_clipped_parameters_plus_seeded_noise():
@@ -73,16 +75,16 @@ def test_nbafl_k_random_scheduling_in_summary():
 def test_nbafl_needs_client_sizes():
     cfg = apply_overrides(Config(), {"method": "nbafl", "data.num_clients": 2})
     with pytest.raises(ConfigError, match="training-set size"):
-        get_method("nbafl")(cfg, DataSpec(1, 8, 10))
+        method_class("nbafl")(cfg, DataSpec(1, 8, 10))
     with pytest.raises(ConfigError, match="at least one training sample"):
-        get_method("nbafl")(cfg, DataSpec(1, 8, 10, (0, 5)))
+        method_class("nbafl")(cfg, DataSpec(1, 8, 10, (0, 5)))
 
 
 # -- DP-FedAvg -------------------------------------------------------------------------------------
 def test_dp_fedavg_uploads_clipped_updates_and_noises_their_mean():
     cfg = apply_overrides(Config(), {"method": "dp-fedavg", "data.num_clients": 4, "dp_fedavg.clip_norm": 0.5,
                                      "dp_fedavg.noise_multiplier": 2.0})
-    method = get_method("dp-fedavg")(cfg, DataSpec(1, 8, 10, (50,) * 4))
+    method = method_class("dp-fedavg")(cfg, DataSpec(1, 8, 10, (50,) * 4))
     model = method.build_model()
     received = {k: v.clone() + 1.0 for k, v in model.state_dict().items()}
     up = method.upload(model, RoundContext(1, 0, 0), 50, received)
@@ -99,7 +101,7 @@ def test_dp_fedavg_epsilon_equals_opacus_accountant(fraction, rounds):
 
     cfg = apply_overrides(Config(), {"method": "dp-fedavg", "data.num_clients": 4, "train.rounds": rounds,
                                      "train.client_fraction": fraction, "dp_fedavg.noise_multiplier": 1.3})
-    method = get_method("dp-fedavg")(cfg, DataSpec(1, 8, 10, (50,) * 4))
+    method = method_class("dp-fedavg")(cfg, DataSpec(1, 8, 10, (50,) * 4))
     state = {k: v.clone() for k, v in method.build_model().state_dict().items()}
     accountant = RDPAccountant()
     for r in range(1, rounds + 1):
@@ -114,7 +116,7 @@ def test_dp_fedavg_epsilon_equals_opacus_accountant(fraction, rounds):
 def dp_sgd(**overrides):
     cfg = apply_overrides(Config(), {"method": "dp-sgd", "train.batch_size": 16, "train.local_epochs": 2,
                                      "dp_sgd.noise_multiplier": 1.1, **overrides})
-    return get_method("dp-sgd")(cfg, DataSpec(1, 8, 10, (64, 64)))
+    return method_class("dp-sgd")(cfg, DataSpec(1, 8, 10, (64, 64)))
 
 
 def _train_once(method, round_: int, client: int = 0):

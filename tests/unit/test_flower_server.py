@@ -17,7 +17,8 @@ need_flwr()
 
 from rvepfl.config import Config, apply_overrides  # noqa: E402
 from rvepfl.errors import ConfigError, RoundFailedError  # noqa: E402
-from rvepfl.fl.simulation import initialise, prepare, train  # noqa: E402
+from rvepfl.fl.client import prepare  # noqa: E402
+from rvepfl.fl.simulation import initialise, train  # noqa: E402
 from rvepfl.flower.appconfig import run_config, split_run_config  # noqa: E402
 from rvepfl.flower.server import FlowerServer  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from rvepfl.fl.simulation import initialise, prepare, train
+from rvepfl.fl.client import prepare
+from rvepfl.fl.simulation import initialise, train
 from rvepfl.fl.store import STEP_KEY
 from rvepfl.io import load_tensors
-from rvepfl.methods import ClientData, DataSpec, RoundContext, available_methods, get_method
+from rvepfl.methods import ClientData, DataSpec, RoundContext
+from rvepfl.registry import available_methods, method_class
 from rvepfl.models import Classifier
 from rvepfl.rundir import RunDir
 from tests.helpers.methods import random_data as make_random_data, tiny_cfg
@@ -26,7 +28,7 @@ def test_personal_methods_are_registered():
 
 def test_body_is_shared_and_head_is_private():
     for name in ("fedper", "fedrep"):
-        method = get_method(name)(tiny_cfg(name), DataSpec(1, 8, 10))
+        method = method_class(name)(tiny_cfg(name), DataSpec(1, 8, 10))
         model = method.build_model()
         assert isinstance(model, Classifier)
         assert set(method.shared_state(model)) == BODY, name
@@ -35,7 +37,7 @@ def test_body_is_shared_and_head_is_private():
 
 def _record_round_start(name: str):
     """The method class ``name`` with a local_train that records the state each client starts from."""
-    base = get_method(name)
+    base = method_class(name)
     starts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     class Recording(base):  # type: ignore[misc, valid-type]
@@ -71,14 +73,14 @@ def test_engine_round_shares_the_body_and_keeps_heads_apart(tmp_path):
 
 def test_fedrep_head_phase_leaves_the_body_unchanged():
     cfg = tiny_cfg("fedrep", **{"personal.head_epochs": 1})
-    method = get_method("fedrep")(cfg, DataSpec(1, 8, 10))
+    method = method_class("fedrep")(cfg, DataSpec(1, 8, 10))
     torch.manual_seed(0)
     model = Classifier(1, 8, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data, ctx = random_data(), RoundContext(round=1, client=0, seed=0)
     # The head phase alone, exactly as FedRep's local_train runs it first.
     head = [p for k, p in model.named_parameters() if k in HEAD]
-    steps = method.train_epochs(model, data, head, 1, method.batch_generator(ctx), 0)
+    steps = method.train_epochs(model, data, head, 1, method.batch_generator(ctx), 0, ctx)
     assert steps == 2  # 40 samples, batch 32
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in BODY)
@@ -88,7 +90,7 @@ def test_fedrep_head_phase_leaves_the_body_unchanged():
 
 def test_fedrep_local_train_moves_both_parts_and_counts_both_phases():
     cfg = tiny_cfg("fedrep", **{"personal.head_epochs": 2, "train.local_epochs": 1})
-    method = get_method("fedrep")(cfg, DataSpec(1, 8, 10))
+    method = method_class("fedrep")(cfg, DataSpec(1, 8, 10))
     torch.manual_seed(0)
     model = Classifier(1, 8, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -100,7 +102,7 @@ def test_fedrep_local_train_moves_both_parts_and_counts_both_phases():
 
 def test_fedrep_body_phase_leaves_the_head_unchanged():
     cfg = tiny_cfg("fedrep", **{"personal.head_epochs": 0})
-    method = get_method("fedrep")(cfg, DataSpec(1, 8, 10))
+    method = method_class("fedrep")(cfg, DataSpec(1, 8, 10))
     torch.manual_seed(0)
     model = Classifier(1, 8, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -114,7 +116,7 @@ def test_fedper_trains_like_fedavg():
     """FedPer differs from FedAvg only in what it shares: the same local training, bit for bit."""
     states = []
     for name in ("fedavg", "fedper"):
-        method = get_method(name)(tiny_cfg(name), DataSpec(1, 8, 10))
+        method = method_class(name)(tiny_cfg(name), DataSpec(1, 8, 10))
         torch.manual_seed(0)
         model = method.build_model()
         torch.manual_seed(1)

@@ -26,8 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -36,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvepfl.errors import RvepflError
+from rvepfl.methods.wire import observed_gradient, parameter_gradients
 from rvepfl.seeding import torch_generator
 
 __all__ = [
@@ -73,7 +73,7 @@ class GradientObservation:
         Number of classes of the model's output (>= 2).
     bounds
         Known (low, high) range of the model's input (e.g. normalised pixels), or None when the
-        attacker does not know it (RVE-PFL's z).
+        attacker does not know it (a private encoder's sample z).
 
     Raises
     ------
@@ -186,63 +186,6 @@ def _check_labels(labels: object, obs: GradientObservation) -> torch.Tensor:
 
 
 # -- shared machinery ---------------------------------------------------------------------------
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[list[nn.Parameter]]:
-    """Put ``model`` in eval mode with every parameter requiring grad; restore both on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(True)
-        yield params
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
-
-
-def _parameter_gradients(
-    loss: torch.Tensor, params: Sequence[torch.Tensor], *, create_graph: bool
-) -> tuple[torch.Tensor, ...]:
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
-
-
-def observed_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The gradient a client uploads: d(mean cross-entropy of ``model(x)`` vs ``y``)/d(parameter).
-
-    The model is evaluated in eval mode (no dropout), the attacker's best case; its modes and
-    ``requires_grad`` flags are restored afterwards, and no ``.grad`` is written.
-
-    Parameters
-    ----------
-    model
-        The shared model.
-    x
-        (B, C, H, W) batch in the model's input space.
-    y
-        (B,) integer labels.
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        One detached gradient per entry of ``model.parameters()``, in that order.
-    """
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise RvepflError(f"Expected `x` to be a float (B, C, H, W) tensor, got {got}")
-    y = torch.as_tensor(y)
-    if y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
-        raise RvepflError(f"Expected `y` to be integers of shape ({len(x)},), got {y.dtype} of shape {tuple(y.shape)}")
-    with _evaluating(model) as params:
-        loss = F.cross_entropy(model(x), y.long().to(x.device))
-        grads = _parameter_gradients(loss, params, create_graph=False)
-    return tuple(g.detach() for g in grads)
-
-
 class _Matcher:
     """The observed model (a private copy, in eval mode) and the gradient to match."""
 
@@ -270,7 +213,7 @@ class _Matcher:
             loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
             loss = F.cross_entropy(logits, labels)
-        return _parameter_gradients(loss, self.params, create_graph=create_graph)
+        return parameter_gradients(loss, self.params, create_graph=create_graph)
 
     def l2(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """DLG's distance: squared L2 norm of the gradient difference, summed over layers."""

@@ -260,7 +260,8 @@ def _summary(target: Target, settings: AttackSettings, rows: list[dict[str, Any]
         "evaluator": evaluator_note,
         "seconds": seconds,
         "pixel_space": "[0, 1]; model inputs are de-normalised with the data set's mean and std and clamped "
-                       "(for RVE-PFL's classifier the input is z, scored against x the same way)",
+                       "(where the shared model reads a private encoder's sample z, the input is z, scored against x "
+                       "the same way)",
     }
 
 
@@ -380,7 +381,7 @@ def _run_miface(target: Target, s: AttackSettings, evaluator: Any | None, log: C
     model, bounds = target.inversion_model(s.threat, s.round, s.client)
     log(f"miface: {target.num_classes} classes, up to {s.iterations} iterations ({s.threat} model)")
     result = mi_face(model, target.num_classes, target.input_shape, max_iter=s.iterations, bounds=bounds,
-                    seed=s.seed)  # the seed also drives RVE-PFL's sampled z
+                    seed=s.seed)  # the seed also drives a private encoder's sampled z
     pixels = to_pixels(result.images.detach().float().cpu(), target.dataset)
     # The class's real images: every client's training images (stolen: the victim client's).
     if s.threat == "stolen":

@@ -1,44 +1,38 @@
 """Threat models: what an attacker of a finished run observes, kept apart from the ground truth.
 
-Four threat models, each an explicit object (:data:`THREAT_MODELS`):
+Four threat models, each an explicit object (:data:`THREAT_MODELS`). What the attacker observes
+under each is produced by the run's method itself (its hooks in
+:class:`rvepfl.methods.base.Method`, and those of the privacy mechanism wrapping it), so this
+module names no method:
 
 - ``gradient`` -- an honest-but-curious server. It sent the shared model to a client and sees
-  the gradient that client computes on one batch of its training data (one local step of
-  learning rate ``train.lr``), *as the method exposes it on the wire*:
-
-  - ``rvepfl``: the gradient of the classifier only; the classifier's input is the encoder's
-    sample z, so the attacker reconstructs z and is scored against x;
-  - ``fedavg``: the gradient of the whole classifier on raw images;
-  - ``nbafl``: the upload is the clipped parameter vector plus N(0, sigma_u^2) noise, so the
-    server's view of the step is ``(theta - (clip(theta - lr * g) + noise)) / lr``;
-  - ``dp-fedavg`` (central DP): the server sees each client's clipped update before it adds
-    its noise to the aggregate, so the view is ``-clip(-lr * g, C) / lr``;
-  - ``dp-sgd``: the client's privatised gradient, per-sample gradients clipped to
-    ``max_grad_norm``, summed, plus N(0, (sigma * max_grad_norm)^2), divided by the batch size;
-  - ``fedper`` and ``fedrep`` keep the classifier's head private, so the shared part has no
-    path from input to logits: a gradient attack needs one, and these methods are attacked
-    through ``released``/``stolen`` models only (a clear error says so).
-
-  Whatever the method, the attacker is given the batch size and the shared model's weights,
-  and the model is evaluated without dropout (the attacker's best case).
+  what that client uploads after one local step (learning rate ``train.lr``) on one batch of
+  its training data, read as a gradient: :meth:`~rvepfl.methods.base.Method.wire_gradient` of
+  the method's shared module (:meth:`~rvepfl.methods.base.Method.shared_path`). A plain method
+  gives the gradient itself; a privacy mechanism transforms it as it transforms the upload
+  (parameters clipped and noised after the step; an update clipped, as a central server sees it
+  before it adds its noise; per-sample gradients clipped and noised). A method whose shared module reads a private
+  encoder's sample z instead of the image is attacked in z's space and scored against x. A method
+  whose shared part is not a whole path from input to logits (a private head) has no gradient
+  surface: :class:`~rvepfl.errors.NoAttackSurface`. The attacker is given the batch size and the
+  shared model's weights, and the model is evaluated without dropout (the attacker's best case).
 - ``update`` -- the same server, which sees a client's *whole round* instead: the upload after
   all its local steps, as the method puts it on the wire. :meth:`Target.observe_update`
   produces it by running the method's own ``local_train`` and ``upload`` from the round's
   global state (and the client's private state) on ``B`` of the client's images, with
   ``train.batch_size = B`` and ``train.local_epochs = S``: S local steps, each on all B images
-  (dropout on, the encoder sampling z, DP-SGD's clipping and noise, as in training). The server
-  reads the shared update ``theta_after - theta_before`` off the upload (NbAFL: the clipped,
-  noised parameters minus what it sent; DP-FedAvg: the clipped update itself, before the
-  server's noise) and, knowing B, S and ``train.lr``, treats ``-update / (lr * S)`` as the
-  mean gradient over the B images (the FedSGD view of a multi-step update) and attacks it with
-  the gradient attacks. The methods train with Adam, whose step is normalised per coordinate,
-  so this view is a gradient's direction, roughly sign by sign, rather than its size: the
-  cosine of Inverting Gradients suits it, DLG's squared distance does not. FedPer and FedRep
-  have no such surface either.
-- ``released`` -- the global shared model of a round is public (for RVE-PFL: the classifier,
-  whose input space is z, not x).
-- ``stolen`` -- one client's full personal model (for RVE-PFL: its private encoder followed by
-  the classifier) is in the attacker's hands: the strongest case.
+  (dropout on, every random draw of training, a mechanism's clipping and noise, as in training).
+  The server reads the shared update off the upload
+  (:meth:`~rvepfl.methods.base.Method.uploaded_update`) and, knowing B, S and ``train.lr``,
+  treats ``-update / (lr * S)`` as the mean gradient over the B images (the FedSGD view of a
+  multi-step update) and attacks it with the gradient attacks. The methods train with Adam, whose
+  step is normalised per coordinate, so this view is a gradient's direction, roughly sign by
+  sign, rather than its size: the cosine of Inverting Gradients suits it, DLG's squared distance
+  does not.
+- ``released`` -- the global shared model of a round is public: the shared path's module (in z's
+  space when it reads a private encoder's sample).
+- ``stolen`` -- one client's full personal model (private and shared parts) is in the
+  attacker's hands: the strongest case.
 
 :class:`Target` opens a run directory read-only: it rebuilds the run's data and partition from
 its ``config.toml`` (refusing if they differ from the saved partition) and loads the saved
@@ -50,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,16 +51,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from rvepfl.attacks.gradient import GradientObservation, observed_gradient
+from rvepfl.attacks.gradient import GradientObservation
 from rvepfl.attacks.scores import to_pixels
 from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
-from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.fl.simulation import GLOBAL_KIND, Federation, check_partition, prepare
+from rvepfl.errors import CheckpointError, ConfigError, NoAttackSurface
+from rvepfl.fl.client import Federation, prepare
+from rvepfl.fl.server import GLOBAL_KIND, check_partition
 from rvepfl.fl.store import load_client_state
 from rvepfl.io import load_tensors
-from rvepfl.methods import ClientData, RoundContext, get_method
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2
+from rvepfl.methods import ClientData, RoundContext, SharedPath
+from rvepfl.registry import build_method
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import derive_seed, numpy_rng, seed_torch, torch_generator
 
@@ -94,8 +88,9 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         "step on one batch), as the method puts it on the wire, with the batch size, the number of local steps and "
         "the learning rate; attacked as the mean gradient -update / (lr * steps)",
     ),
-    "released": ThreatModel("released", "the global shared model after a round (for RVE-PFL: the classifier, input z)"),
-    "stolen": ThreatModel("stolen", "one client's full personal model (for RVE-PFL: its private encoder and the classifier)"),
+    "released": ThreatModel("released", "the global shared model after a round (its input is a private "
+                                        "encoder's sample z where the method has one)"),
+    "stolen": ThreatModel("stolen", "one client's full personal model, private and shared parts"),
 }
 
 
@@ -136,7 +131,7 @@ class Target:
         except ConfigError as exc:
             raise CheckpointError(f"{self.run.config}: {exc}") from None
         self.fed: Federation = prepare(self.cfg)
-        check_partition(self.fed, self.run)
+        check_partition(self.fed.partition, self.run)
         self.method = self.fed.method
         self.dataset = self.fed.dataset.name
         self.num_classes = self.fed.dataset.num_classes
@@ -209,27 +204,18 @@ class Target:
         return model
 
     # -- the shared part's forward path --------------------------------------------------------
-    def shared_path(self, model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-        """The shared module the server knows, and the client's map from x to its input.
-
-        Every entry shared: the model itself on raw images. RVE-PFL: the classifier, fed with
-        the encoder's sample z. A method that keeps part of the path to the logits private has
-        no gradient attack surface here.
-        """
-        keys = list(model.state_dict())
-        if all(self.method.is_shared(k) for k in keys):
-            return model, lambda x: x
-        classifier = getattr(model, "classifier", None)
-        encoder = getattr(model, "encoder", None)
-        if classifier is not None and encoder is not None and all(
-            self.method.is_shared(k) == k.startswith("classifier.") for k in keys
-        ):
-            return classifier, lambda x: encoder(x, sample=True)[0]
-        raise ConfigError(
-            f"Method {self.method.name} keeps part of the path from input to logits private, so a "
-            "gradient attack has no complete shared model to invert: attack it with miface "
-            "(--threat-model released or stolen)"
-        )
+    def shared_path(self, model: nn.Module) -> SharedPath:
+        """The shared module the server knows and the client's map from x to its input (the
+        method's :meth:`~rvepfl.methods.base.Method.shared_path`); raises
+        :class:`NoAttackSurface` when the shared part is not a whole path to the logits."""
+        path = self.method.shared_path(model)
+        if path is None:
+            raise NoAttackSurface(
+                f"Method {self.method.name} keeps part of the path from input to logits private, so a "
+                "gradient attack has no complete shared model to invert: attack it with miface "
+                "(--threat-model released or stolen)"
+            )
+        return path
 
     # -- data ------------------------------------------------------------------------------------
     def client_batch(self, client: int, size: int, draw: int, seed: int) -> tuple[torch.Tensor, GroundTruth]:
@@ -273,69 +259,35 @@ class Target:
         return x.contiguous(), torch.from_numpy(labels).long()
 
     # -- the gradient threat model ----------------------------------------------------------------
-    _PLAIN_GRADIENT = ("rvepfl", "fedavg")
-    _DEFENDED_GRADIENT = ("nbafl", "dp-fedavg", "dp-sgd")
-
-    def gradient_surface(self, round_: int, client: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-        """The shared module the server sees a gradient of, and the client's map from x to its
-        input; raises a one-line error for a method without a gradient surface."""
-        shared, to_input = self.shared_path(self.model(round_, client))
-        if self.method.name not in self._PLAIN_GRADIENT + self._DEFENDED_GRADIENT:
-            raise ConfigError(f"No gradient threat model for method {self.method.name}: attack it with miface")
-        return shared, to_input
+    def gradient_surface(self, round_: int, client: int) -> SharedPath:
+        """The shared path whose gradient the server sees; raises :class:`NoAttackSurface` for a
+        method without one."""
+        return self.shared_path(self.model(round_, client))
 
     def observe_gradient(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor,
                          seed: int, draw: int) -> GradientObservation:
-        """What the server sees of ``client``'s step on (x, y), starting from round ``round_``'s state."""
-        shared, to_input = self.gradient_surface(round_, client)
-        names = [k for k, _ in shared.named_parameters()]
+        """What the server sees of ``client``'s step on (x, y), starting from round ``round_``'s
+        state: the method's :meth:`~rvepfl.methods.base.Method.wire_gradient`."""
+        path = self.gradient_surface(round_, client)
+        names = [k for k, _ in path.module.named_parameters()]
         seed_torch(seed, "attack", round_, client, draw)  # the encoder's sample z
         with torch.no_grad():
-            inputs = to_input(x)
+            inputs = path.to_input(x)
         generator = torch_generator(seed, "attack", round_, client, draw, 1)
-        name = self.method.name
-        if name == "dp-sgd":
-            grads = self._dp_sgd_gradient(shared, names, inputs, y, generator)
-        else:
-            grads = {k: g.double() for k, g in zip(names, observed_gradient(shared, inputs, y))}
-            lr = self.cfg.train.lr
-            if name == "nbafl":
-                noise = self.method.noise
-                theta = {k: p.detach().double() for k, p in shared.named_parameters()}
-                stepped = {k: theta[k] - lr * grads[k] for k in names}
-                clipped, _ = clip_by_l2(stepped, noise.C)
-                upload = add_gaussian_noise(clipped, noise.sigma_u, generator)
-                grads = {k: (theta[k] - upload[k]) / lr for k in names}
-            elif name == "dp-fedavg":
-                clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, self.cfg.dp_fedavg.clip_norm)
-                grads = {k: -v / lr for k, v in clipped.items()}
-        return self._observation(round_, client, shared, [grads[k] for k in names], len(y))
+        grads = self.method.wire_gradient(path.module, inputs, y, generator)
+        return self._observation(path, [grads[k] for k in names], len(y))
 
-    def _observation(self, round_: int, client: int, shared: nn.Module, gradients: list[torch.Tensor],
-                     batch_size: int) -> GradientObservation:
+    def _observation(self, path: SharedPath, gradients: list[torch.Tensor], batch_size: int) -> GradientObservation:
         """What the attacker is handed: the shared module, one gradient per parameter, the batch
         size, and the input range when the shared module reads raw images."""
-        bounds = _pixel_bounds(self.dataset) if shared is self.model(round_, client) else None
         return GradientObservation(
-            model=shared,
+            model=path.module,
             gradients=tuple(g.float() for g in gradients),
             batch_size=batch_size,
             input_shape=self.input_shape,
             num_classes=self.num_classes,
-            bounds=bounds,
+            bounds=_pixel_bounds(self.dataset) if path.reads_images else None,
         )
-
-    def _dp_sgd_gradient(self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor,
-                         generator: torch.Generator) -> dict[str, torch.Tensor]:
-        d = self.cfg.dp_sgd
-        total = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in model.named_parameters()}
-        for i in range(len(y)):
-            g = observed_gradient(model, x[i : i + 1], y[i : i + 1])
-            clipped, _ = clip_by_l2({k: v.double() for k, v in zip(names, g)}, d.max_grad_norm)
-            for k in total:
-                total[k] += clipped[k]
-        noisy = add_gaussian_noise(total, d.noise_multiplier * d.max_grad_norm, generator)
-        return {k: v / len(y) for k, v in noisy.items()}
 
     # -- the update threat model ----------------------------------------------------------------
     def observe_update(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor, *,
@@ -352,18 +304,20 @@ class Target:
 
         Raises
         ------
+        NoAttackSurface
+            For a method without a gradient surface (a private head).
         ConfigError
-            For a method without a gradient surface (FedPer, FedRep), or ``local_steps`` < 1.
+            For ``local_steps`` < 1.
         """
         if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
             raise ConfigError(f"Expected --local-steps >= 1, got {local_steps!r}")
-        shared, _ = self.gradient_surface(round_, client)
+        path = self.gradient_surface(round_, client)
         received_model = self.model(round_, client)
         full_name = {id(p): k for k, p in received_model.named_parameters()}
-        keys = [full_name[id(p)] for p in shared.parameters()]
+        keys = [full_name[id(p)] for p in path.module.parameters()]
         t = self.cfg.train
         cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(t, batch_size=len(y), local_epochs=local_steps))
-        method = get_method(self.method.name)(cfg, self.method.spec)
+        method = build_method(cfg, self.method.spec)
         model = copy.deepcopy(received_model)
         received = {k: v.detach().to("cpu", copy=True) for k, v in method.shared_state(model).items()}
         ctx = RoundContext(round=round_, client=client, seed=derive_seed(seed, "attack", round_, client, draw, 2))
@@ -371,29 +325,19 @@ class Target:
         steps = method.local_train(model, ClientData(x, y, x[:0], y[:0]), ctx, 0)
         if steps != local_steps:  # each local step must cover the whole batch
             raise RuntimeError(f"{method.name}'s local round took {steps} steps on one batch, expected {local_steps}")
-        upload = method.upload(model, ctx, len(y), received).state
-        if self.method.uploads_update:
-            update = {k: upload[k].double() for k in keys}
-        else:
-            update = {k: upload[k].double() - received[k].double() for k in keys}
+        update = method.uploaded_update(method.upload(model, ctx, len(y), received).state, received, keys)
         scale = t.lr * local_steps
-        return self._observation(round_, client, shared, [-update[k] / scale for k in keys], len(y))
+        return self._observation(path, [-update[k] / scale for k in keys], len(y))
 
     # -- the model-inversion threat models ---------------------------------------------------------
     def inversion_model(self, threat: str, round_: int, client: int) -> tuple[nn.Module, tuple[float, float] | None]:
         """The model MI-Face inverts under ``threat``, and the known range of its input."""
         if threat == "stolen":
             return self.model(round_, client), _pixel_bounds(self.dataset)
-        model = self.model(round_, None)
-        if all(self.method.is_shared(k) for k in model.state_dict()):
-            return model, _pixel_bounds(self.dataset)
-        classifier = getattr(model, "classifier", None)
-        if classifier is not None and all(
-            self.method.is_shared(k) == k.startswith("classifier.") for k in model.state_dict()
-        ):
-            return classifier, None
-        raise ConfigError(
-            f"Method {self.method.name}'s released shared part cannot classify on its own (its head is "
-            "private): use --threat-model stolen"
-        )
-
+        path = self.method.shared_path(self.model(round_, None))
+        if path is None:
+            raise NoAttackSurface(
+                f"Method {self.method.name}'s released shared part cannot classify on its own (its head is "
+                "private): use --threat-model stolen"
+            )
+        return path.module, (_pixel_bounds(self.dataset) if path.reads_images else None)

@@ -58,9 +58,11 @@ import numpy as np
 
 from rvepfl.config import Config, DatasetName, check_name, config_from_dict, config_hash, flatten, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.fl.simulation import Progress, check_partition, initialise, prepare, train
+from rvepfl.fl.client import prepare
+from rvepfl.fl.server import Progress, check_partition
+from rvepfl.fl.simulation import initialise, train
 from rvepfl.io import atomic_write_bytes, atomic_write_text, remove_temp_files, write_csv
-from rvepfl.methods import available_methods
+from rvepfl.registry import available_methods, method_class
 from rvepfl.rundir import MetricsLog, RunDir
 
 __all__ = [
@@ -188,13 +190,28 @@ def _reject_reserved(table: dict[str, Any], where: str, *, data_allowed: bool) -
         raise ConfigError(f"`{where}.data.dataset` is set by the compare file's `datasets`: remove it")
 
 
+def _is_method(name: str) -> bool:
+    """Whether ``name`` is a method, a mechanism alone or METHOD+MECHANISM (a composition the
+    mechanism cannot make raises its own one-line error)."""
+    if "+" not in name:
+        return name in available_methods()
+    try:
+        method_class(name)
+    except ConfigError as exc:
+        if str(exc).startswith("Unknown"):
+            return False
+        raise
+    return True
+
+
 def _names(values: dict[str, Any], key: str, allowed: list[str], what: str) -> tuple[str, ...]:
     value = values.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"Expected `{key}` to be a non-empty list of {what} names, got {value!r}")
     for v in value:
-        if v not in allowed:
-            raise ConfigError(f"Unknown {what} {v!r} in `{key}`: available: {', '.join(allowed)}")
+        if v not in allowed and not (what == "method" and _is_method(v)):
+            raise ConfigError(f"Unknown {what} {v!r} in `{key}`: available: {', '.join(allowed)}"
+                              + (" (or METHOD+MECHANISM)" if what == "method" else ""))
     if len(set(value)) != len(value):
         raise ConfigError(f"Expected `{key}` without repeats, got {value!r}")
     return tuple(value)
@@ -290,17 +307,16 @@ def _state(run: RunDir, cfg: Config) -> str:
         raise CheckpointError(f"{run.path} exists but is not an rvepfl run directory (no state/progress.json): "
                               "remove it, or give another --out")
     state = run.read_progress()
-    chash = config_hash(cfg)
-    if state["config_hash"] != chash:
+    if not run.made_with(cfg):
         raise CheckpointError(
             f"{run.path} holds a run of another configuration (hash {state['config_hash']}, the compare file "
-            f"now gives {chash}): remove it, or give another --out")
+            f"now gives {config_hash(cfg)}): remove it, or give another --out")
     return "complete" if int(state["completed_round"]) >= cfg.train.rounds else "resume"
 
 
 def _curve(run: RunDir, cfg: Config) -> list[float]:
     """Mean client test accuracy per round (rounds 1..R) of a complete run."""
-    rows = MetricsLog.read(run.metrics, cfg.train.rounds).epoch_rows("test")
+    rows = MetricsLog.read(run.metrics, cfg.train.rounds).round_means("test")
     if [int(r[0]) for r in rows] != list(range(1, cfg.train.rounds + 1)):
         raise CheckpointError(f"{run.metrics / 'epoch_testing.csv'} lacks rounds of a run marked complete")
     return [float(r[2]) for r in rows]
@@ -338,7 +354,7 @@ def run_compare(
             started = time.perf_counter()
             fed = prepare(r.cfg)
             if state == "resume":
-                check_partition(fed, run)
+                check_partition(fed.partition, run)
                 done = run.read_progress()["completed_round"]
                 say(f"{prefix}: resuming {run.path} after round {done}/{r.cfg.train.rounds}")
                 statuses[r.label] = "resumed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -38,8 +39,8 @@ class ClientStore:
 
     With ``deferred_flush``, :meth:`put` leaves a file's flush to disk to :meth:`flush`, which the
     engine calls from a thread of its own while the clients train on, and waits for before it
-    commits the round: a client's 79 MB encoder took about 0.28 s to flush on the 2-core machine,
-    time its worker would otherwise spend waiting instead of training the next client.
+    commits the round: time its worker would otherwise spend waiting for the disk instead of
+    training the next client (BENCHMARKS.md).
     """
 
     def __init__(self, directory: str | Path, *, config_hash: str, deferred_flush: bool = False) -> None:
@@ -105,8 +106,9 @@ class ClientStore:
                 if r > committed or (newest is not None and r < newest):
                     path.unlink(missing_ok=True)
 
-    def export(self, committed: int, clients: range, dest: Path) -> None:
-        """Hard-link (or copy) each client's state after round ``committed`` into ``dest``."""
+    def export(self, committed: int, clients: Iterable[int], dest: Path) -> None:
+        """Hard-link (or copy) each client's state after round ``committed`` into ``dest`` as
+        ``CCCC.safetensors`` (the run's checkpoints; a Flower node's export)."""
         dest.mkdir(parents=True, exist_ok=True)
         for client in clients:
             src = self.latest(client, committed)

@@ -4,14 +4,13 @@ Clients of one round are independent given the global state they start from, so 
 can hand them to worker processes. Each worker builds the run's federation once (the same data,
 partition, method and initial model as the engine's, from the same config), then for every task
 loads the client's private state from the disk-backed store, runs the client's round exactly as
-the engine's own process would (:func:`rvepfl.fl.simulation.train_client`), saves the new
+the engine's own process would (:func:`rvepfl.fl.client.train_client`), saves the new
 private state to the store and sends back only the upload and the metrics. Every random draw of
 a client's round is seeded by (seed, round, client), so which process runs it does not matter;
 only floating-point rounding may differ when the thread count does.
 
-On a CPU this uses the cores better than one process with several intra-op threads: measured on
-the 2-core development machine, two single-threaded processes trained the MNIST model at about
-1.25 times the images per second of one process with two threads (see BENCHMARKS.md).
+On a CPU this uses the cores better than one process with several intra-op threads (BENCHMARKS.md
+has the measured rates).
 
 The pool gives each worker one client at a time, so it knows which client a worker holds. That
 is what makes client faults survivable (``[faults]`` in the config): a client that raises is
@@ -35,7 +34,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,9 @@ import torch
 
 from rvepfl.config import Config
 from rvepfl.errors import RvepflError
+from rvepfl.fl.client import ClientFailure, describe_exception
 
-__all__ = ["ClientPool", "ClientTask", "TaskFailure", "describe_exception"]
+__all__ = ["ClientPool", "ClientTask"]
 
 
 @dataclass(frozen=True)
@@ -59,27 +59,6 @@ class ClientTask:
     clock: int | None
     """The learning-rate decay clock at the client's start (None: the client's own steps)."""
     global_state: dict[str, torch.Tensor]
-
-
-@dataclass
-class TaskFailure:
-    """A task that did not finish: ``kind`` is ``error``, ``died`` or ``timeout``."""
-
-    kind: str
-    message: str
-    seconds: float
-    exception: BaseException | None = field(default=None, repr=False)
-    """The client's exception (kind ``error``), with the worker's traceback as a note."""
-
-
-def describe_exception(exc: BaseException) -> str:
-    """One line naming an exception and where it was raised (``ValueError: bad (at file.py:12 in f)``)."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    if len(text) > 300:
-        text = text[:297] + "..."
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
-    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-    return f"{type(exc).__name__}: {text}{where}"
 
 
 _worker: dict[str, Any] = {}
@@ -101,16 +80,17 @@ def _die_with_parent() -> None:
 
 def _initialise(cfg: Config, run_path: str, threads: int) -> None:
     from rvepfl.config import config_hash
-    from rvepfl.fl.simulation import initial_model, prepare
+    from rvepfl.fl.client import initial_model, prepare
     from rvepfl.fl.store import ClientStore
     from rvepfl.perf import tune_allocator
+    from rvepfl.rundir import RunDir
 
     tune_allocator()
     torch.set_num_threads(threads)
     fed = prepare(cfg)
-    model, initial_private, _ = initial_model(fed)
+    model, initial_private, _ = initial_model(fed.method, cfg.seed, fed.device)
     # The engine flushes each saved state to disk itself while this worker trains the next client.
-    store = ClientStore(Path(run_path) / "state" / "clients", config_hash=config_hash(cfg), deferred_flush=True)
+    store = ClientStore(RunDir(run_path).state / "clients", config_hash=config_hash(cfg), deferred_flush=True)
     _worker.update(fed=fed, model=model, initial_private=initial_private, store=store)
 
 
@@ -135,7 +115,7 @@ def _main(conn: Connection, cfg: Config, run_path: str, threads: int, parent: in
         _send_error(conn, "init-error", exc, 0.0)
         return
     conn.send(("ready",))
-    from rvepfl.fl.simulation import train_client
+    from rvepfl.fl import client as client_side
 
     w = _worker
     while True:
@@ -147,8 +127,8 @@ def _main(conn: Connection, cfg: Config, run_path: str, threads: int, parent: in
             return
         started = time.perf_counter()
         try:
-            outcome = train_client(w["fed"], w["model"], w["store"], w["initial_private"], task.global_state,
-                                   task.round, task.client, task.committed, task.clock)
+            outcome = client_side.train_client(w["fed"], w["model"], w["store"], w["initial_private"],
+                                               task.global_state, task.round, task.client, task.committed, task.clock)
         except Exception as exc:  # noqa: BLE001 - a client fault: the engine decides what it means
             _send_error(conn, "error", exc, time.perf_counter() - started)
             continue
@@ -195,7 +175,8 @@ class ClientPool:
         self._workers = [self._spawn() for _ in range(workers)]
 
     def run(self, tasks: list[ClientTask], timeout: float = 0.0) -> Iterator[tuple[int, Any, float]]:
-        """Run ``tasks``; yield (task index, outcome or :class:`TaskFailure`, seconds) as each ends.
+        """Run ``tasks``; yield (task index, outcome or :class:`~rvepfl.fl.client.ClientFailure`,
+        seconds) as each ends.
 
         ``timeout`` (seconds, 0: none) bounds each task from the moment a worker takes it; a
         worker past it is killed. A dead or killed worker is replaced before it takes the next
@@ -240,7 +221,8 @@ class ClientPool:
                     if message[0] == "ok":
                         yield held[0], message[1], message[2]
                     else:
-                        yield held[0], TaskFailure("error", message[1], message[2], message[3]), message[2]
+                        yield held[0], ClientFailure(held[1].client, "error", message[2], message[1],
+                                                     message[3]), message[2]
                 elif w.process.sentinel in ready and not w.process.is_alive():
                     code = w.process.exitcode
                     seconds = time.monotonic() - w.started
@@ -249,8 +231,8 @@ class ClientPool:
                     if held is not None:
                         busy -= 1
                         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        yield held[0], TaskFailure("died", f"its worker process died ({how}; out of memory?)",
-                                                   seconds), seconds
+                        yield held[0], ClientFailure(held[1].client, "died",
+                                                     seconds, f"its worker process died ({how}; out of memory?)"), seconds
                     elif not w.ready:
                         raise RvepflError(f"A client worker process died while starting ({code}): "
                                           "see the messages above")
@@ -259,8 +241,8 @@ class ClientPool:
                     w.kill()
                     self._workers[i] = self._spawn()
                     busy -= 1
-                    yield held[0], TaskFailure("timeout", f"stopped after {seconds:.1f} s, past "
-                                               f"faults.client_timeout = {timeout:g} s", seconds), seconds
+                    yield held[0], ClientFailure(held[1].client, "timeout", seconds, f"stopped after {seconds:.1f} s, "
+                                                 f"past faults.client_timeout = {timeout:g} s"), seconds
 
     def close(self) -> None:
         """Stop the workers: idle ones are asked to exit, busy ones are killed."""

@@ -18,10 +18,10 @@ Node config (``flower-supernode --node-config "partition-id=0 num-partitions=2 s
     Torch CPU threads of the ClientApp.
 
 Every node builds the federation from the run config exactly as the in-process engine does
-(:func:`rvepfl.fl.simulation.prepare`: the same data set, subset, partition from the same seed,
+(:func:`rvepfl.fl.client.prepare`: the same data set, subset, partition from the same seed,
 method and initial model) and keeps its own client's split; the server never reads data. So
 each node needs the data set (the bundled subset ships in the package). A round is
-:func:`rvepfl.fl.simulation.train_client`, the in-process engine's own function.
+:func:`rvepfl.fl.client.train_client`, the in-process engine's own function.
 
 Two message types:
 
@@ -37,8 +37,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +99,7 @@ def node_settings(node_config: dict[str, Any]) -> NodeSettings:
 
 def _federation(context: Context) -> tuple[Any, NodeSettings, str]:
     """(federation, node settings, config hash) for this node and run."""
-    from rvepfl.fl.simulation import prepare
+    from rvepfl.fl.client import prepare
 
     settings = node_settings(dict(context.node_config))
     cfg, _ = split_run_config(dict(context.run_config))
@@ -147,8 +145,7 @@ def handle_query(msg: Message, context: Context) -> Message:
     _check_hash(msg, chash)
     client = settings.partition_id
     split = fed.partition.clients[client]
-    labels = fed.pool_y.cpu().numpy()
-    counts = fed.partition.label_counts(labels, fed.dataset.num_classes)[client]
+    counts = fed.label_counts()[client]
     facts = ConfigRecord({
         "partition-id": client,
         "num-partitions": settings.num_partitions,
@@ -171,9 +168,9 @@ def handle_query(msg: Message, context: Context) -> Message:
 
 
 def handle_train(msg: Message, context: Context) -> Message:
-    """One round of this node's client: :func:`~rvepfl.fl.simulation.train_client` on the global
+    """One round of this node's client: :func:`~rvepfl.fl.client.train_client` on the global
     state received, private state from and to the node's store; reply with the upload only."""
-    from rvepfl.fl.simulation import initial_model, train_client
+    from rvepfl.fl.client import initial_model, train_client
     from rvepfl.fl.store import ClientStore
 
     fed, settings, chash = _federation(context)
@@ -186,7 +183,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         raise ConfigError(f"Expected an alphanumeric run key, got {run_key!r}")
     client = settings.partition_id
 
-    model, initial_private, initial_shared = initial_model(fed)
+    model, initial_private, initial_shared = initial_model(fed.method, fed.cfg.seed, fed.device)
     received = state_from_record(msg.content["global"])
     if set(received) != set(initial_shared) or any(
             received[k].shape != v.shape or received[k].dtype != v.dtype for k, v in initial_shared.items()):
@@ -197,14 +194,8 @@ def handle_train(msg: Message, context: Context) -> Message:
                            None if clock < 0 else clock)
     if bool(request["export"]):
         # Checkpoints of the client's private state stay on the node (the server's run
-        # directory gets none): a copy in <state-dir>/<run key>/export/round_NNNN/.
-        dest = settings.state_dir / run_key / "export" / f"round_{round_:04d}"
-        dest.mkdir(parents=True, exist_ok=True)
-        src = store.latest(client, round_)
-        assert src is not None
-        tmp = dest / f".{client:04d}.safetensors.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest / f"{client:04d}.safetensors")
+        # directory gets none): in <state-dir>/<run key>/export/round_NNNN/.
+        store.export(round_, [client], settings.state_dir / run_key / "export" / f"round_{round_:04d}")
 
     upload = outcome.upload
     metrics = {f"{kind}.{k}": float(v) for kind, m in outcome.metrics.items() for k, v in m.items()}

@@ -6,12 +6,12 @@ fingerprint of the whole partition, which must agree across nodes (each node com
 partition from the same seed, :func:`rvepfl.data.make_partition`, as the in-process engine
 does). From these it builds the method (:class:`~rvepfl.methods.DataSpec` needs only shapes and
 training-set sizes) and writes ``config.toml``, ``partition.json`` and ``partition.npz`` exactly as
-:func:`rvepfl.fl.simulation.initialise` does.
+the in-process engine does (:func:`rvepfl.fl.server.write_run_start`).
 
-Each round then follows the in-process engine (:func:`rvepfl.fl.simulation.train`): the same
-client sampling, the decay clock of each client planned from the clients before it (as with
-worker processes), the method's own :meth:`~rvepfl.methods.Method.aggregate` over the uploads in
-client order, and the same commit order (CSVs, global checkpoint, progress marker, summary).
+The rounds are the server loop every engine runs (:func:`rvepfl.fl.server.run_rounds`), with
+:class:`FlowerServer` as its dispatcher: the same client sampling, the decay clock of each client
+planned from the clients before it, the method's own aggregation over the uploads in client
+order, and the same commit order (CSVs, global checkpoint, progress marker, summary).
 What the server received is recorded in ``flower/received.json``: for every reply, every record
 with its keys, and for arrays their dtypes and shapes, so anyone can check that no private entry
 (RVE-PFL's encoder) ever arrived.
@@ -45,16 +45,14 @@ from flwr.serverapp import Grid, ServerApp
 from rvepfl.config import Config, config_hash
 from rvepfl.data.partition import ClientSplit, Partition
 from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
-from rvepfl.fl.simulation import (
-    ClientOutcome, Federation, RoundBook, _summary, check_partition, initial_model, round_clients, round_clocks,
-    save_global_state, start_global_state, write_run_start,
-)
-from rvepfl.fl.workers import TaskFailure
+from rvepfl.fl.client import ClientFailure, ClientOutcome, partition_summary
+from rvepfl.fl.server import Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
 from rvepfl.io import write_json
-from rvepfl.methods import DataSpec, RoundContext, Upload, get_method
+from rvepfl.methods import DataSpec, Upload
 from rvepfl.progress import ProgressPrinter
+from rvepfl.registry import build_method
 from rvepfl.rundir import MetricsLog, RunDir
 
 __all__ = ["FlowerServer", "app", "describe_content"]
@@ -81,7 +79,7 @@ def describe_content(content: RecordDict) -> dict[str, Any]:
     return out
 
 
-def _first_line(text: str | None) -> str:
+def _reason_line(text: str | None) -> str:
     """The last non-empty line of an error reason (a traceback's exception line), shortened."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     line = lines[-1] if lines else "no reason given"
@@ -89,7 +87,8 @@ def _first_line(text: str | None) -> str:
 
 
 class FlowerServer:
-    """Runs (or continues) one federation in ``run`` over ``grid``.
+    """Runs (or continues) one federation in ``run`` over ``grid``: finds the clients' nodes, then
+    runs the server loop (:func:`rvepfl.fl.server.run_rounds`) as its dispatcher.
 
     Parameters
     ----------
@@ -118,6 +117,8 @@ class FlowerServer:
         self.facts: dict[int, dict[str, Any]] = {}  # client -> its node's facts
         self.asked: set[int] = set()  # node ids asked for facts
         self.received: list[dict[str, Any]] = []
+        self.run_key = ""
+        self.last_good: dict[int, int] = {}  # client -> its last committed round
 
     # -- messages ------------------------------------------------------------------------------
     def _request(self, **values: Any) -> ConfigRecord:
@@ -126,7 +127,7 @@ class FlowerServer:
     def _record(self, round_: int, kind: str, client: int | None, node: int, reply: Message) -> None:
         entry: dict[str, Any] = {"round": round_, "type": kind, "client": client, "node": node}
         if reply.has_error():
-            entry["error"] = {"code": reply.error.code, "reason": _first_line(reply.error.reason)}
+            entry["error"] = {"code": reply.error.code, "reason": _reason_line(reply.error.reason)}
         else:
             entry["records"] = describe_content(reply.content)
         self.received.append(entry)
@@ -150,7 +151,7 @@ class FlowerServer:
                 self._record(round_, kind, clients.get(node), node, reply)
                 if reply.has_error():
                     failures[node] = (_ERROR_KINDS.get(reply.error.code, "error"), seconds,
-                                      _first_line(reply.error.reason))
+                                      _reason_line(reply.error.reason))
                 else:
                     replies[node] = reply
             if not pending:
@@ -212,9 +213,9 @@ class FlowerServer:
             time.sleep(self.poll)
         self.log(f"{n} SuperNodes: " + ", ".join(f"client {c} on node {self.nodes[c]}" for c in sorted(self.nodes)))
 
-    def _federation(self) -> Federation:
-        """The server's federation: config, partition and method, and no data (only the fields
-        that :func:`initial_model`, :func:`check_partition` and the summary read)."""
+    def setup(self) -> ServerSetup:
+        """The server's view of the federation, from its nodes' facts: config, partition and method
+        (the method needs only the data's shapes and the training-set sizes)."""
         n = self.cfg.data.num_clients
         facts = [self.facts[c] for c in range(n)]
         partition = Partition(
@@ -225,39 +226,25 @@ class FlowerServer:
         f0 = facts[0]
         spec = DataSpec(int(f0["channels"]), int(f0["image-size"]), int(f0["num-classes"]),
                         tuple(len(c.train) for c in partition.clients))
-        method = get_method(self.cfg.method)(self.cfg, spec)
-        return Federation(self.cfg, None, partition, method, None, None, torch.device("cpu"))  # type: ignore[arg-type]
+        return ServerSetup(self.cfg, build_method(self.cfg, spec), partition)
 
-    def _partition_summary(self) -> dict[str, Any]:
+    def _partition_summary(self, partition: Partition) -> dict[str, Any]:
         f0 = self.facts[0]
-        return {
-            "dataset": f0["dataset"],
-            "source": f0["source"],
-            "pool": "train images followed by test images",
-            "num_train_images": int(f0["num-train-images"]),
-            "num_test_images": int(f0["num-test-images"]),
-            "num_unused": int(f0["num-unused"]),
-            "clients": [
-                {"client": c, "train": len(self.facts[c]["train-indices"]), "test": len(self.facts[c]["test-indices"]),
-                 "label_counts": {"train": list(self.facts[c]["train-label-counts"]),
-                                  "test": list(self.facts[c]["test-label-counts"])}}
-                for c in range(self.cfg.data.num_clients)
-            ],
-        }
+        counts = [{"train": list(self.facts[c]["train-label-counts"]), "test": list(self.facts[c]["test-label-counts"])}
+                  for c in range(self.cfg.data.num_clients)]
+        return partition_summary(dataset=f0["dataset"], source=f0["source"], num_train=int(f0["num-train-images"]),
+                                 num_test=int(f0["num-test-images"]), partition=partition, label_counts=counts)
 
     # -- the run -------------------------------------------------------------------------------
-    def _start(self, fed: Federation) -> str:
-        """Initialise a new run directory or check a stopped one; return the run key."""
+    def _start(self, setup: ServerSetup) -> None:
+        """Initialise a new run directory or check a stopped one; set the run key."""
         run = self.run
         key_file = run.path / "flower" / "run.json"
         if run.progress.exists():
-            state = run.read_progress()
-            if state["config_hash"] != self.chash:
-                raise CheckpointError(f"{run.path} belongs to another configuration (hash {state['config_hash']}, "
-                                      f"this one {self.chash})")
-            check_partition(fed, run)
+            state = run.check_config(self.cfg)
+            check_partition(setup.partition, run)
             try:
-                run_key = str(json.loads(key_file.read_text(encoding="utf-8"))["run_key"])
+                self.run_key = str(json.loads(key_file.read_text(encoding="utf-8"))["run_key"])
             except (OSError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"Cannot read {key_file}: {exc}") from None
             received = run.path / "flower" / "received.json"
@@ -265,87 +252,64 @@ class FlowerServer:
                 done = int(state["completed_round"])
                 self.received = [e for e in json.loads(received.read_text(encoding="utf-8")) if e["round"] <= done]
             self.log(f"continuing {run.path} after round {state['completed_round']}/{self.cfg.train.rounds}")
-            return run_key
+            return
         if run.path.exists() and any(p.name != "flower" for p in run.path.iterdir()):
             # (rvepfl flower-local keeps its app, logs and node directories in <run>/flower.)
             raise ConfigError(f"Run directory {run.path} exists and is not an rvepfl run: choose another server.out")
-        write_run_start(run, self.cfg, self._partition_summary(), fed.partition)
-        run_key = secrets.token_hex(8)
-        write_json(key_file, {"run_key": run_key, "engine": "flower"})
-        return run_key
+        write_run_start(run, self.cfg, self._partition_summary(setup.partition), setup.partition)
+        self.run_key = secrets.token_hex(8)
+        write_json(key_file, {"run_key": self.run_key, "engine": "flower"})
 
     def run_federation(self) -> dict[str, Any]:
         """Discover the nodes, then run every remaining round; return the summary."""
         self.discover()
-        fed = self._federation()
-        cfg, method, run, t = self.cfg, fed.method, self.run, self.cfg.train
-        run_key = self._start(fed)
-        state = run.read_progress()
-        done = int(state["completed_round"])
-        elapsed = float(state.get("elapsed_seconds", 0.0))
-        federation_steps = int(state.get("federation_steps", 0))
-        per_federation = t.lr_decay_clock == "federation"
-        _, initial_private, initial_shared = initial_model(fed)
-        global_state = start_global_state(run, done, initial_shared, self.chash)
-        log = MetricsLog.read(run.metrics, done)
-        last_good = {c: 0 for c in range(cfg.data.num_clients)}  # each client's last committed round
+        setup = self.setup()
+        self._start(setup)
+        return run_rounds(self.run, setup, self, self.progress,
+                          resume=f"start the run again with the same server.out ({self.run.path}) to continue")
+
+    # -- the server loop's dispatcher ------------------------------------------------------------
+    def start(self, done: int, log: MetricsLog) -> None:
+        """Each client's last committed round, from the run's metrics (a failed client's node
+        must go on from the private state of its last round that counted)."""
+        self.last_good = {c: 0 for c in range(self.cfg.data.num_clients)}
         for row in log.rows["client_testing.csv"]:
-            last_good[int(row[0])] = max(last_good[int(row[0])], int(row[1]))
-        sizes = {"shared": sum(v.numel() for v in global_state.values()),
-                 "private_per_client": sum(v.numel() for v in initial_private.values())}
-        del initial_private
-        summary: dict[str, Any] = {}
-        for r in range(done + 1, t.rounds + 1):
-            round_start = time.perf_counter()
-            clients = round_clients(cfg, r)
-            self.progress.round_start(r, t.rounds, clients)
-            if any(self.nodes[c] not in set(self.grid.get_node_ids()) for c in clients):
-                self._ask_new_nodes(min(60.0, self.wait_nodes))  # a restarted node takes its client back
-            planned, starts = round_clocks(fed, clients, federation_steps)
-            export = r == t.rounds or bool(t.checkpoint_every and r % t.checkpoint_every == 0)
-            global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
-            messages = {}
-            for c, start in zip(clients, starts[:-1]):
-                request = self._request(round=r, committed=last_good[c], clock=start if per_federation else -1,
-                                        **{"run-key": run_key, "export": export})
-                messages[self.nodes[c]] = Message(RecordDict({"global": global_record, "request": request}),
-                                                  dst_node_id=self.nodes[c], message_type="train", group_id=str(r))
-            by_node = {self.nodes[c]: c for c in clients}
-            replies, node_failures = self._exchange(messages, cfg.faults.client_timeout, "train", r, by_node)
+            self.last_good[int(row[0])] = max(self.last_good[int(row[0])], int(row[1]))
 
-            def outcomes() -> Iterator[tuple[int, ClientOutcome | TaskFailure, float]]:
-                for c in clients:  # client order, as the in-process engine aggregates
-                    node = self.nodes[c]
-                    if node in node_failures:
-                        kind, secs, message = node_failures[node]
-                        yield c, TaskFailure(kind, message, secs), secs
-                    else:
-                        outcome = self._outcome(replies.pop(node), c)
-                        yield c, outcome, outcome.train_seconds + outcome.eval_seconds
+    def run_round(self, round_: int, clients: list[int], clocks: list[int | None], committed: int,
+                  global_state: dict[str, torch.Tensor], export: bool) -> Iterator[Result]:
+        """Send the round to the clients' nodes, wait for every reply (or failure), then yield
+        the results in client order."""
+        if any(self.nodes[c] not in set(self.grid.get_node_ids()) for c in clients):
+            self._ask_new_nodes(min(60.0, self.wait_nodes))  # a restarted node takes its client back
+        global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
+        messages = {}
+        for c, clock in zip(clients, clocks):
+            request = self._request(round=round_, committed=self.last_good[c], clock=-1 if clock is None else clock,
+                                    **{"run-key": self.run_key, "export": export})
+            messages[self.nodes[c]] = Message(RecordDict({"global": global_record, "request": request}),
+                                              dst_node_id=self.nodes[c], message_type="train", group_id=str(round_))
+        by_node = {self.nodes[c]: c for c in clients}
+        replies, failures = self._exchange(messages, self.cfg.faults.client_timeout, "train", round_, by_node)
+        for c in clients:  # client order, as the in-process engine aggregates
+            node = self.nodes[c]
+            if node in failures:
+                kind, seconds, message = failures[node]
+                yield c, ClientFailure(c, kind, seconds, message), seconds
+            else:
+                outcome = self._outcome(replies.pop(node), c)
+                yield c, outcome, outcome.train_seconds + outcome.eval_seconds
 
-            book = RoundBook(fed, r, clients, self.progress,
-                             f"start the run again with the same server.out ({run.path}) to continue")
-            global_state = method.aggregate(book.uploads(outcomes(), planned, store=None), global_state,
-                                            RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
-            book.check_complete()
-            federation_steps = starts[-1]
-            seconds = time.perf_counter() - round_start
-            means = log.add_round(r, book.results, (seconds, book.train_s, book.eval_s, book.finished), book.failures)
-            # Commit order, as in the in-process engine: CSVs and checkpoints first, progress last.
-            log.write(run.metrics)
-            save_global_state(run, r, global_state, self.chash)
-            write_json(run.path / "flower" / "received.json", self.received)
-            elapsed += seconds
-            run.write_progress(r, self.chash, elapsed_seconds=elapsed, federation_steps=federation_steps)
-            failed = {f.client for f in book.failures}
-            last_good.update({c: r for c in clients if c not in failed})
-            summary = self._summary(fed, log, elapsed, sizes, status="complete" if r == t.rounds else "running")
-            write_json(run.summary, summary)
-            self.progress.round_done(r, means, seconds)
-        if not summary:
-            summary = self._summary(fed, log, elapsed, sizes, status="complete")
-            write_json(run.summary, summary)
-        return summary
+    def commit(self, round_: int, export: bool, run: RunDir) -> None:
+        write_json(run.path / "flower" / "received.json", self.received)
+
+    def committed(self, round_: int, clients: list[int], failures: list[ClientFailure]) -> None:
+        failed = {f.client for f in failures}
+        self.last_good.update({c: round_ for c in clients if c not in failed})
+
+    def details(self) -> dict[str, Any]:
+        return {"engine": "flower", "device": "cpu", "threads": None, "workers": len(self.nodes),
+                "nodes": {str(c): n for c, n in sorted(self.nodes.items())}}
 
     def _outcome(self, reply: Message, client: int) -> ClientOutcome:
         content = reply.content
@@ -362,15 +326,7 @@ class FlowerServer:
         upload = Upload(client=client, num_samples=int(info["num-samples"]), state=state,
                         info=json.loads(str(info["info-json"])))
         return ClientOutcome(upload, per_kind, int(metrics["steps"]), float(metrics["train-seconds"]),
-                        float(metrics["eval-seconds"]))
-
-    def _summary(self, fed: Federation, log: MetricsLog, elapsed: float, sizes: dict[str, int], *,
-                 status: str) -> dict[str, Any]:
-        summary = _summary(fed, log, elapsed, sizes, status=status)
-        summary.update(engine="flower", workers=len(self.nodes), threads=None,
-                       nodes={str(c): n for c, n in sorted(self.nodes.items())},
-                       client_failures=len(log.rows["client_failures.csv"]))
-        return summary
+                             float(metrics["eval-seconds"]))
 
 
 def _status_file(out: Path) -> Path:

@@ -1,35 +1,55 @@
-"""The method interface: what a client keeps, trains and uploads, and how the server combines.
+"""The method interface: a model split into private and shared parts, and the hooks of a round.
 
-A method is one small class. The engine (in-process or Flower) calls only these hooks and never
-knows which method runs; a method never knows which engine runs it.
+A method is one small class. The engines (in-process, worker processes, Flower) call only these
+hooks and never know which method runs; a method never knows which engine runs it. A privacy
+mechanism (:mod:`rvepfl.mechanisms`) overrides some of the same hooks and is composed with any
+method it can wrap (``rvepfl+nbafl``; see :mod:`rvepfl.registry`).
 
 Hooks, in the order a round calls them:
 
 1. :meth:`Method.build_model` once: the full client model (private and shared parts).
 2. :meth:`Method.is_shared`: which state entries travel to and from the server.
-3. :meth:`Method.local_train` per client: local optimisation (Adam by default).
+3. :meth:`Method.local_train` per client: local optimisation. Its parts are hooks too: the
+   objective (:meth:`Method.loss`), the optimiser and the module the loss is computed with
+   (:meth:`Method.local_optimiser`), the batches (:meth:`Method.local_batches`), so that a
+   mechanism such as DP-SGD changes the optimiser and the sampler without copying the loop.
 4. :meth:`Method.upload` per client: what the client sends (the shared entries by default).
 5. :meth:`Method.aggregate` on the server: the new global shared state (a mean by default), from
    the uploads of the clients that finished the round, handed over one at a time as they arrive.
+
+What an attacker sees on the wire comes from the same class: :meth:`Method.shared_path` (the
+shared module and its input), :meth:`Method.wire_gradient` (one local step as uploaded) and
+:meth:`Method.uploaded_update` (a whole round's update read off an upload).
+
+A method's settings are its own frozen dataclass ``Params``, read from the config section
+``section`` (see :mod:`rvepfl.params`); the config hash covers only the sections of the method
+and mechanism a run uses.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.config import Config
 from rvepfl.fl.aggregate import RunningMean
+from rvepfl.methods.wire import SharedPath, observed_gradient
 from rvepfl.seeding import torch_generator
 
-__all__ = ["ClientData", "DataSpec", "Method", "RoundContext", "Upload"]
+if TYPE_CHECKING:
+    from rvepfl.config import Config
+
+__all__ = ["ClientData", "DataSpec", "Loss", "Method", "RoundContext", "SharedPath", "Upload"]
+
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""An objective on one batch: (module, images, labels) -> scalar loss."""
 
 
 @dataclass(frozen=True)
@@ -78,17 +98,44 @@ class Upload:
 
 
 class Method(ABC):
-    """Base class of federated methods; subclasses override only what differs."""
+    """Base class of federated methods; subclasses override only what differs.
+
+    Class attributes
+    ----------------
+    name
+        The registry name (``rvepfl methods``).
+    description
+        One line for ``rvepfl methods``.
+    rank
+        Position in listings (lower first).
+    Params, section
+        The method's settings dataclass and the config section it is read from (None: none).
+    uploads_update
+        Whether :meth:`upload` sends the update (new minus received shared state) rather than the
+        new shared state itself.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    rank: ClassVar[int] = 100
+    Params: ClassVar[type | None] = None
+    section: ClassVar[str | None] = None
     uploads_update: ClassVar[bool] = False
-    """Whether :meth:`upload` sends the update (new minus received shared state) rather than the
-    new shared state itself."""
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         self.cfg = cfg
         self.spec = spec
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        """The config sections this class reads: its own and those of the classes it is made of
+        (a mechanism composed with a method reads both)."""
+        out: dict[str, type] = {}
+        for klass in reversed(cls.__mro__):
+            params, section = vars(klass).get("Params"), vars(klass).get("section")
+            if params is not None and section:
+                out[section] = params
+        return out
 
     # -- model ---------------------------------------------------------------------------------
     @abstractmethod
@@ -105,23 +152,26 @@ class Method(ABC):
     def private_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v for k, v in model.state_dict().items() if not self.is_shared(k)}
 
-    # -- client --------------------------------------------------------------------------------
+    # -- client: local training ------------------------------------------------------------------
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Training objective on one batch (default: cross-entropy)."""
         return F.cross_entropy(model(x), y)
 
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
-        """Train ``model`` in place on the client's train split; return the client's new step count.
+        """Train ``model`` in place on the client's train split; return the decay clock after it.
 
-        A fresh Adam optimiser per client per round (the published code shared one across all
-        clients and rounds); the learning rate decays with the step counter the engine passes
-        (``train.lr_decay_clock``): ``lr / (1 + lr_decay * step)``. Batches are reshuffled every epoch from the
-        ``train`` random stream of this round and client.
+        The published loop over every parameter for ``train.local_epochs`` epochs
+        (:meth:`train_epochs`); ``step`` is the learning-rate decay clock the engine passes
+        (``train.lr_decay_clock``).
         """
         model.train()
         generator = self.batch_generator(ctx)
         return self.train_epochs(model, data, list(model.parameters()), self.cfg.train.local_epochs,
-                                 generator, step)
+                                 generator, step, ctx)
+
+    def batches_per_epoch(self, num_samples: int) -> int:
+        """The batches :meth:`local_batches` gives per epoch on ``num_samples`` training images."""
+        return math.ceil(num_samples / self.cfg.train.batch_size)
 
     def planned_steps(self, num_samples: int) -> int:
         """The local steps :meth:`local_train` takes on ``num_samples`` training images.
@@ -130,13 +180,31 @@ class Method(ABC):
         learning-rate decay clock counts every client's steps: each client's clock is then known
         before the clients before it have finished. It checks the count after every client.
         """
-        t = self.cfg.train
-        return t.local_epochs * math.ceil(num_samples / t.batch_size)
+        return self.cfg.train.local_epochs * self.batches_per_epoch(num_samples)
 
     def batch_generator(self, ctx: RoundContext) -> torch.Generator:
         """The generator that orders this round's local batches of client ``ctx.client``."""
         assert ctx.client is not None
         return torch_generator(ctx.seed, "train", ctx.round, ctx.client, 1)
+
+    def local_batches(self, num_samples: int, epochs: int, generator: torch.Generator,
+                      device: torch.device) -> Iterator[torch.Tensor]:
+        """The index batches of ``epochs`` local epochs: one permutation per epoch from
+        ``generator``, cut into ``train.batch_size`` batches (the last may be smaller)."""
+        size = self.cfg.train.batch_size
+        for _ in range(epochs):
+            order = torch.randperm(num_samples, generator=generator)
+            for start in range(0, num_samples, size):
+                yield order[start : start + size]
+
+    @contextmanager
+    def local_optimiser(self, model: nn.Module, params: Sequence[nn.Parameter], data: ClientData,
+                        ctx: RoundContext) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
+        """The module the loss is computed with and the optimiser that steps ``params``, for one
+        phase of local training: ``model`` itself and a fresh Adam (the published code shared
+        one Adam across all clients and rounds)."""
+        t = self.cfg.train
+        yield model, torch.optim.Adam(params, lr=t.lr, eps=t.adam_eps, fused=True)
 
     def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """The published inverse-time decay at ``step``: ``lr / (1 + lr_decay * step)``."""
@@ -152,31 +220,30 @@ class Method(ABC):
         epochs: int,
         generator: torch.Generator,
         step: int,
+        ctx: RoundContext,
+        loss: Loss | None = None,
     ) -> int:
-        """Run ``epochs`` epochs of a fresh Adam over ``params`` only; return the new step count.
+        """Run ``epochs`` epochs over ``params`` only; return the new step count.
 
         Parameters not in ``params`` are frozen for the duration (no gradient is computed for
-        them) and restored to their previous ``requires_grad`` afterwards. Each epoch draws one
-        permutation of the train split from ``generator``; the learning rate decays with the step
-        counter ``step`` (see ``train.lr_decay_clock``), which keeps counting across calls.
+        them) and restored to their previous ``requires_grad`` afterwards. The batches come from
+        :meth:`local_batches`, the optimiser from :meth:`local_optimiser`, the objective is
+        ``loss`` (default :meth:`loss`); the learning rate decays with the step counter ``step``
+        (see ``train.lr_decay_clock``), which keeps counting across calls.
         """
         if epochs <= 0:
             return step
-        t = self.cfg.train
+        objective = loss or self.loss
         chosen = {id(p) for p in params}
         frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         try:
-            optimizer = torch.optim.Adam(params, lr=t.lr, eps=t.adam_eps, fused=True)
-            n = len(data.train_y)
-            for _ in range(epochs):
-                order = torch.randperm(n, generator=generator)
-                for start in range(0, n, t.batch_size):
-                    batch = order[start : start + t.batch_size]
+            with self.local_optimiser(model, params, data, ctx) as (module, optimizer):
+                for batch in self.local_batches(len(data.train_y), epochs, generator, data.train_x.device):
                     self.set_learning_rate(optimizer, step)
                     optimizer.zero_grad(set_to_none=True)
-                    self.loss(model, data.train_x[batch], data.train_y[batch]).backward()
+                    objective(module, data.train_x[batch], data.train_y[batch]).backward()
                     optimizer.step()
                     step += 1
         finally:
@@ -184,6 +251,7 @@ class Method(ABC):
                 p.requires_grad_(True)
         return step
 
+    # -- client: upload --------------------------------------------------------------------------
     def upload(
         self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
     ) -> Upload:
@@ -196,7 +264,7 @@ class Method(ABC):
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.shared_state(model).items()}
         return Upload(client=ctx.client, num_samples=num_samples, state=state)
 
-    # -- server --------------------------------------------------------------------------------
+    # -- server ----------------------------------------------------------------------------------
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
@@ -226,3 +294,31 @@ class Method(ABC):
     def summary(self) -> dict[str, Any]:
         """Method-specific facts for summary.json (noise levels, budgets...)."""
         return {}
+
+    # -- the wire, as an attacker sees it ---------------------------------------------------------
+    def shared_path(self, model: nn.Module) -> SharedPath | None:
+        """The shared module as a path from a client's input to the logits, or None when the
+        shared part is not a whole path (a private head): then no gradient attack and no released
+        model that classifies. Default: the whole model on images, when every entry is shared."""
+        if all(self.is_shared(k) for k in model.state_dict()):
+            return SharedPath(model, lambda x: x, reads_images=True)
+        return None
+
+    def wire_gradient(self, module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """What the server sees of one local step of ``module`` (the shared path's module) on
+        (``inputs``, ``labels``), read as a gradient, in float64, by parameter name.
+
+        Default: the gradient itself (no dropout; :func:`observed_gradient`). A mechanism that
+        clips or noises what is uploaded transforms it the same way, drawing from ``generator``.
+        """
+        names = [k for k, _ in module.named_parameters()]
+        return {k: g.double() for k, g in zip(names, observed_gradient(module, inputs, labels))}
+
+    def uploaded_update(self, upload: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
+                        keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The shared update (new minus received) of ``keys`` as the server reads it off an
+        upload, in float64."""
+        if self.uploads_update:
+            return {k: upload[k].double() for k in keys}
+        return {k: upload[k].double() - received[k].double() for k in keys}

@@ -7,10 +7,13 @@ from torch import nn
 from rvepfl.methods.base import Method
 from rvepfl.models import Classifier
 
+__all__ = ["FedAvg"]
+
 
 class FedAvg(Method):
     name = "fedavg"
     description = "FedAvg: the classifier alone on raw images, averaged (McMahan et al., 2017)"
+    rank = 10
 
     def build_model(self) -> nn.Module:
         return Classifier(self.spec.channels, self.spec.image_size, self.spec.num_classes)

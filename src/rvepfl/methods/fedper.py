@@ -19,6 +19,7 @@ HEAD_PREFIX = "out."
 class FedPer(FedAvg):
     name = "fedper"
     description = "FedPer: classifier body shared and averaged, head private (Arivazhagan et al., 2019)"
+    rank = 20
 
     def is_shared(self, key: str) -> bool:
         return not key.startswith(HEAD_PREFIX)

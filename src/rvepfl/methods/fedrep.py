@@ -9,23 +9,36 @@ steps of both.
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 from torch import nn
 
 from rvepfl.methods.base import ClientData, RoundContext
 from rvepfl.methods.fedper import FedPer
+from rvepfl.params import need
 
-__all__ = ["FedRep"]
+__all__ = ["FedRep", "PersonalParams"]
+
+
+@dataclass(frozen=True)
+class PersonalParams:
+    head_epochs: int = 1
+    """FedRep: local epochs of the private head before the shared body's epochs."""
+
+    def check(self, section: str) -> None:
+        need(self.head_epochs >= 0, f"{section}.head_epochs", self.head_epochs, ">= 0")
 
 
 class FedRep(FedPer):
     name = "fedrep"
     description = "FedRep: private head trained first, then the shared body (Collins et al., 2021)"
+    rank = 30
+    Params = PersonalParams
+    section = "personal"
 
     def planned_steps(self, num_samples: int) -> int:
-        t = self.cfg.train
-        return (self.cfg.personal.head_epochs + t.local_epochs) * math.ceil(num_samples / t.batch_size)
+        epochs = self.cfg.personal.head_epochs + self.cfg.train.local_epochs
+        return epochs * self.batches_per_epoch(num_samples)
 
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
         """Head epochs (body frozen), then body epochs (head frozen)."""
@@ -33,5 +46,5 @@ class FedRep(FedPer):
         head = [p for k, p in model.named_parameters() if not self.is_shared(k)]
         body = [p for k, p in model.named_parameters() if self.is_shared(k)]
         generator = self.batch_generator(ctx)
-        step = self.train_epochs(model, data, head, self.cfg.personal.head_epochs, generator, step)
-        return self.train_epochs(model, data, body, self.cfg.train.local_epochs, generator, step)
+        step = self.train_epochs(model, data, head, self.cfg.personal.head_epochs, generator, step, ctx)
+        return self.train_epochs(model, data, body, self.cfg.train.local_epochs, generator, step, ctx)

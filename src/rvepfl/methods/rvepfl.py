@@ -1,18 +1,42 @@
-"""RVE-PFL: a private variational encoder per client, a shared classifier averaged by the server."""
+"""RVE-PFL: a private variational encoder per client, a shared classifier averaged by the server.
+
+Its settings are the ``[model]`` section (:class:`ModelParams`). The server holds the classifier,
+whose input is the encoder's sample z, not the image: what crosses the wire (a gradient, an
+update, the released classifier) lives in z's space.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.methods.base import Method
+from rvepfl.methods.base import Method, SharedPath
 from rvepfl.models import PersonalModel, kl_divergence
+from rvepfl.params import need
+
+__all__ = ["ModelParams", "RvePfl"]
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    kl_weight: float = 0.0
+    """Weight beta of the KL term of the encoder's loss (0 as published)."""
+    sample_at_eval: bool = True
+    """Sample z at evaluation too (published); false: use z = mu."""
+
+    def check(self, section: str) -> None:
+        need(self.kl_weight >= 0, f"{section}.kl_weight", self.kl_weight, ">= 0")
 
 
 class RvePfl(Method):
     name = "rvepfl"
     description = "RVE-PFL: private variational encoder, shared classifier (Issa et al., TIFS 2024)"
+    rank = 0
+    Params = ModelParams
+    section = "model"
 
     def build_model(self) -> nn.Module:
         return PersonalModel(
@@ -26,10 +50,17 @@ class RvePfl(Method):
         return key.startswith("classifier.")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        assert isinstance(model, PersonalModel)
+        """Cross-entropy of the classifier on z (plus beta times the encoder's KL term). ``model``
+        is the personal model, or a wrapper that passes its attributes through (Opacus's)."""
         z, mu, logvar = model.encoder(x, sample=True)
         loss = F.cross_entropy(model.classifier(z), y)
         beta = self.cfg.model.kl_weight
         if beta > 0:
             loss = loss + beta * kl_divergence(mu, logvar)
         return loss
+
+    def shared_path(self, model: nn.Module) -> SharedPath:
+        """The classifier, fed with the encoder's sample z of the image (sampled, as in training)."""
+        assert isinstance(model, PersonalModel)
+        encoder = model.encoder
+        return SharedPath(model.classifier, lambda x: encoder(x, sample=True)[0], reads_images=False)

@@ -2,7 +2,7 @@
 ``RVEPFL_TEST_FAULTS`` to ``ROUND:CLIENT:KIND[,...]`` (KIND: ``raise``, ``die`` or ``hang``).
 
 Python imports ``sitecustomize`` at start-up, so the engine and every worker process it spawns
-(they inherit the environment) wrap :func:`rvepfl.fl.simulation.train_client`: the named client
+(they inherit the environment) wrap :func:`rvepfl.fl.client.train_client`: the named client
 of the named round raises a ValueError, SIGKILLs its own process, or sleeps for ten minutes
 instead of training. Test code only; nothing in src/ knows about it.
 """
@@ -15,10 +15,10 @@ if _SPEC:
     import signal
     import time
 
-    import rvepfl.fl.simulation as _simulation
+    import rvepfl.fl.client as _client
 
     _FAULTS = {(int(r), int(c)): kind for r, c, kind in (item.split(":") for item in _SPEC.split(","))}
-    _train_client = _simulation.train_client
+    _train_client = _client.train_client
 
     def _faulty_train_client(fed, model, store, initial_private, global_state, round_, client, *args):
         kind = _FAULTS.get((round_, client))
@@ -30,4 +30,4 @@ if _SPEC:
             time.sleep(600)
         return _train_client(fed, model, store, initial_private, global_state, round_, client, *args)
 
-    _simulation.train_client = _faulty_train_client
+    _client.train_client = _faulty_train_client

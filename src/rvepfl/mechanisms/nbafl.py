@@ -1,6 +1,7 @@
 """NbAFL: noising before model aggregation (Wei et al., IEEE TIFS 2020; arXiv 1911.00222).
 
-FedAvg's classifier on raw images, with two changes:
+A mechanism on any method's shared state (the name ``nbafl`` alone is NbAFL on FedAvg's
+classifier, as in the paper's experiments; ``rvepfl+nbafl`` puts it on RVE-PFL's classifier):
 
 - **client**: after local training, the whole shared state, as one vector, is clipped to L2 norm
   at most C (``w / max(1, ||w|| / C)``) and N(0, sigma_u^2) noise is added to every coordinate
@@ -13,33 +14,61 @@ conditions are there). L, the number of exposures of a client's parameters, is
 ``nbafl.exposures``; 0 means L = T, the number of rounds: a client uploads at most once per
 round, so T is the most exposures it can have (exact with all clients every round; an upper
 bound under K-random scheduling). Client noise comes from the ``noise`` stream of (round, client),
-server noise from that of (round, -1).
+server noise from that of (round, :data:`~rvepfl.seeding.SERVER`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from rvepfl.config import Config
 from rvepfl.errors import ConfigError
-from rvepfl.methods.base import DataSpec, RoundContext, Upload
-from rvepfl.methods.fedavg import FedAvg
+from rvepfl.mechanisms.base import Mechanism
+from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
+from rvepfl.params import need
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2, nbafl_noise
-from rvepfl.seeding import torch_generator
+from rvepfl.seeding import SERVER, torch_generator
 
-__all__ = ["NbAfl"]
+if TYPE_CHECKING:
+    from rvepfl.config import Config
 
-SERVER = -1
-"""The key of the server in the ``noise`` random stream (clients are 0, 1, ...)."""
+__all__ = ["NbAfl", "NbaflParams"]
 
 
-class NbAfl(FedAvg):
+@dataclass(frozen=True)
+class NbaflParams:
+    epsilon: float = 60.0
+    """Privacy budget epsilon of NbAFL (Wei et al., TIFS 2020; 60 as in the paper's experiments)."""
+    delta: float = 0.01
+    """Privacy parameter delta of NbAFL (0.01 as in the paper's experiments)."""
+    clip_norm: float = 20.0
+    """Clipping threshold C of each client's parameters (the whole shared state as one vector, L2 norm)."""
+    exposures: int = 0
+    """L: uploads of each client's parameters the noise is calibrated for (0: L = train.rounds, one per round)."""
+
+    def check(self, section: str) -> None:
+        need(self.epsilon > 0, f"{section}.epsilon", self.epsilon, "> 0")
+        need(0 < self.delta < 1, f"{section}.delta", self.delta, "in (0, 1)")
+        need(self.clip_norm > 0, f"{section}.clip_norm", self.clip_norm, "> 0")
+        need(self.exposures >= 0, f"{section}.exposures", self.exposures, ">= 0")
+
+
+class NbAfl(Mechanism):
     name = "nbafl"
     description = "NbAFL: clipped, noised parameters before aggregation, server noise (Wei et al., TIFS 2020)"
+    rank = 0
+    Params = NbaflParams
+    section = "nbafl"
+
+    @classmethod
+    def cannot_wrap(cls, method: type[Method]) -> str | None:
+        if method.uploads_update:
+            return "it clips and noises the uploaded parameters, and this method uploads an update"
+        return None
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
@@ -71,7 +100,8 @@ class NbAfl(FedAvg):
         assert ctx.client is not None
         generator = torch_generator(ctx.seed, "noise", ctx.round, ctx.client)
         noisy = add_gaussian_noise(clipped, self.noise.sigma_u, generator)
-        return Upload(client=plain.client, num_samples=num_samples, state=noisy, info={"norm_before_clip": norm})
+        return Upload(client=plain.client, num_samples=num_samples, state=noisy,
+                      info={**plain.info, "norm_before_clip": norm})
 
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
@@ -82,7 +112,7 @@ class NbAfl(FedAvg):
         return add_gaussian_noise(aggregate, self.noise.sigma_d, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
 
     def summary(self) -> dict[str, Any]:
-        details: dict[str, Any] = self.noise.as_dict()
+        details: dict[str, Any] = {**super().summary(), **self.noise.as_dict()}
         details["L_source"] = ("nbafl.exposures = 0: L = T, one upload per round" if self.exposures_default
                                else "nbafl.exposures")
         details["clipped"] = "the whole shared state (parameters, not updates) as one vector"
@@ -90,3 +120,15 @@ class NbAfl(FedAvg):
             details["note"] = ("the downlink formula assumes equal aggregation weights (p_i = 1/N); "
                                "train.aggregation = weighted departs from it")
         return details
+
+    def wire_gradient(self, module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The upload after one step of ``train.lr``, clipped and noised, read back as a gradient:
+        ``(theta - (clip(theta - lr * g) + noise)) / lr``."""
+        grads = super().wire_gradient(module, inputs, labels, generator)
+        lr = self.cfg.train.lr
+        theta = {k: p.detach().double() for k, p in module.named_parameters()}
+        stepped = {k: theta[k] - lr * grads[k] for k in grads}
+        clipped, _ = clip_by_l2(stepped, self.noise.C)
+        upload = add_gaussian_noise(clipped, self.noise.sigma_u, generator)
+        return {k: (theta[k] - upload[k]) / lr for k in grads}

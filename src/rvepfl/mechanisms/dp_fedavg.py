@@ -1,13 +1,15 @@
 """DP-FedAvg with central differential privacy (McMahan et al., ICLR 2018), fixed clipping.
 
-As Flower's ``DifferentialPrivacyServerSideFixedClipping`` does it:
+A mechanism on any method whose server takes the mean of the uploads, as Flower's
+``DifferentialPrivacyServerSideFixedClipping`` wraps any strategy (the name ``dp-fedavg`` alone
+is the mechanism on FedAvg):
 
 - **client**: uploads its model update (trained shared state minus the global state it
   received), clipped to L2 norm at most ``dp_fedavg.clip_norm`` (all tensors as one vector);
 - **server**: averages the K clipped updates with equal weights (``train.aggregation`` is
   ignored: the noise is calibrated to an unweighted mean), adds N(0, s^2) noise with
   s = noise_multiplier * clip_norm / K to every coordinate (the ``noise`` stream of
-  (round, -1)), and adds the result to the global state.
+  (round, :data:`~rvepfl.seeding.SERVER`)), and adds the result to the global state.
 
 Epsilon (at ``dp_fedavg.delta``) comes from Opacus's RDP accountant: one sampled Gaussian step
 per round with sample rate K / N. As in Flower and TensorFlow Federated, the engine's
@@ -20,30 +22,59 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from rvepfl.config import Config
 from rvepfl.fl.aggregate import RunningMean
-from rvepfl.methods.base import DataSpec, RoundContext, Upload
-from rvepfl.methods.fedavg import FedAvg
-from rvepfl.methods.nbafl import SERVER
+from rvepfl.mechanisms.base import Mechanism
+from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
+from rvepfl.params import need
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2, rdp_epsilon
-from rvepfl.seeding import torch_generator
+from rvepfl.seeding import SERVER, torch_generator
 
-__all__ = ["DpFedAvg"]
+if TYPE_CHECKING:
+    from rvepfl.config import Config
+
+__all__ = ["DpFedAvg", "DpFedAvgParams"]
 
 
 def _finite(eps: float) -> float | None:
     return eps if math.isfinite(eps) else None
 
 
-class DpFedAvg(FedAvg):
+@dataclass(frozen=True)
+class DpFedAvgParams:
+    noise_multiplier: float = 1.0
+    """Server noise std / clip_norm (central DP, Gaussian mechanism on the summed clipped updates)."""
+    clip_norm: float = 1.0
+    """L2 bound of each client's model update (all tensors as one vector)."""
+    delta: float = 1e-5
+    """delta for the reported epsilon (Opacus RDP accountant, one step per round)."""
+
+    def check(self, section: str) -> None:
+        need(self.noise_multiplier >= 0, f"{section}.noise_multiplier", self.noise_multiplier, ">= 0")
+        need(self.clip_norm > 0, f"{section}.clip_norm", self.clip_norm, "> 0")
+        need(0 < self.delta < 1, f"{section}.delta", self.delta, "in (0, 1)")
+
+
+class DpFedAvg(Mechanism):
     name = "dp-fedavg"
     description = "DP-FedAvg: clipped updates, server Gaussian noise, RDP accounting (McMahan et al., 2018)"
+    rank = 10
+    Params = DpFedAvgParams
+    section = "dp_fedavg"
     uploads_update = True
+
+    @classmethod
+    def cannot_wrap(cls, method: type[Method]) -> str | None:
+        if method.uploads_update:
+            return "this method already uploads an update"
+        if method.aggregate is not Method.aggregate:
+            return "its server replaces the mean of the uploads, and this method aggregates in a way of its own"
+        return None
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
@@ -62,11 +93,12 @@ class DpFedAvg(FedAvg):
     def upload(
         self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
     ) -> Upload:
-        trained = super().upload(model, ctx, num_samples, received).state
-        update = {k: v - received[k].to(v.dtype) for k, v in trained.items()}
+        trained = super().upload(model, ctx, num_samples, received)
+        update = {k: v - received[k].to(v.dtype) for k, v in trained.state.items()}
         clipped, norm = clip_by_l2(update, self.cfg.dp_fedavg.clip_norm)
         assert ctx.client is not None
-        return Upload(client=ctx.client, num_samples=num_samples, state=clipped, info={"update_norm": norm})
+        return Upload(client=ctx.client, num_samples=num_samples, state=clipped,
+                      info={**trained.info, "update_norm": norm})
 
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
@@ -86,6 +118,7 @@ class DpFedAvg(FedAvg):
     def summary(self) -> dict[str, Any]:
         d = self.cfg.dp_fedavg
         details: dict[str, Any] = {
+            **super().summary(),
             "noise_multiplier": d.noise_multiplier,
             "clip_norm": d.clip_norm,
             "delta": d.delta,
@@ -101,3 +134,12 @@ class DpFedAvg(FedAvg):
         if d.noise_multiplier == 0:
             details["note"] = "noise_multiplier = 0: no privacy guarantee (epsilon is infinite)"
         return details
+
+    def wire_gradient(self, module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The server sees each client's clipped update before it adds its noise to the
+        aggregate: ``-clip(-lr * g, C) / lr``."""
+        grads = super().wire_gradient(module, inputs, labels, generator)
+        lr = self.cfg.train.lr
+        clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, self.cfg.dp_fedavg.clip_norm)
+        return {k: -v / lr for k, v in clipped.items()}
