@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VARIANTS", "images_to_rows", "py2_batch_bytes", "write_cifar_batch"]
+__all__ = [
+    "VARIANTS",
+    "batch_bytes",
+    "cifar_images",
+    "cifar_rows",
+    "images_to_rows",
+    "py2_batch_bytes",
+    "write_cifar_batch",
+]
 
 VARIANTS = ("py2", "pickle2", "pickle3", "pickle4", "pickle5")
 _ROW = 3 * 32 * 32
@@ -203,3 +211,26 @@ def write_cifar_batch(
     path = Path(path)
     path.write_bytes(blob)
     return path
+
+
+def cifar_images(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random uint8 images (N, 32, 32, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def cifar_rows(n: int) -> np.ndarray:
+    """The file's (N, 3072) rows of ``n`` random images."""
+    return images_to_rows(cifar_images(n))
+
+
+def batch_bytes(n: int = 3, seed: int = 0, variant: str = "py2", tmp: Path | None = None) -> bytes:
+    """Bytes of a valid batch of ``n`` images."""
+    images = cifar_images(n, seed)
+    labels = [int(v) for v in np.arange(n) % 10]
+    if variant == "py2":
+        names = [f"img_{i}.png".encode() for i in range(n)]
+        return py2_batch_bytes(images_to_rows(images), labels, names, b"training batch 1 of 5")
+    assert tmp is not None
+    return write_cifar_batch(
+        tmp / f"batch_{variant}", images_to_rows(images), labels, variant=variant
+    ).read_bytes()

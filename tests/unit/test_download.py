@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from rvepfl.data import download as dl
-from rvepfl.data.readers import IDX_FILES, read_cifar10, read_idx_dataset
+from rvepfl.data.cifar import read_cifar10
+from rvepfl.data.idx import IDX_FILES, read_idx_dataset
 from rvepfl.errors import DataError
 from tests.helpers.cifar_format import images_to_rows, py2_batch_bytes
 

@@ -34,7 +34,7 @@ from rvepfl.config import (
     dumps_config,
     load_config,
 )
-from rvepfl.data import readers
+from rvepfl.data import cifar, idx
 from rvepfl.errors import CheckpointError, ConfigError, DataError, RvepflError
 from rvepfl.experiments.audit import audit_from_dict
 from rvepfl.experiments.compare import compare_from_dict
@@ -129,7 +129,7 @@ def check_idx(out: np.ndarray | None) -> None:
 def test_any_bytes_as_an_idx_file(scratch: Path, data: bytes, gz: bool) -> None:
     path = scratch / ("any-idx3-ubyte.gz" if gz else "any-idx3-ubyte")
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
-    check_idx(outcome(DataError, readers.read_idx, path))
+    check_idx(outcome(DataError, idx.read_idx, path))
 
 
 @settings(FUZZ, max_examples=300)
@@ -137,7 +137,7 @@ def test_any_bytes_as_an_idx_file(scratch: Path, data: bytes, gz: bool) -> None:
 @example(data=bytes([0, 0, 8, 65]) + struct.pack(">65I", *[1] * 65) + b"x", gz=False)  # 65 dims
 @example(data=bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 2**32 - 1, 2**32 - 1), gz=False)
 def test_idx_headers_of_any_shape(data: bytes, gz: bool) -> None:
-    check_idx(outcome(DataError, readers.parse_idx, gzip.compress(data, mtime=0) if gz else data, "fuzz"))
+    check_idx(outcome(DataError, idx.parse_idx, gzip.compress(data, mtime=0) if gz else data, "fuzz"))
 
 
 @FUZZ
@@ -150,26 +150,26 @@ def test_valid_idx_files_mutated(kind: str, flips: list[tuple[int, int]], cut: i
         blob = gzip.compress(blob, mtime=0)
         if gz == "damaged gzip":
             blob = mutate(blob, gz_flips, gz_cut)
-    out = outcome(DataError, readers.parse_idx, blob, kind)
+    out = outcome(DataError, idx.parse_idx, blob, kind)
     check_idx(out)
     if out is not None and blob == _VALID_IDX[kind]:
         assert out.shape == ((3, 28, 28) if kind == "images" else (3,))
 
 
 @FEW
-@given(role=st.sampled_from(sorted(readers.IDX_FILES)), flips=FLIPS, cut=CUTS, gz=st.booleans())
+@given(role=st.sampled_from(sorted(idx.IDX_FILES)), flips=FLIPS, cut=CUTS, gz=st.booleans())
 def test_idx_data_set_with_one_damaged_file(scratch: Path, role: str, flips: list[tuple[int, int]],
                                             cut: int | None, gz: bool) -> None:
     directory = scratch / "idx-set"
     directory.mkdir(exist_ok=True)
     for path in directory.iterdir():
         path.unlink()
-    for name, base in readers.IDX_FILES.items():
+    for name, base in idx.IDX_FILES.items():
         blob = _VALID_IDX["images" if "images" in name else "labels"]
         if name == role:
             blob = mutate(blob, flips, cut, region=(0, 16))
         (directory / (base + (".gz" if gz else ""))).write_bytes(gzip.compress(blob, mtime=0) if gz else blob)
-    out = outcome(DataError, readers.read_idx_dataset, directory, "mnist")
+    out = outcome(DataError, idx.read_idx_dataset, directory, "mnist")
     if out is not None:
         train_x, train_y, test_x, test_y = out
         assert train_x.shape[1:] == (28, 28, 1) and len(train_x) == len(train_y)
@@ -207,7 +207,7 @@ def check_cifar(out: tuple[np.ndarray, np.ndarray] | None) -> None:
                                b"\x80\x05", b"\x80\x05\x95"]),
        data=st.binary(max_size=200))
 def test_any_bytes_as_a_cifar_batch(prefix: bytes, data: bytes) -> None:
-    check_cifar(outcome(DataError, readers.parse_cifar_batch, prefix + data, "fuzz"))
+    check_cifar(outcome(DataError, cifar.parse_cifar_batch, prefix + data, "fuzz"))
 
 
 @settings(FUZZ, max_examples=300)
@@ -228,7 +228,7 @@ def test_valid_cifar_batches_mutated(cifar_batches: dict[str, bytes], variant: s
         changed = changed[:start] + changed[start:start + splice[1]] * 2 + changed[start + splice[1]:]
     if pixels < len(blob):
         changed = changed[:pixels] + _ROWS.tobytes() + changed[pixels:]
-    check_cifar(outcome(DataError, readers.parse_cifar_batch, mutate(changed, [], cut), variant))
+    check_cifar(outcome(DataError, cifar.parse_cifar_batch, mutate(changed, [], cut), variant))
 
 
 _HUGE = 10**5000  # more digits than Python will print (int_max_str_digits)
@@ -258,7 +258,7 @@ def test_pickles_of_any_value_as_a_cifar_batch(value: object, protocol: int) -> 
         blob = pickle.dumps(value, protocol=protocol)
     except ValueError:  # protocols 0 and 1 write ints as decimal text, which Python limits
         return
-    check_cifar(outcome(DataError, readers.parse_cifar_batch, blob, "fuzz"))
+    check_cifar(outcome(DataError, cifar.parse_cifar_batch, blob, "fuzz"))
 
 
 class _ForgedArray:
@@ -284,23 +284,23 @@ def test_huge_integers_in_a_batch_are_named_not_printed(state: tuple[Any, ...], 
     """Python refuses to print an int of more than 4300 digits; the reader must not try."""
     blob = pickle.dumps({b"labels": [], b"data": _ForgedArray(state)}, protocol=2)
     with pytest.raises(DataError, match=message) as info:
-        readers.parse_cifar_batch(blob)
+        cifar.parse_cifar_batch(blob)
     assert "\n" not in str(info.value)
 
 
 @FEW
-@given(name=st.sampled_from([*readers.CIFAR10_TRAIN_BATCHES, readers.CIFAR10_TEST_BATCH]), flips=FLIPS, cut=CUTS)
+@given(name=st.sampled_from([*cifar.CIFAR10_TRAIN_BATCHES, cifar.CIFAR10_TEST_BATCH]), flips=FLIPS, cut=CUTS)
 def test_cifar_directory_with_one_damaged_batch(scratch: Path, cifar_batches: dict[str, bytes], name: str,
                                                 flips: list[tuple[int, int]], cut: int | None) -> None:
     directory = scratch / "cifar-10-batches-py"
     directory.mkdir(exist_ok=True)
-    for batch in (*readers.CIFAR10_TRAIN_BATCHES, readers.CIFAR10_TEST_BATCH):
+    for batch in (*cifar.CIFAR10_TRAIN_BATCHES, cifar.CIFAR10_TEST_BATCH):
         blob = cifar_batches["py2"]
         (directory / batch).write_bytes(mutate(blob, flips, cut, region=(0, 64)) if batch == name else blob)
-    out = outcome(DataError, readers.read_cifar10, scratch)
+    out = outcome(DataError, cifar.read_cifar10, scratch)
     if out is not None:
         assert len(out[0]) == len(out[1]) and len(out[2]) == len(out[3])
-    check_cifar(outcome(DataError, readers.read_cifar_batch, directory / name))
+    check_cifar(outcome(DataError, cifar.read_cifar_batch, directory / name))
 
 
 # --------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
                 "(cifar-10-batches-py), or add --download on a machine with internet"
             )
         return _load_bundled(name)
-    from rvepfl.data import readers
+    from rvepfl.data import cifar, idx
 
     root = Path(data_dir)
     if download:
@@ -109,9 +109,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     if not found:
         raise DataError(f"Data directory not found: {root} (check --data-dir, or add --download)")
     if name == "cifar10":
-        train_x, train_y, test_x, test_y = readers.read_cifar10(root)
+        train_x, train_y, test_x, test_y = cifar.read_cifar10(root)
     else:
-        train_x, train_y, test_x, test_y = readers.read_idx_dataset(root, name)
+        train_x, train_y, test_x, test_y = idx.read_idx_dataset(root, name)
     return Dataset(name, train_x, train_y, test_x, test_y, source=f"{name} from {root}")
 
 

@@ -292,7 +292,8 @@ def download(name: str, dest_dir: str | Path) -> Path:
     Returns
     -------
     pathlib.Path
-        ``dest_dir``, which the readers in :mod:`rvepfl.data.readers` accept as is.
+        ``dest_dir``, which the readers in :mod:`rvepfl.data.idx` and :mod:`rvepfl.data.cifar`
+        accept as is.
 
     Raises
     ------
