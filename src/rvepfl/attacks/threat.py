@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rvepfl.attacks.gradient import GradientObservation, observed_gradient
+from rvepfl.attacks.observation import GradientObservation, observed_gradient
 from rvepfl.attacks.scores import to_pixels
 from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
