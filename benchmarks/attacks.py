@@ -14,13 +14,10 @@ from typing import Any
 
 import torch
 
-from rvepfl.attacks.gradient import (
-    GradientObservation,
-    SigmoidLeNet,
-    dlg,
-    inverting_gradients,
-    observed_gradient,
-)
+from rvepfl.attacks.dlg import dlg
+from rvepfl.attacks.inverting import inverting_gradients
+from rvepfl.attacks.lenet import SigmoidLeNet
+from rvepfl.attacks.observation import GradientObservation, observed_gradient
 from rvepfl.data.datasets import load_dataset, to_tensor
 from rvepfl.models import Classifier
 from rvepfl.seeding import seed_torch

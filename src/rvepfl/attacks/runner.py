@@ -31,17 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from rvepfl.attacks.gradient import ATTACKS as GRADIENT_ATTACKS
+from rvepfl.attacks.dlg import dlg, idlg
+from rvepfl.attacks.inverting import inverting_gradients
+from rvepfl.attacks.observation import Reconstruction
 from rvepfl.attacks.scores import class_scores, image_scores, to_pixels
 from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv, write_json
 
-__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "UPLOAD_THREATS", "run_attack"]
+__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "UPLOAD_THREATS", "run_attack"]
 
 ATTACK_NAMES = ("dlg", "idlg", "ig", "miface")
 UPLOAD_THREATS = ("gradient", "update")
 """The threat models the gradient attacks (dlg, idlg, ig) serve; miface serves the others."""
+GRADIENT_ATTACKS: dict[str, Callable[..., Reconstruction]] = {"dlg": dlg, "idlg": idlg, "ig": inverting_gradients}
+"""The gradient attacks by name (the CLI's ``rvepfl attack NAME``)."""
 DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released"}
 DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "miface": 1000}
 MIN_EVALUATOR_IMAGES = 500

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rvepfl.attacks.gradient import GradientObservation
+from rvepfl.attacks.observation import GradientObservation
 from rvepfl.attacks.scores import to_pixels
 from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
