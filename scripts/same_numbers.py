@@ -12,6 +12,11 @@ configuration (bundled MNIST, 300 images, one thread in every process), and comp
 - ``round_timing.csv``: its ``Round#`` and ``Clients`` columns (the others are seconds);
 - ``partition.npz`` (the arrays) and every tensor of every checkpoint (bit for bit).
 
+With ``--legacy-resume`` it also checks that a run directory made by the base commit resumes
+with this tree: the base trains the ``rvepfl`` case and is SIGKILLed after the first client of
+round 2 (the base's own ``tests/helpers/crash.py``), this tree resumes it with ``rvepfl train
+--resume``, and the result must equal the base's uninterrupted run (as above).
+
 With ``--suites`` it also runs ``rvepfl compare --smoke`` and ``rvepfl audit --smoke`` on
 ``configs/compare-quick.toml`` and ``configs/audit-quick.toml`` (as each commit has them) and
 compares ``table.csv``, ``table.md``, ``audit.csv`` and ``audit.md`` byte for byte (a method the
@@ -57,18 +62,21 @@ CASES: dict[str, list[str]] = {
 
 
 def _base_tree(rev: str, dest: Path) -> Path:
-    """The base commit's ``src/`` and ``configs/`` unpacked under ``dest``."""
-    blob = subprocess.run(["git", "archive", rev, "src", "configs"], cwd=ROOT, capture_output=True, check=True).stdout
+    """The base commit's ``src/``, ``configs/`` and ``tests/`` unpacked under ``dest``."""
+    blob = subprocess.run(["git", "archive", rev, "src", "configs", "tests"], cwd=ROOT, capture_output=True,
+                          check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(dest, filter="data")
     return dest
 
 
-def _run(src: Path, args: list[str], cwd: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "rvepfl", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"rvepfl {' '.join(args)} failed with {src}:\n{done.stderr[-3000:]}")
+def _run(src: Path, args: list[str], cwd: Path, *, module: str = "rvepfl", env: dict[str, str] | None = None,
+         expect: int = 0) -> None:
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", **(env or {}))
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != expect:
+        raise SystemExit(f"{module} {' '.join(args)} exited with {done.returncode} (expected {expect}) with "
+                         f"{src}:\n{done.stderr[-3000:]}")
 
 
 def _timing_columns(path: Path) -> list[list[str]]:
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the commit to compare with (e.g. HEAD~1)")
     parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--suites", action="store_true", help="also compare the compare and audit smoke tables")
+    parser.add_argument("--legacy-resume", action="store_true",
+                        help="also resume, with this tree, a run the base commit made and was stopped in")
     parser.add_argument("--keep", type=Path, help="keep the runs in this directory (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -153,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         diffs = compare_runs(work / "base" / case, work / "head" / case)
         failed |= bool(diffs)
         print(f"{case}: {'same' if not diffs else 'DIFFERENT: ' + '; '.join(diffs)}", flush=True)
+    if args.legacy_resume:
+        case, legacy = "rvepfl", work / "legacy" / "rvepfl"
+        if not (work / "base" / case).exists():
+            _run(trees["base"], ["train", *TINY, *CASES[case], "--out", str(work / "base" / case)], work)
+        point = '{"at": "client_done", "round": 2, "index": 0}'
+        _run(Path(f"{trees['base']}{os.pathsep}{base}"), ["train", *TINY, *CASES[case], "--out", str(legacy)], base,
+             module="tests.helpers.crash", env={"RVEPFL_TEST_CRASH": point}, expect=-9)
+        _run(trees["head"], ["train", "--resume", str(legacy), "--quiet"], work)
+        diffs = compare_runs(work / "base" / case, legacy)
+        failed |= bool(diffs)
+        print(f"{case} made by the base, stopped in round 2, resumed here: "
+              f"{'same' if not diffs else 'DIFFERENT: ' + '; '.join(diffs)}", flush=True)
     if args.suites:
         common = _methods(trees["base"]) & _methods(trees["head"])
         for command, name, files in (("compare", "compare-quick.toml", ("table.csv", "table.md")),

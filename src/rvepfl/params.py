@@ -8,19 +8,13 @@ A dataclass checks its ranges in ``check(section)``, raising one-line errors bui
 This module depends on nothing else of rvepfl but its errors, so methods can use it without
 importing the config.
 
->>> from dataclasses import dataclass
->>> @dataclass(frozen=True)
-... class Noise:
-...     sigma: float = 1.0
-...     '''Standard deviation of the noise.'''
-...     def check(self, section: str) -> None:
-...         need(self.sigma >= 0, f"{section}.sigma", self.sigma, ">= 0")
->>> field_docs(Noise)
-{'sigma': 'Standard deviation of the noise.'}
->>> Noise(sigma=-1.0).check("noise")
+>>> from rvepfl.mechanisms.dp_fedavg import DpFedAvgParams
+>>> field_docs(DpFedAvgParams)["clip_norm"]
+"L2 bound of each client's model update (all tensors as one vector)."
+>>> check_params(DpFedAvgParams(clip_norm=-1.0), "dp_fedavg")
 Traceback (most recent call last):
 ...
-rvepfl.errors.ConfigError: Expected `noise.sigma` >= 0, got -1.0
+rvepfl.errors.ConfigError: Expected `dp_fedavg.clip_norm` > 0, got -1.0
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The ``method`` key of a config names one of:
 
 >>> method_class("rvepfl+nbafl").sections().keys()
 dict_keys(['model', 'nbafl'])
->>> method_class("nbafl").__mro__[1:3] == (mechanisms()["nbafl"], methods()["fedavg"])
+>>> method_class("nbafl").__bases__ == (mechanisms()["nbafl"], methods()["fedavg"])
 True
 """
 
