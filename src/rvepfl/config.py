@@ -127,9 +127,11 @@ class FaultsConfig:
     of the round; one failure stops the run). A client fails when it raises, its process dies or
     it passes ``client_timeout``; failed clients are left out of the round's aggregation and
     recorded in metrics/client_failures.csv. With fewer than this many finished, the round fails
-    with an error and the run resumes from the round before it."""
+    with an error and the run resumes from the round before it. Not part of the config hash: a
+    resumed run may change it."""
     client_timeout: float = 0.0
-    """Seconds a client may take for one round, training and evaluation (0: no limit)."""
+    """Seconds a client may take for one round, training and evaluation (0: no limit); clients then
+    train in worker processes, which are killed and replaced when they run past it."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,9 @@ class EngineConfig:
     """Client processes that train a round's clients side by side (1: every client in the
     engine's process, one after another; 0: one per core torch would use, at most one per client
     of a round, and 1 on a GPU). On a CPU, several single-threaded workers use the cores better
-    than one process with several threads; the numbers differ from a one-worker run only by
-    floating-point rounding (none when every process has one thread)."""
+    than one process with several threads (BENCHMARKS.md); seeds do not depend on it: the numbers
+    differ from a one-worker run only by floating-point rounding (none when every process has one
+    thread)."""
     device: DeviceName = "auto"
     """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,56 +1,59 @@
-"""The docs match the code: every config key and CLI command is documented in the README."""
+"""The docs match the code: the configuration reference is generated from it and current, every
+setting has a meaning, every CLI command is documented, and the README links every page of docs/."""
 
 import dataclasses
+import importlib.util
 import re
 from pathlib import Path
 
+from rvepfl import registry
 from rvepfl.cli import app
-from rvepfl.config import Config
+from rvepfl.config import EngineConfig
+from rvepfl.params import field_docs
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-
-
-def _keys(cls, prefix=""):
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
-            yield from _keys(f.type, f"{prefix}{f.name}.")
-        else:
-            default = getattr(cls(), f.name)
-            if dataclasses.is_dataclass(default):
-                yield from _keys(type(default), f"{prefix}{f.name}.")
-            else:
-                yield f"{prefix}{f.name}"
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
-def test_every_config_key_is_in_the_readme_table():
-    table = README.split("<!-- config-keys -->")[1].split("<!-- /config-keys -->")[0]
-    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", table, flags=re.M))
-    assert set(_keys(Config)) <= documented, sorted(set(_keys(Config)) - documented)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_every_cli_command_is_in_the_readme():
+def test_the_config_reference_is_generated_from_the_code_and_current():
+    reference = _script("config_reference")
+    text = (ROOT / "docs" / "config.md").read_text()
+    block = text.split(reference.BEGIN)[1].split(reference.END)[0]
+    assert block == "\n" + reference.render(), "run: python scripts/config_reference.py"
+    for section in registry.sections():
+        assert f"`[{section}]`" in block, section
+
+
+def test_every_setting_has_a_meaning():
+    engine = EngineConfig()
+    classes = [EngineConfig, *(type(getattr(engine, f.name)) for f in dataclasses.fields(EngineConfig)
+                               if dataclasses.is_dataclass(getattr(engine, f.name))), *registry.sections().values()]
+    for cls in classes:
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(f.type) and not dataclasses.is_dataclass(getattr(cls(), f.name)):
+                assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+
+
+def test_every_cli_command_is_in_the_cli_reference():
+    cli = (ROOT / "docs" / "cli.md").read_text()
     for command in app.registered_commands:
         name = command.name or command.callback.__name__
-        assert f"rvepfl {name}" in README, name
+        assert f"rvepfl {name}" in cli, name
 
 
-def test_config_table_defaults_are_the_code_defaults():
-    table = README.split("<!-- config-keys -->")[1].split("<!-- /config-keys -->")[0]
-    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \|", table, flags=re.M))
-    cfg = Config()
-    for key in _keys(Config):
-        section, _, leaf = key.rpartition(".")
-        value = getattr(getattr(cfg, section) if section else cfg, leaf)
-        cell = rows[key].strip()
-        assert cell.startswith("`") and cell.endswith("`"), (key, cell)
-        shown = cell.strip("`")
-        expected = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
-        if isinstance(value, str):
-            assert shown.strip('"') == value, (key, shown, value)
-        elif isinstance(value, float):
-            assert float(shown) == value, (key, shown, value)
-        else:
-            assert shown == str(expected), (key, shown, value)
+def test_the_readme_links_every_page_of_docs():
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, page.name
+    for link in re.findall(r"\]\((docs/[^)#]+)", README):
+        assert (ROOT / link).exists(), link
 
 
 def test_help_shows_defaults_without_markup_escapes(capsys):
