@@ -1,6 +1,6 @@
 """Paper-scale RVE-PFL: one round's time and training images per second, on any device.
 
-The paper's MNIST setting (DESIGN.md): the 70,000 MNIST images pooled, 150 clients, IID,
+The paper's MNIST setting (configs/paper.toml): the 70,000 MNIST images pooled, 150 clients, IID,
 10 local epochs, batch 256, every client every round. The full MNIST is not shipped with the
 project, so this benchmark writes the bundled 10,000 digits, repeated seven times, as the four
 IDX files of a full MNIST (60,000 + 10,000 images) into a temporary directory and reads them

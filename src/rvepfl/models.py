@@ -1,17 +1,17 @@
 """The RVE-PFL model: a private variational encoder and a shared classifier.
 
-The architecture follows the published code exactly (see DESIGN.md section 1): the encoder maps
-an image x of shape (C, H, W) to a sample z of the *same* shape, and the classifier reads z as if
-it were an image. Only the classifier is ever shared with the server.
+The architecture follows the published code exactly (docs/deviations.md lists where this project
+departs from that code; the model is not among them): the encoder maps an image x of shape
+(C, H, W) to a sample z of the *same* shape, and the classifier reads z as if it were an image. Only the classifier is ever shared with the server.
 
 Speed (measured by ``python -m benchmarks``, see BENCHMARKS.md): the convolutions run on
 channels-last activations, where oneDNN's CPU kernels and max-pooling are faster, while every
 parameter, state dict and checkpoint keeps PyTorch's usual (contiguous) layout; the encoder's
 conv output is turned back to the usual layout before the dense layer reads it in (C, H, W)
 order, and ReLU follows max-pooling (relu(maxpool(h)) equals maxpool(relu(h)) exactly, values and
-gradients, on a quarter of the elements). On the quick setting this made a steady-state round
-about 12 % faster; the channels-last convolutions sum in another order, so results differ from
-the plain layout in the last bits (the same seed still gives the same numbers).
+gradients, on a quarter of the elements); BENCHMARKS.md has what that gained. The channels-last
+convolutions sum in another order, so results differ from the plain layout in the last bits (the
+same seed still gives the same numbers).
 
 >>> import torch
 >>> model = PersonalModel(channels=1, image_size=28, num_classes=10)

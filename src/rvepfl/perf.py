@@ -4,10 +4,9 @@ Training the RVE-PFL encoder allocates and frees the same large buffers every st
 layer's 75 MB weight gradient, the 9 MB conv activations). glibc serves blocks above its mmap
 threshold (at most 32 MB by default) with fresh ``mmap`` calls and returns freed heap tops to the
 kernel, so every step pays for hundreds of thousands of page faults while the kernel zeroes new
-pages. Raising the mmap and trim thresholds keeps those buffers in the heap for reuse: measured on
-the 2-core machine, minor page faults of a four-epoch loop fell from about 1.7 M to 0.17 M and a
-local epoch of the MNIST model at batch 64 from about 3.2 s to 2.4 s; ``python -m benchmarks``
-reports the effect as ``allocator_speedup`` (1.12x in BENCHMARKS.md's run). The buffers are
+pages. Raising the mmap and trim thresholds keeps those buffers in the heap for reuse, so page
+faults fall by an order of magnitude and a local epoch gets faster: ``python -m benchmarks``
+measures the effect as ``allocator_speedup`` (the figure is in BENCHMARKS.md). The buffers are
 reused instead of returned and requested again, so freed memory stays with the process.
 
 Set ``RVEPFL_TUNE_ALLOCATOR=0`` to leave the allocator alone.

@@ -1,7 +1,8 @@
 """Local DP-SGD through Opacus (Abadi et al., CCS 2016) on every client.
 
-A mechanism on any method that trains with the standard local loop (the name ``dp-sgd`` alone is
-DP-SGD on FedAvg). It swaps two hooks of that loop and keeps the rest: the optimiser
+A mechanism on any method that trains every parameter with the standard local loop and shares
+every parameter (the name ``dp-sgd`` alone is DP-SGD on FedAvg; a method with private parameters
+would pay DP-SGD's noise on parameters that never leave the client). It swaps two hooks of that loop and keeps the rest: the optimiser
 (:meth:`DpSgd.local_optimiser`: Opacus's ``GradSampleModule`` around the model and its
 ``DPOptimizer`` around the method's Adam, so every step clips each sample's gradient to
 ``dp_sgd.max_grad_norm`` and adds Gaussian noise of std ``dp_sgd.noise_multiplier *
@@ -89,6 +90,9 @@ class DpSgd(Mechanism):
         if method.local_train is not Method.local_train:
             return ("it privatises the standard local loop over every parameter, and this method trains in "
                     "phases of its own")
+        if method.is_shared is not Method.is_shared:
+            return ("it clips and noises every parameter's gradient, and this method keeps part of its model "
+                    "private, where noise buys no privacy: protect its shared part with nbafl or dp-fedavg")
         return None
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
