@@ -115,7 +115,7 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Method, e.g. rvepfl or fedavg (see `rvepfl methods`).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method, e.g. rvepfl, fedavg, nbafl or rvepfl+nbafl (see `rvepfl methods`).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="mnist, fmnist or cifar10.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Directory with the full data set's files (default: the bundled subset).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download", help="Download the full data set into --data-dir if missing (needs internet).")] = None,
