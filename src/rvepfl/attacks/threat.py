@@ -62,7 +62,7 @@ from rvepfl.attacks.gradient import GradientObservation, observed_gradient
 from rvepfl.attacks.scores import to_pixels
 from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
-from rvepfl.errors import CheckpointError, ConfigError
+from rvepfl.errors import CheckpointError, ConfigError, NoAttackSurface
 from rvepfl.fl.simulation import GLOBAL_KIND, Federation, check_partition, prepare
 from rvepfl.fl.store import load_client_state
 from rvepfl.io import load_tensors
@@ -225,7 +225,7 @@ class Target:
             self.method.is_shared(k) == k.startswith("classifier.") for k in keys
         ):
             return classifier, lambda x: encoder(x, sample=True)[0]
-        raise ConfigError(
+        raise NoAttackSurface(
             f"Method {self.method.name} keeps part of the path from input to logits private, so a "
             "gradient attack has no complete shared model to invert: attack it with miface "
             "(--threat-model released or stolen)"
@@ -281,7 +281,7 @@ class Target:
         input; raises a one-line error for a method without a gradient surface."""
         shared, to_input = self.shared_path(self.model(round_, client))
         if self.method.name not in self._PLAIN_GRADIENT + self._DEFENDED_GRADIENT:
-            raise ConfigError(f"No gradient threat model for method {self.method.name}: attack it with miface")
+            raise NoAttackSurface(f"No gradient threat model for method {self.method.name}: attack it with miface")
         return shared, to_input
 
     def observe_gradient(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor,
@@ -392,7 +392,7 @@ class Target:
             self.method.is_shared(k) == k.startswith("classifier.") for k in model.state_dict()
         ):
             return classifier, None
-        raise ConfigError(
+        raise NoAttackSurface(
             f"Method {self.method.name}'s released shared part cannot classify on its own (its head is "
             "private): use --threat-model stolen"
         )
