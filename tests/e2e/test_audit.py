@@ -10,7 +10,7 @@ import pytest
 
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
-from rvepfl.experiments.audit import audit_from_dict
+from rvepfl.experiments.spec import suite_from_dict
 from tests.helpers.suites import finished_suite
 
 TINY = """
@@ -111,7 +111,7 @@ def test_bad_audit_files_are_refused(audit, match):
     values = tomllib.loads(TINY)
     values["audit"] = audit
     with pytest.raises(ConfigError, match=match):
-        audit_from_dict(values)
+        suite_from_dict(values, audit=True)
 
 
 def test_missing_audit_table_is_refused():
@@ -120,4 +120,4 @@ def test_missing_audit_table_is_refused():
     values = tomllib.loads(TINY)
     del values["audit"]
     with pytest.raises(ConfigError, match=r"Expected an \[audit\] table"):
-        audit_from_dict(values)
+        suite_from_dict(values, audit=True)
