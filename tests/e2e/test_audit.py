@@ -11,7 +11,7 @@ import pytest
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
 from rvepfl.experiments.spec import suite_from_dict
-from tests.helpers.suites import finished_suite
+from tests.helpers.suites import finished_suite, toml_text
 
 TINY = """
 name = "tiny-audit"
@@ -76,6 +76,21 @@ def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
     assert (audited / "privacy_utility_mnist.png").read_bytes()[:4] == b"\x89PNG"
     # One evaluator for the three runs: they share seed, data set and so their held-out images.
     assert len(list((audited / "evaluators").glob("*.safetensors"))) == 1
+
+
+def test_a_corrupt_checkpoint_stops_the_audit(tmp_path, capsys):
+    """Only a method without an attack surface makes an n/a cell: a damaged checkpoint is an error."""
+    text = toml_text(["fedavg"], [0], name="corrupt") + '[audit]\nattacks = ["miface"]\nmiface_threats = ["released"]\n'
+    out = finished_suite(tmp_path, "compare", text)  # the run only: compare ignores [audit]
+    checkpoint = out / "runs" / "mnist-fedavg-seed0" / "checkpoints" / "round_0001" / "global.safetensors"
+    checkpoint.write_bytes(b"not a safetensors file")
+    capsys.readouterr()
+    assert main(["audit", "--config", str(tmp_path / "suite.toml"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no attack surface" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and str(checkpoint) in last, err
+    assert not (out / "audit.csv").exists() and not (out / "runs" / "mnist-fedavg-seed0" / "attacks").exists()
 
 
 def test_audit_rerun_skips_everything(audited, capsys):

@@ -11,8 +11,8 @@ An audit then runs every attack job on every run, in order: each writes into tha
 ``attacks/<attack>-<threat>/`` and is skipped when complete with the same settings, resumed when
 interrupted. A method/threat pair that has no attack surface (FedPer and FedRep keep a private
 head, so they have neither a gradient surface nor a released model that classifies) is listed as
-such. Evaluators are cached in ``<out>/evaluators/`` and shared by runs with the same held-out
-images. Last come the attack
+such; any other error (a corrupt checkpoint, say) stops the audit. Evaluators are cached in
+``<out>/evaluators/`` and shared by runs with the same held-out images. Last come the attack
 table, the privacy-utility plots and ``audit.toml``, the same copy of the suite file.
 
 This module is the only one of the package's experiments that calls the training engine.
@@ -31,7 +31,7 @@ import torch
 from rvepfl.attacks.runner import resolve_settings, run_attack
 from rvepfl.attacks.threat import Target
 from rvepfl.config import Config, config_hash
-from rvepfl.errors import CheckpointError, RvepflError
+from rvepfl.errors import CheckpointError, NoAttackSurface
 from rvepfl.experiments.plots import accuracy_plot, privacy_utility_plot
 from rvepfl.experiments.results import (
     AccuracyCell,
@@ -212,15 +212,15 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
         for job in plan.jobs():
             prefix = f"[{r.label}] {job.attack} ({job.threat})"
             miface = job.attack == "miface"
+            settings = resolve_settings(
+                target, job.attack, threat=job.threat, round_=None, client=plan.client,
+                batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
+                iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
+                local_steps=plan.local_steps if job.threat == "update" else None,
+                evaluator_images=plan.evaluator_images)
             try:
-                settings = resolve_settings(
-                    target, job.attack, threat=job.threat, round_=None, client=plan.client,
-                    batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
-                    iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
-                    local_steps=plan.local_steps if job.threat == "update" else None,
-                    evaluator_images=plan.evaluator_images)
                 _check_surface(target, job, settings.round, plan.client)
-            except RvepflError as exc:
+            except NoAttackSurface as exc:
                 say(f"{prefix}: no attack surface ({exc})")
                 rows.append(no_surface_row(r, acc, job, str(exc)))
                 continue
