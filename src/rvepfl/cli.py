@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -25,6 +25,11 @@ from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
 from rvepfl.progress import ProgressPrinter
+
+if TYPE_CHECKING:
+    from rvepfl.experiments.runner import SuiteReport
+    from rvepfl.experiments.spec import Suite
+
 
 def _plain_help_extras() -> None:
     """typer < 0.21 (the range flwr 1.41 allows) escapes the ``[default: ...]`` and ``[required]``
@@ -328,6 +333,17 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     typer.echo(f"run directory: {run_dir}")
 
 
+def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
+    """Run a compare or audit suite with progress on stderr; Ctrl-C ends it resumable."""
+    from rvepfl.experiments.runner import run_suite
+
+    try:
+        return run_suite(suite, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 @app.command()
 def compare(
     config: Annotated[Path, typer.Option(help="Compare file (TOML): methods, datasets, seeds and a base run config.")],
@@ -339,16 +355,12 @@ def compare(
 
     Finished runs are skipped and interrupted ones resume: run the same command again to continue.
     """
-    from rvepfl.experiments.compare import load_compare, run_compare
+    from rvepfl.experiments.spec import load_suite
 
-    spec = load_compare(config, smoke=smoke)
-    typer.echo(f"{spec.name}: {len(spec.methods)} methods x {len(spec.datasets)} datasets x "
-               f"{len(spec.seeds)} seeds = {len(spec.runs)} runs", err=True)
-    try:
-        report = run_compare(spec, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: run the same command again to continue", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    suite = load_suite(config, smoke=smoke)
+    typer.echo(f"{suite.name}: {len(suite.methods)} methods x {len(suite.datasets)} datasets x "
+               f"{len(suite.seeds)} seeds = {len(suite.runs)} runs", err=True)
+    report = _run_suite(suite, out, quiet)
     typer.echo(report.markdown)
     typer.echo(f"results: {report.out} (table.csv, table.md, {', '.join(p.name for p in report.plots)})")
 
@@ -423,18 +435,13 @@ def audit(
 ) -> None:
     """Train (or reuse) every method of a comparison, run every attack on each, write audit.csv,
     audit.md and a privacy-utility plot per data set. Run it again to continue after a stop."""
-    from rvepfl.experiments.audit import load_audit, run_audit
+    from rvepfl.experiments.spec import load_suite
 
-    spec = load_audit(config, smoke=smoke)
-    c = spec.compare
-    typer.echo(f"{c.name}: {len(c.runs)} runs x {len(spec.jobs())} attacks", err=True)
-    try:
-        report = run_audit(spec, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: run the same command again to continue", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    typer.echo(report.markdown)
-    typer.echo(f"results: {report.out} (audit.csv, audit.md, {', '.join(p.name for p in report.plots)})")
+    suite = load_suite(config, audit=True, smoke=smoke)
+    typer.echo(f"{suite.name}: {len(suite.runs)} runs x {len(suite.jobs())} attacks", err=True)
+    report = _run_suite(suite, out, quiet)
+    typer.echo(report.audit_markdown)
+    typer.echo(f"results: {report.out} (audit.csv, audit.md, {', '.join(p.name for p in report.audit_plots)})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ import pytest
 
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
-from rvepfl.experiments.audit import audit_from_dict
-from tests.helpers.suites import finished_suite
+from rvepfl.experiments.spec import suite_from_dict
+from tests.helpers.suites import finished_suite, toml_text
 
 TINY = """
 name = "tiny-audit"
@@ -78,6 +78,21 @@ def test_audit_writes_every_cell_and_marks_missing_surfaces(audited):
     assert len(list((audited / "evaluators").glob("*.safetensors"))) == 1
 
 
+def test_a_corrupt_checkpoint_stops_the_audit(tmp_path, capsys):
+    """Only a method without an attack surface makes an n/a cell: a damaged checkpoint is an error."""
+    text = toml_text(["fedavg"], [0], name="corrupt") + '[audit]\nattacks = ["miface"]\nmiface_threats = ["released"]\n'
+    out = finished_suite(tmp_path, "compare", text)  # the run only: compare ignores [audit]
+    checkpoint = out / "runs" / "mnist-fedavg-seed0" / "checkpoints" / "round_0001" / "global.safetensors"
+    checkpoint.write_bytes(b"not a safetensors file")
+    capsys.readouterr()
+    assert main(["audit", "--config", str(tmp_path / "suite.toml"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no attack surface" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and str(checkpoint) in last, err
+    assert not (out / "audit.csv").exists() and not (out / "runs" / "mnist-fedavg-seed0" / "attacks").exists()
+
+
 def test_audit_rerun_skips_everything(audited, capsys):
     config = audited.parent / "suite.toml"  # written by finished_suite
     before = (audited / "audit.csv").read_text()
@@ -111,7 +126,7 @@ def test_bad_audit_files_are_refused(audit, match):
     values = tomllib.loads(TINY)
     values["audit"] = audit
     with pytest.raises(ConfigError, match=match):
-        audit_from_dict(values)
+        suite_from_dict(values, audit=True)
 
 
 def test_missing_audit_table_is_refused():
@@ -120,4 +135,4 @@ def test_missing_audit_table_is_refused():
     values = tomllib.loads(TINY)
     del values["audit"]
     with pytest.raises(ConfigError, match=r"Expected an \[audit\] table"):
-        audit_from_dict(values)
+        suite_from_dict(values, audit=True)

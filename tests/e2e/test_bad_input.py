@@ -227,7 +227,7 @@ def test_bad_input_row(row: Row, trained: Path, tmp_path: Path, monkeypatch: pyt
             build(cwd / name, trained)
     monkeypatch.chdir(cwd)
     for module, name in (("rvepfl.fl.simulation", "train"), ("rvepfl.attacks.runner", "run_attack"),
-                         ("rvepfl.experiments.compare", "run_compare")):
+                         ("rvepfl.experiments.runner", "run_suite")):
         monkeypatch.setattr(f"{module}.{name}", _went_on)  # fail fast instead of training for minutes
     before = snapshot(tmp_path)
     try:

@@ -13,15 +13,10 @@ import pytest
 from rvepfl.cli import main
 from rvepfl.config import Config, apply_overrides
 from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.experiments.compare import (
-    Cell,
-    CompareSpec,
-    compare_from_dict,
-    default_out,
-    load_compare,
-    render_markdown,
-    run_compare,
-)
+from rvepfl.experiments.results import AccuracyCell, Estimate
+from rvepfl.experiments.runner import run_suite
+from rvepfl.experiments.spec import Suite, default_out, load_suite, suite_from_dict
+from rvepfl.experiments.tables import accuracy_markdown
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.registry import available_methods
@@ -95,7 +90,7 @@ def test_second_invocation_skips_every_run(compared):
     runs = compared / "out" / "runs"
     before = mtimes(runs)
     table_before = (compared / "out" / "table.csv").read_text()
-    report = run_compare(load_compare(compared / "c.toml"), compared / "out")
+    report = run_suite(load_suite(compared / "c.toml"), compared / "out")
     assert set(report.statuses.values()) == {"skipped"}
     assert mtimes(runs) == before
     assert (compared / "out" / "table.csv").read_text() == table_before
@@ -105,7 +100,7 @@ def test_changed_config_is_refused_before_training(compared, tmp_path):
     (tmp_path / "c.toml").write_text(toml_text(available_methods(), [0, 1], rounds=2))
     before = mtimes(compared / "out" / "runs")
     with pytest.raises(CheckpointError, match="another configuration.*another --out"):
-        run_compare(load_compare(tmp_path / "c.toml"), compared / "out")
+        run_suite(load_suite(tmp_path / "c.toml"), compared / "out")
     assert mtimes(compared / "out" / "runs") == before
 
 
@@ -120,14 +115,14 @@ class _StopAfterRound1:
 
 def test_interrupted_compare_resumes_and_added_methods_run(tmp_path):
     (tmp_path / "c.toml").write_text(toml_text(["fedavg", "fedper"], [0], rounds=2))
-    spec = load_compare(tmp_path / "c.toml")
+    spec = load_suite(tmp_path / "c.toml")
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_compare(spec, out, progress=lambda prefix: _StopAfterRound1())
+        run_suite(spec, out, progress=lambda prefix: _StopAfterRound1())
     assert RunDir(out / "runs" / "mnist-fedavg-seed0").read_progress()["completed_round"] == 1
     assert not (out / "runs" / "mnist-fedper-seed0").exists()
 
-    report = run_compare(spec, out)
+    report = run_suite(spec, out)
     assert report.statuses == {"mnist-fedavg-seed0": "resumed", "mnist-fedper-seed0": "trained"}
     # The resumed run gives the numbers of an uninterrupted one.
     fed = prepare(spec.runs[0].cfg)
@@ -139,7 +134,7 @@ def test_interrupted_compare_resumes_and_added_methods_run(tmp_path):
 
     # Adding a method later trains only that method; the table grows.
     (tmp_path / "c.toml").write_text(toml_text(["fedavg", "fedper", "fedrep"], [0], rounds=2))
-    report = run_compare(load_compare(tmp_path / "c.toml"), out)
+    report = run_suite(load_suite(tmp_path / "c.toml"), out)
     assert report.statuses == {"mnist-fedavg-seed0": "skipped", "mnist-fedper-seed0": "skipped",
                                "mnist-fedrep-seed0": "trained"}
     assert [r["method"] for r in read_csv(out / "table.csv")] == ["fedavg", "fedper", "fedrep"]
@@ -148,11 +143,11 @@ def test_interrupted_compare_resumes_and_added_methods_run(tmp_path):
 
 def test_directory_stopped_during_creation_is_recreated(tmp_path):
     (tmp_path / "c.toml").write_text(toml_text(["fedavg"], [0]))
-    spec = load_compare(tmp_path / "c.toml")
+    spec = load_suite(tmp_path / "c.toml")
     run = tmp_path / "out" / "runs" / "mnist-fedavg-seed0"
     run.mkdir(parents=True)
     (run / "config.toml").write_text("half")
-    assert run_compare(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
+    assert run_suite(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
     # Killed while writing the first progress marker: state/ holds only its temporary file.
     (run / "state" / "progress.json").unlink()
     shutil.rmtree(run / "state" / "clients")
@@ -160,13 +155,13 @@ def test_directory_stopped_during_creation_is_recreated(tmp_path):
     for path in [*run.glob("*.json"), *run.glob("metrics/*"), *run.rglob("*.safetensors")]:
         if path.name != "partition.json":
             path.unlink()
-    assert run_compare(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
+    assert run_suite(spec, tmp_path / "out").statuses == {"mnist-fedavg-seed0": "trained"}
     assert not list(run.rglob("*.tmp"))
     shutil.rmtree(run)
     run.mkdir(parents=True)
     (run / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="not an rvepfl run directory"):
-        run_compare(spec, tmp_path / "out")
+        run_suite(spec, tmp_path / "out")
 
 
 def valid(**changes) -> dict:
@@ -202,7 +197,7 @@ def valid(**changes) -> dict:
 ])
 def test_compare_file_errors_are_one_clear_line(changes, match):
     with pytest.raises(ConfigError, match=match) as info:
-        compare_from_dict(valid(**changes))
+        suite_from_dict(valid(**changes))
     assert "\n" not in str(info.value)
 
 
@@ -218,18 +213,18 @@ def test_cli_prefixes_every_progress_line_with_the_run(tmp_path, capsys):
 
 def test_load_compare_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="Compare file not found"):
-        load_compare(tmp_path / "missing.toml")
+        load_suite(tmp_path / "missing.toml")
     (tmp_path / "bad.toml").write_text("methods = [")
     with pytest.raises(ConfigError, match="Malformed TOML in"):
-        load_compare(tmp_path / "bad.toml")
+        load_suite(tmp_path / "bad.toml")
     (tmp_path / "c.toml").write_text('methods = ["x"]\ndatasets = ["mnist"]\nseeds = [0]\n')
     with pytest.raises(ConfigError, match=r"c\.toml: Unknown method 'x'"):
-        load_compare(tmp_path / "c.toml")
+        load_suite(tmp_path / "c.toml")
     assert main(["compare", "--config", str(tmp_path / "c.toml")]) == 2
 
 
 def test_runs_share_data_settings_and_overrides_apply_per_method():
-    spec = compare_from_dict(valid(
+    spec = suite_from_dict(valid(
         methods=["rvepfl", "fedavg", "fedrep"], datasets=["mnist", "fmnist"],
         dataset_overrides={"fmnist": {"data": {"test_fraction": 0.2}}},
         overrides={"fedavg": {"train": {"batch_size": 64}}, "fedrep": {"personal": {"head_epochs": 3}}}))
@@ -247,24 +242,26 @@ def test_runs_share_data_settings_and_overrides_apply_per_method():
 def test_smoke_shrinks_every_run_and_has_its_own_directory():
     values = valid(base={"data": {"num_clients": 50}, "train": {"rounds": 100, "local_epochs": 10}},
                    overrides={"fedavg": {"train": {"batch_size": 64}}})
-    spec = compare_from_dict(values, smoke=True)
+    spec = suite_from_dict(values, smoke=True)
     for r in spec.runs:
         assert (r.cfg.data.subset, r.cfg.data.num_clients) == (200, 2)
         assert (r.cfg.train.rounds, r.cfg.train.local_epochs, r.cfg.train.batch_size) == (2, 1, 32)
     assert default_out(spec) == Path("runs") / "t-smoke"
-    assert default_out(compare_from_dict(values)) == Path("runs") / "t"
+    assert default_out(suite_from_dict(values)) == Path("runs") / "t"
 
 
 def test_markdown_margin_and_single_seed_cells():
-    spec = CompareSpec("paper", ("rvepfl", "nbafl"), ("mnist", "fmnist"), (0, 1), (),
-                       setups={"mnist": Config(), "fmnist": apply_overrides(Config(), {"data.dataset": "fmnist"})})
-    cells = [Cell("mnist", "rvepfl", (0, 1), (0.90, 0.92)), Cell("mnist", "nbafl", (0, 1), (0.88, 0.89)),
-             Cell("fmnist", "rvepfl", (0, 1), (0.80, 0.80)), Cell("fmnist", "nbafl", (0, 1), (0.83, 0.83))]
-    text = render_markdown(spec, cells)
+    spec = Suite("paper", ("rvepfl", "nbafl"), ("mnist", "fmnist"), (0, 1), (),
+                 setups={"mnist": Config(), "fmnist": apply_overrides(Config(), {"data.dataset": "fmnist"})})
+    cells = [AccuracyCell("mnist", "rvepfl", (0, 1), Estimate((0.90, 0.92))),
+             AccuracyCell("mnist", "nbafl", (0, 1), Estimate((0.88, 0.89))),
+             AccuracyCell("fmnist", "rvepfl", (0, 1), Estimate((0.80, 0.80))),
+             AccuracyCell("fmnist", "nbafl", (0, 1), Estimate((0.83, 0.83)))]
+    text = accuracy_markdown(spec, cells)
     assert "| rvepfl | 91.0 ± 1.4 | 80.0 ± 0.0 |" in text
     assert "| nbafl | 88.5 ± 0.7 | 83.0 ± 0.0 |" in text
     assert "mnist: RVE-PFL margin over NbAFL: +2.5 points" in text
     assert "fmnist: RVE-PFL margin over NbAFL: -3.0 points" in text
-    one = CompareSpec("one", ("fedavg",), ("mnist",), (4,), (), setups={"mnist": Config()})
-    text = render_markdown(one, [Cell("mnist", "fedavg", (4,), (0.5,))])
+    one = Suite("one", ("fedavg",), ("mnist",), (4,), (), setups={"mnist": Config()})
+    text = accuracy_markdown(one, [AccuracyCell("mnist", "fedavg", (4,), Estimate((0.5,)))])
     assert "| fedavg | 50.0 |" in text and "margin" not in text and "one seed" in text

@@ -36,8 +36,7 @@ from rvepfl.config import (
 )
 from rvepfl.data import cifar, idx
 from rvepfl.errors import CheckpointError, ConfigError, DataError, RvepflError
-from rvepfl.experiments.audit import audit_from_dict
-from rvepfl.experiments.compare import compare_from_dict
+from rvepfl.experiments.spec import suite_from_dict
 from rvepfl.io import load_tensors, read_csv_rows, read_metadata, save_tensors
 from tests.helpers.cifar_format import VARIANTS, images_to_rows, write_cifar_batch
 from tests.helpers.idx_format import idx_bytes
@@ -454,7 +453,7 @@ def compare_dicts(draw: st.DrawFn, audit: bool) -> dict[str, Any]:
 @FUZZ
 @given(values=compare_dicts(audit=False))
 def test_compare_files_of_any_values(values: dict[str, Any]) -> None:
-    spec = outcome(ConfigError, compare_from_dict, values)
+    spec = outcome(ConfigError, suite_from_dict, values)
     if spec is not None:
         assert all("/" not in r.label and r.label not in (".", "..") for r in spec.runs)
 
@@ -462,7 +461,7 @@ def test_compare_files_of_any_values(values: dict[str, Any]) -> None:
 @FEW
 @given(values=compare_dicts(audit=True))
 def test_audit_files_of_any_values(values: dict[str, Any]) -> None:
-    outcome(ConfigError, audit_from_dict, values)
+    outcome(ConfigError, suite_from_dict, values, audit=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,8 +32,7 @@ import torch
 from rvepfl.cli import main
 from rvepfl.config import MAX_NAME_BYTES, check_name, config_from_dict
 from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.experiments.audit import audit_from_dict
-from rvepfl.experiments.compare import compare_from_dict, load_compare
+from rvepfl.experiments.spec import load_suite, suite_from_dict
 from rvepfl.io import load_tensors, read_metadata, save_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,7 +312,7 @@ COMPARE = {"methods": ["fedavg"], "datasets": ["mnist"], "seeds": [0]}
 )
 def test_compare_names_that_would_escape_are_refused(change: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        compare_from_dict({**COMPARE, **change})
+        suite_from_dict({**COMPARE, **change})
 
 
 @pytest.mark.parametrize(
@@ -326,11 +325,11 @@ def test_compare_names_that_would_escape_are_refused(change: dict, match: str) -
 )
 def test_audit_names_that_would_escape_are_refused(audit: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        audit_from_dict({**COMPARE, "audit": audit})
+        suite_from_dict({**COMPARE, "audit": audit}, audit=True)
 
 
 def test_every_compare_run_directory_is_one_component_under_runs() -> None:
-    spec = compare_from_dict({"methods": ["rvepfl", "fedavg", "dp-fedavg"], "datasets": ["mnist", "fmnist"],
+    spec = suite_from_dict({"methods": ["rvepfl", "fedavg", "dp-fedavg"], "datasets": ["mnist", "fmnist"],
                               "seeds": [0, 7]})
     for run in spec.runs:
         assert Path(run.label).name == run.label and run.label not in (".", "..")
@@ -341,7 +340,7 @@ def test_a_compare_file_named_dotdot_has_no_name_to_fall_back_on(tmp_path: Path)
     path = tmp_path / "...toml"  # its stem, the default name, is ".."
     path.write_text('methods = ["fedavg"]\ndatasets = ["mnist"]\nseeds = [0]\n')
     with pytest.raises(ConfigError, match=r"\.\.\.toml: Expected `name` to be a directory name .* got '\.\.'"):
-        load_compare(path)
+        load_suite(path)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:

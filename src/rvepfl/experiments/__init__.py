@@ -1,5 +1,13 @@
-"""Experiments built on the engine: suites of runs and the tables and plots made from them."""
+"""Experiments built on the engine: suites of runs (and attacks), the tables and plots made from them.
 
-from rvepfl.experiments.compare import CompareReport, CompareSpec, RunSpec, load_compare, run_compare
+A suite is data: a grid of run configs (method x data set x seed) and, for an audit, the attack
+jobs every run receives. ``rvepfl compare`` and ``rvepfl audit`` both load one with
+:mod:`~rvepfl.experiments.spec` and run it with :mod:`~rvepfl.experiments.runner`, which writes
+the tables of :mod:`~rvepfl.experiments.tables` and the figures of
+:mod:`~rvepfl.experiments.plots` from the cells of :mod:`~rvepfl.experiments.results`.
+"""
 
-__all__ = ["CompareReport", "CompareSpec", "RunSpec", "load_compare", "run_compare"]
+from rvepfl.experiments.runner import SuiteReport, run_suite
+from rvepfl.experiments.spec import AuditPlan, RunSpec, Suite, load_suite
+
+__all__ = ["AuditPlan", "RunSpec", "Suite", "SuiteReport", "load_suite", "run_suite"]

@@ -1,0 +1,234 @@
+"""Run a suite: train every run, attack every run when the suite is an audit, write the results.
+
+Each run is a normal run directory ``<out>/runs/<dataset>-<method>-seed<k>/``. A finished run
+(its ``state/progress.json`` says the last round is complete and its config hash is the suite
+file's) is skipped, an interrupted one resumes from its last complete round, and a directory that
+holds a run of another configuration is refused before anything trains. Then ``<out>`` receives
+the accuracy table (:mod:`rvepfl.experiments.tables`), the accuracy plots
+(:mod:`rvepfl.experiments.plots`) and ``compare.toml``, a copy of the suite file.
+
+An audit then runs every attack job on every run, in order: each writes into that run's
+``attacks/<attack>-<threat>/`` and is skipped when complete with the same settings, resumed when
+interrupted. A method/threat pair that has no attack surface (FedPer and FedRep keep a private
+head, so they have neither a gradient surface nor a released model that classifies) is listed as
+such; any other error (a corrupt checkpoint, say) stops the audit. Evaluators are cached in
+``<out>/evaluators/`` and shared by runs with the same held-out images. Last come the attack
+table, the privacy-utility plots and ``audit.toml``, the same copy of the suite file.
+
+This module is the only one of the package's experiments that calls the training engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rvepfl.attacks.runner import resolve_settings, run_attack
+from rvepfl.attacks.threat import Target
+from rvepfl.config import Config, config_hash
+from rvepfl.errors import CheckpointError, NoAttackSurface
+from rvepfl.experiments.plots import accuracy_plot, privacy_utility_plot
+from rvepfl.experiments.results import (
+    AccuracyCell,
+    AttackCell,
+    ScoreTable,
+    accuracy_cells,
+    attack_cells,
+    attack_row,
+    no_surface_row,
+    read_curve,
+    read_scores,
+)
+from rvepfl.experiments.spec import AttackJob, AuditPlan, Suite, default_out
+from rvepfl.experiments.tables import write_accuracy_table, write_attack_table
+from rvepfl.fl.client import prepare
+from rvepfl.fl.server import Progress, check_partition
+from rvepfl.fl.simulation import initialise, train
+from rvepfl.io import atomic_write_text, remove_temp_files
+from rvepfl.rundir import RunDir
+
+__all__ = ["SuiteReport", "run_suite"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SuiteReport:
+    """What :func:`run_suite` did and wrote."""
+
+    out: Path
+    statuses: dict[str, str]
+    """Run label -> ``trained``, ``resumed`` or ``skipped``."""
+    curves: dict[str, list[float]]
+    """Run label -> mean client test accuracy per round."""
+    cells: list[AccuracyCell]
+    markdown: str
+    """``table.md``."""
+    plots: list[Path]
+    """``accuracy_<dataset>.png``, one per data set."""
+    attack_rows: list[dict[str, Any]] = field(default_factory=list)
+    """An audit's ``audit.csv`` rows: one per run and job."""
+    attack_cells: list[AttackCell] = field(default_factory=list)
+    audit_markdown: str = ""
+    """An audit's ``audit.md``."""
+    audit_plots: list[Path] = field(default_factory=list)
+    """An audit's ``privacy_utility_<dataset>.png``, one per data set."""
+
+
+def run_suite(
+    suite: Suite,
+    out: str | Path | None = None,
+    *,
+    progress: Callable[[str], Progress] | None = None,
+    log: Log | None = None,
+) -> SuiteReport:
+    """Train (or resume, or skip) every run of ``suite`` under ``out``, attack each when the
+    suite is an audit, and write the tables and plots.
+
+    Parameters
+    ----------
+    suite
+        From :func:`rvepfl.experiments.spec.load_suite`.
+    out
+        The output directory (default :func:`rvepfl.experiments.spec.default_out`).
+    progress
+        ``progress(prefix)`` gives the engine's progress receiver for one run (``prefix`` is
+        e.g. ``"[3/28] mnist nbafl seed 1"``).
+    log
+        Receives one line per run and per attack job.
+
+    Returns
+    -------
+    SuiteReport
+
+    Raises
+    ------
+    CheckpointError
+        Before anything trains, if a run directory holds something else than this suite's run;
+        later, if a run's files are damaged.
+    """
+    out = Path(out) if out is not None else default_out(suite)
+    say = log or (lambda line: None)
+    remove_temp_files(out)  # uncommitted writes of a stopped suite
+    statuses, curves = _train(suite, out, progress, say)
+    cells = accuracy_cells(suite, {label: curve[-1] for label, curve in curves.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = write_accuracy_table(out, suite, cells)
+    if suite.source:
+        atomic_write_text(out / "compare.toml", suite.source)
+    plots = [accuracy_plot(out / f"accuracy_{d}.png", suite, d, curves) for d in suite.datasets]
+    report = SuiteReport(out, statuses, curves, cells, markdown, plots)
+    if suite.audit is None:
+        return report
+
+    rows, scores = _attack(suite, suite.audit, out, curves, say)
+    report.attack_rows = rows
+    report.attack_cells = attack_cells(suite, scores)
+    report.audit_markdown = write_attack_table(out, suite, cells, rows, report.attack_cells)
+    if suite.source:
+        atomic_write_text(out / "audit.toml", suite.source)
+    report.audit_plots = [privacy_utility_plot(out / f"privacy_utility_{d}.png", suite, d, cells, report.attack_cells)
+                          for d in suite.datasets]
+    return report
+
+
+# -- training ------------------------------------------------------------------------------------
+def _state(run: RunDir, cfg: Config) -> str:
+    """``new``, ``resume`` or ``complete``; raises if the directory holds something else."""
+    if run.unstarted():  # empty, or stopped while being created: nothing trained yet
+        return "new"
+    if not run.progress.exists():
+        raise CheckpointError(f"{run.path} exists but is not an rvepfl run directory (no state/progress.json): "
+                              "remove it, or give another --out")
+    state = run.read_progress()
+    if not run.made_with(cfg):
+        raise CheckpointError(
+            f"{run.path} holds a run of another configuration (hash {state['config_hash']}, the compare file "
+            f"now gives {config_hash(cfg)}): remove it, or give another --out")
+    return "complete" if int(state["completed_round"]) >= cfg.train.rounds else "resume"
+
+
+def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
+           say: Log) -> tuple[dict[str, str], dict[str, list[float]]]:
+    """Train, resume or skip every run; its status and accuracy curve by run label. Every run
+    directory is checked before anything trains, so a conflicting one fails fast."""
+    count = len(suite.runs)
+    plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
+    states = {r.label: _state(run, r.cfg) for r, run in plan}
+
+    statuses: dict[str, str] = {}
+    curves: dict[str, list[float]] = {}
+    for r, run in plan:
+        prefix = f"[{r.index}/{count}] {r.dataset} {r.method} seed {r.seed}"
+        state = states[r.label]
+        if state == "complete":
+            say(f"{prefix}: complete, skipped ({run.path})")
+            statuses[r.label] = "skipped"
+        else:
+            started = time.perf_counter()
+            fed = prepare(r.cfg)
+            if state == "resume":
+                check_partition(fed.partition, run)
+                done = run.read_progress()["completed_round"]
+                say(f"{prefix}: resuming {run.path} after round {done}/{r.cfg.train.rounds}")
+                statuses[r.label] = "resumed"
+            else:
+                initialise(fed, run)
+                say(f"{prefix}: training -> {run.path}")
+                statuses[r.label] = "trained"
+            train(fed, run, progress(prefix) if progress else None)
+            del fed
+            acc = read_curve(run, r.cfg)[-1]
+            say(f"{prefix}: final mean client test acc {100 * acc:.2f} % ({time.perf_counter() - started:.0f} s)")
+        curves[r.label] = read_curve(run, r.cfg)
+    return statuses, curves
+
+
+# -- attacking -----------------------------------------------------------------------------------
+def _check_surface(target: Target, job: AttackJob, round_: int, client: int) -> None:
+    """Open what the job attacks; raises :class:`NoAttackSurface` if the method exposes none."""
+    if job.attack == "miface":
+        target.inversion_model(job.threat, round_, client)
+    else:
+        target.gradient_surface(round_, client)
+
+
+def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[float]],
+            say: Log) -> tuple[list[dict[str, Any]], dict[tuple[str, str, AttackJob], ScoreTable]]:
+    """Run every job on every run (complete ones are skipped by the attack itself); the
+    ``audit.csv`` rows, and the per-image scores of each data set, method and job, seeds pooled."""
+    rows: list[dict[str, Any]] = []
+    scores: dict[tuple[str, str, AttackJob], ScoreTable] = {}
+    for r in suite.runs:
+        run_dir = out / "runs" / r.label
+        if r.cfg.threads:  # the run config's thread count holds for its attacks too
+            torch.set_num_threads(r.cfg.threads)
+        target = Target(run_dir)
+        acc = curves[r.label][-1]
+        for job in plan.jobs():
+            prefix = f"[{r.label}] {job.attack} ({job.threat})"
+            miface = job.attack == "miface"
+            settings = resolve_settings(
+                target, job.attack, threat=job.threat, round_=None, client=plan.client,
+                batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
+                iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
+                local_steps=plan.local_steps if job.threat == "update" else None,
+                evaluator_images=plan.evaluator_images)
+            try:
+                _check_surface(target, job, settings.round, plan.client)
+            except NoAttackSurface as exc:
+                say(f"{prefix}: no attack surface ({exc})")
+                rows.append(no_surface_row(r, acc, job, str(exc)))
+                continue
+            dest = run_dir / "attacks" / job.key
+            summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
+                                 evaluator_cache=out / "evaluators")
+            scores.setdefault((r.dataset, r.method, job), []).extend(read_scores(dest / "scores.csv"))
+            rows.append(attack_row(r, acc, job, summary))
+            say(f"{prefix}: done ({summary['rows']} rows)")
+    return rows, scores

@@ -1,0 +1,473 @@
+"""Suite files: what ``rvepfl compare`` and ``rvepfl audit`` run, loaded and validated.
+
+A suite is a grid: every method x data set x seed is one run (a complete run config), and an
+audit adds attack jobs that run on every run. A suite file (TOML) names the methods, data sets
+and seeds, and a base run config applied to every run::
+
+    name = "compare-quick"
+    methods = ["rvepfl", "fedavg", "fedper", "fedrep"]    # any of `rvepfl methods`
+    datasets = ["mnist", "fmnist"]
+    seeds = [0, 1]
+
+    [base]                      # any keys of a run config (configs/quick.toml), for every run
+    threads = 0
+    [base.data]
+    subset = 3000
+    [base.train]
+    rounds = 5
+
+    [dataset_overrides.cifar10.data]   # optional, per data set, e.g. where its files are
+    data_dir = "data/cifar-10-batches-py"
+
+    [overrides.dp-sgd.train]    # optional, per method; never data settings
+    batch_size = 64
+
+``method``, ``seed``, ``name`` and ``data.dataset`` are set by the suite for each run and may not
+appear in ``[base]`` or the override tables. The per-method ``[overrides.<method>]`` tables may
+not touch ``[data]``: the engine derives a run's partition from its seed and data settings only,
+so keeping those equal is what gives every method the same clients for a given data set and seed.
+A run is named ``<dataset>-<method>-seed<k>``.
+
+An audit file is a suite file with one more table (``rvepfl compare`` ignores it)::
+
+    [audit]
+    attacks = ["dlg", "idlg", "ig", "miface"]   # any of dlg, idlg, ig, miface
+    miface_threats = ["released", "stolen"]     # the model-inversion threat models to run
+    update_attacks = ["ig"]                     # gradient attacks also run on the whole local
+                                                # update (threat model `update`; default none)
+    local_steps = 2                             # its local steps (default: train.local_epochs)
+    client = 0                                  # the victim client of every run
+    images = 4                                  # images per gradient attack
+    batch_size = 1                              # images per observed gradient or update
+    evaluator_images = 3000                     # held-out images the evaluator trains on
+    seed = 0                                    # the attacks' seed
+    [audit.iterations]                          # optional, per attack or per attack-threat
+    ig = 1000                                   # (the more specific key wins)
+    ig-update = 500
+    [audit.restarts]                            # optional, the same keys (default 1; not miface)
+    dlg = 2
+
+The jobs of a run are every attack under its threat models: ``gradient`` for dlg, idlg and ig,
+and ``update`` too for those in ``update_attacks``; ``miface_threats`` for miface.
+
+``--smoke`` shrinks every run (:data:`SMOKE_OVERRIDES`, equal for all methods) and every attack
+(3 iterations, one batch of images, no restarts, at most 600 evaluator images).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, get_args
+
+from rvepfl.attacks.runner import ATTACK_NAMES, MIN_EVALUATOR_DRAW, UPLOAD_THREATS
+from rvepfl.config import (
+    Config,
+    DatasetName,
+    check_name,
+    config_from_dict,
+    flatten,
+    read_toml_file,
+)
+from rvepfl.errors import ConfigError
+from rvepfl.registry import available_methods, method_class
+
+__all__ = [
+    "SMOKE_OVERRIDES",
+    "AttackJob",
+    "AuditPlan",
+    "RunSpec",
+    "Suite",
+    "default_out",
+    "load_suite",
+    "suite_from_dict",
+]
+
+#: What ``--smoke`` sets in every run (equal for all methods, so partitions stay identical).
+SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "data": {"subset": 200, "num_clients": 2},
+    "train": {"rounds": 2, "local_epochs": 1, "batch_size": 32},
+}
+
+_TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
+_SET_BY_SUITE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
+_AUDIT_KEYS = ("attacks", "miface_threats", "update_attacks", "local_steps", "client", "images", "batch_size",
+               "evaluator_images", "seed", "iterations", "restarts")
+_GRADIENT_ATTACKS = tuple(a for a in ATTACK_NAMES if a != "miface")
+_MIFACE_THREATS = ("released", "stolen")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite: 1-based position, data set, method, seed and its full config."""
+
+    index: int
+    dataset: str
+    method: str
+    seed: int
+    cfg: Config
+
+    @property
+    def label(self) -> str:
+        """The run directory's name, ``<dataset>-<method>-seed<k>``."""
+        return f"{self.dataset}-{self.method}-seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """One attack under one threat model, run on every run of an audit."""
+
+    attack: str
+    threat: str
+
+    @property
+    def key(self) -> str:
+        """``<attack>-<threat>``: the job's directory under ``attacks/`` and its key in
+        ``[audit.iterations]`` and ``[audit.restarts]``."""
+        return f"{self.attack}-{self.threat}"
+
+    @property
+    def title(self) -> str:
+        """The job in a table or plot: the attack, with its threat model unless that is ``gradient``.
+
+        >>> AttackJob("ig", "gradient").title, AttackJob("ig", "update").title
+        ('ig', 'ig (update)')
+        """
+        return self.attack if self.threat == "gradient" else f"{self.attack} ({self.threat})"
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """A validated ``[audit]`` table: the attacks every run of a suite receives, and their settings."""
+
+    attacks: tuple[str, ...]
+    miface_threats: tuple[str, ...]
+    client: int
+    images: int
+    batch_size: int
+    evaluator_images: int
+    seed: int
+    iterations: dict[str, int]
+    update_attacks: tuple[str, ...] = ()
+    local_steps: int | None = None
+    """Local steps of the observed round (threat model ``update``); None: each run's train.local_epochs."""
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def jobs(self) -> tuple[AttackJob, ...]:
+        """Every (attack, threat) job, in the order of ``attacks``."""
+        out: list[AttackJob] = []
+        for attack in self.attacks:
+            if attack == "miface":
+                threats: tuple[str, ...] = self.miface_threats
+            else:
+                threats = ("gradient", "update") if attack in self.update_attacks else ("gradient",)
+            out.extend(AttackJob(attack, t) for t in threats)
+        return tuple(out)
+
+    def iterations_of(self, job: AttackJob) -> int | None:
+        """The job's iterations: its ``attack-threat`` key, else its attack's, else None (the attack's default)."""
+        return self.iterations.get(job.key, self.iterations.get(job.attack))
+
+    def restarts_of(self, job: AttackJob) -> int:
+        """The job's restarts: its ``attack-threat`` key, else its attack's, else 1."""
+        return self.restarts.get(job.key, self.restarts.get(job.attack)) or 1
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite file: its lists, every run's config, the file's text and, for an audit,
+    the attacks of every run."""
+
+    name: str
+    methods: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs: tuple[RunSpec, ...]
+    smoke: bool = False
+    source: str = ""
+    setups: dict[str, Config] = field(default_factory=dict)
+    """Per data set, the run config before per-method overrides (what the table's footnote shows)."""
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per method, its overrides as dotted keys (``{"train.batch_size": 64}``)."""
+    audit: AuditPlan | None = None
+    """The ``[audit]`` table, when the suite was loaded as an audit."""
+
+    def jobs(self) -> tuple[AttackJob, ...]:
+        """The attack jobs every run receives; none without an audit."""
+        return () if self.audit is None else self.audit.jobs()
+
+
+# -- the grid of runs ----------------------------------------------------------------------------
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, tables recursively (neither argument is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _table(values: dict[str, Any], key: str) -> dict[str, Any]:
+    value = values.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"Expected `{key}` to be a table [{key}], got {value!r}")
+    return value
+
+
+def _reject_reserved(table: dict[str, Any], where: str, *, data_allowed: bool) -> None:
+    for key, source in _SET_BY_SUITE.items():
+        if key in table:
+            raise ConfigError(f"`{where}.{key}` is set by the compare file's {source}: remove it")
+    data = table.get("data")
+    if data is None:
+        return
+    if not data_allowed:
+        raise ConfigError(
+            f"`{where}.data` is not allowed: per-method overrides must keep the data settings of every "
+            "method equal (same seed, same partition); put data settings in [base.data] or "
+            "[dataset_overrides.<dataset>.data]")
+    if isinstance(data, dict) and "dataset" in data:
+        raise ConfigError(f"`{where}.data.dataset` is set by the compare file's `datasets`: remove it")
+
+
+def _is_method(name: str) -> bool:
+    """Whether ``name`` is a method, a mechanism alone or METHOD+MECHANISM (a composition the
+    mechanism cannot make raises its own one-line error)."""
+    if "+" not in name:
+        return name in available_methods()
+    try:
+        method_class(name)
+    except ConfigError as exc:
+        if str(exc).startswith("Unknown"):
+            return False
+        raise
+    return True
+
+
+def _names(values: dict[str, Any], key: str, allowed: list[str], what: str) -> tuple[str, ...]:
+    value = values.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"Expected `{key}` to be a non-empty list of {what} names, got {value!r}")
+    for v in value:
+        if v not in allowed and not (what == "method" and _is_method(v)):
+            raise ConfigError(f"Unknown {what} {v!r} in `{key}`: available: {', '.join(allowed)}"
+                              + (" (or METHOD+MECHANISM)" if what == "method" else ""))
+    if len(set(value)) != len(value):
+        raise ConfigError(f"Expected `{key}` without repeats, got {value!r}")
+    return tuple(value)
+
+
+def _seeds(values: dict[str, Any]) -> tuple[int, ...]:
+    value = values.get("seeds")
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ConfigError(f"Expected `seeds` to be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"Expected `seeds` without repeats, got {value!r}")
+    return tuple(value)
+
+
+def _build(values: dict[str, Any], where: str) -> Config:
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def _grid(values: dict[str, Any], *, smoke: bool, source: str, default_name: str) -> Suite:
+    """The suite's runs: every data set x seed x method, each a validated run config."""
+    for key in values:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"Unknown compare key `{key}`: allowed: {', '.join(_TOP_KEYS)}")
+    name = check_name(values.get("name", default_name))
+    methods = _names(values, "methods", available_methods(), "method")
+    datasets = _names(values, "datasets", list(get_args(DatasetName)), "dataset")
+    seeds = _seeds(values)
+
+    base = _table(values, "base")
+    _reject_reserved(base, "base", data_allowed=True)
+    _build(base, "base")
+    per_dataset = _table(values, "dataset_overrides")
+    per_method = _table(values, "overrides")
+    for table, names, what, data_allowed in ((per_dataset, datasets, "dataset_overrides", True),
+                                             (per_method, methods, "overrides", False)):
+        for key, value in table.items():
+            if key not in names:
+                raise ConfigError(f"`[{what}.{key}]` names no entry of `{'datasets' if data_allowed else 'methods'}` "
+                                  f"({', '.join(names)})")
+            if not isinstance(value, dict):
+                raise ConfigError(f"Expected `{what}.{key}` to be a table [{what}.{key}], got {value!r}")
+            _reject_reserved(value, f"{what}.{key}", data_allowed=data_allowed)
+
+    smoke_values = SMOKE_OVERRIDES if smoke else {}
+    setups: dict[str, Config] = {}
+    for dataset in datasets:
+        layer = _merge(_merge(base, per_dataset.get(dataset, {})), smoke_values)
+        setups[dataset] = _build(_merge(layer, {"data": {"dataset": dataset}}), f"dataset_overrides.{dataset}")
+    for method in methods:
+        _build(_merge(_merge(base, per_method.get(method, {})), {"method": method}), f"overrides.{method}")
+
+    runs: list[RunSpec] = []
+    for dataset in datasets:
+        for seed in seeds:
+            for method in methods:
+                merged = _merge(_merge(base, per_dataset.get(dataset, {})), per_method.get(method, {}))
+                label = f"{dataset}-{method}-seed{seed}"
+                merged = _merge(_merge(merged, smoke_values),
+                                {"name": label, "method": method, "seed": seed, "data": {"dataset": dataset}})
+                runs.append(RunSpec(len(runs) + 1, dataset, method, seed, _build(merged, label)))
+    smoke_keys = set(flatten(smoke_values))
+    shown = {m: {k: v for k, v in flatten(t).items() if k not in smoke_keys} for m, t in per_method.items()}
+    return Suite(name, methods, datasets, seeds, tuple(runs), smoke, source, setups,
+                 {m: v for m, v in shown.items() if v})
+
+
+# -- the [audit] table ---------------------------------------------------------------------------
+def _audit_table(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``[audit]`` table, its keys checked (before anything else of the file, as ever)."""
+    audit = values.get("audit")
+    if not isinstance(audit, dict):
+        raise ConfigError("Expected an [audit] table (attacks, miface_threats, client, images, ...)")
+    for key in audit:
+        if key not in _AUDIT_KEYS:
+            raise ConfigError(f"Unknown audit key `audit.{key}`: allowed: {', '.join(_AUDIT_KEYS)}")
+    return audit
+
+
+def _audit_names(audit: dict[str, Any], key: str, allowed: tuple[str, ...], default: list[str]) -> tuple[str, ...]:
+    value = audit.get(key, default)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"Expected `audit.{key}` to be a non-empty list of names, got {value!r}")
+    for v in value:
+        if v not in allowed:
+            raise ConfigError(f"Unknown name {v!r} in `audit.{key}`: choose from {', '.join(allowed)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _audit_integer(audit: dict[str, Any], key: str, default: int, minimum: int) -> int:
+    value = audit.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"Expected `audit.{key}` to be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _audit_per_job(audit: dict[str, Any], key: str, allowed: tuple[str, ...]) -> dict[str, int]:
+    table = audit.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"Expected `audit.{key}` to be a table of attack = count, got {table!r}")
+    for k, v in table.items():
+        if k not in allowed or isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"Expected `audit.{key}.{k}` to name one of {', '.join(allowed)} and be an "
+                              f"integer >= 1, got {v!r}")
+    return dict(table)
+
+
+def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool) -> AuditPlan:
+    """Validate the values of an ``[audit]`` table against the suite's runs."""
+    attacks = _audit_names(audit, "attacks", ATTACK_NAMES, list(ATTACK_NAMES))
+    threats = _audit_names(audit, "miface_threats", _MIFACE_THREATS, list(_MIFACE_THREATS))
+    update_attacks = (_audit_names(audit, "update_attacks", _GRADIENT_ATTACKS, [])
+                      if audit.get("update_attacks", []) != [] else ())
+    for a in update_attacks:
+        if a not in attacks:
+            raise ConfigError(f"Expected `audit.update_attacks` to name attacks that `audit.attacks` runs "
+                              f"({', '.join(attacks)}), got {a!r}")
+    local_steps = _audit_integer(audit, "local_steps", 1, 1) if "local_steps" in audit else None
+    pairs = tuple(f"{a}-{t}" for a in _GRADIENT_ATTACKS for t in UPLOAD_THREATS)
+    iterations = _audit_per_job(audit, "iterations",
+                                ATTACK_NAMES + pairs + tuple(f"miface-{t}" for t in _MIFACE_THREATS))
+    restarts = _audit_per_job(audit, "restarts", _GRADIENT_ATTACKS + pairs)
+    batch = _audit_integer(audit, "batch_size", 1, 1)
+    images = _audit_integer(audit, "images", 4, 1)
+    if images % batch:
+        raise ConfigError(f"Expected `audit.images` to be a multiple of `audit.batch_size` ({batch}), got {images}")
+    if "idlg" in attacks and batch != 1:
+        raise ConfigError("iDLG reads the label of a single image: set `audit.batch_size = 1` or drop idlg")
+    client = _audit_integer(audit, "client", 0, 0)
+    for r in runs:
+        if client >= r.cfg.data.num_clients:
+            raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
+    evaluator_images = _audit_integer(audit, "evaluator_images", 3000, MIN_EVALUATOR_DRAW)
+    if smoke:
+        iterations = {a: 3 for a in ATTACK_NAMES}
+        restarts = {}
+        images = batch
+        evaluator_images = min(evaluator_images, 600)
+    return AuditPlan(attacks, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
+                     iterations, update_attacks, local_steps, restarts)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def suite_from_dict(values: dict[str, Any], *, audit: bool = False, smoke: bool = False, source: str = "",
+                    default_name: str | None = None) -> Suite:
+    """Validate a parsed suite file and build every run's config.
+
+    Parameters
+    ----------
+    values
+        The parsed TOML file.
+    audit
+        Read the file as an audit: its ``[audit]`` table is required and becomes
+        :attr:`Suite.audit`. Otherwise that table is ignored (``rvepfl compare`` trains the runs
+        of an audit file).
+    smoke
+        Shrink every run and attack (see the module docstring).
+    source
+        The file's text, kept with the suite and copied beside its results.
+    default_name
+        The suite's name when ``values`` has none (default ``audit`` or ``compare``).
+
+    Returns
+    -------
+    Suite
+        The runs in order: data set, then seed, then method.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the first bad key or value.
+
+    Examples
+    --------
+    >>> suite = suite_from_dict({"methods": ["fedavg", "fedper"], "datasets": ["mnist"], "seeds": [0, 1]})
+    >>> suite.name, [r.label for r in suite.runs][:3], suite.jobs()
+    ('compare', ['mnist-fedavg-seed0', 'mnist-fedper-seed0', 'mnist-fedavg-seed1'], ())
+    """
+    table = _audit_table(values) if audit else None
+    if default_name is None:
+        default_name = "audit" if audit else "compare"
+    suite = _grid(values, smoke=smoke, source=source, default_name=default_name)
+    if table is None:
+        return suite
+    return replace(suite, audit=_audit_plan(table, suite.runs, smoke=smoke))
+
+
+def load_suite(path: str | Path, *, audit: bool = False, smoke: bool = False) -> Suite:
+    """Load and validate a suite file (see the module docstring for its format).
+
+    Parameters
+    ----------
+    path
+        The TOML file; its stem is the suite's name when it sets none.
+    audit, smoke
+        As in :func:`suite_from_dict`.
+
+    Raises
+    ------
+    ConfigError
+        A missing or malformed file, or a bad key or value; one line that starts with the path.
+    """
+    path = Path(path)
+    text, values = read_toml_file(path, "audit file" if audit else "compare file")
+    try:
+        return suite_from_dict(values, audit=audit, smoke=smoke, source=text, default_name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def default_out(suite: Suite) -> Path:
+    """``runs/<name>``, or ``runs/<name>-smoke`` for a smoke suite."""
+    return Path("runs") / (f"{suite.name}-smoke" if suite.smoke else suite.name)
