@@ -16,6 +16,8 @@ from rvepfl.attacks.threat import Target
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 TINY = ["--subset", "400", "--clients", "2", "--rounds", "1", "--local-epochs", "1",
         "--batch-size", "32", "--threads", "1", "--quiet"]
 FAST = ["--iterations", "3", "--evaluator-images", "300", "--quiet"]

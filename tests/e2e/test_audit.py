@@ -13,6 +13,8 @@ from rvepfl.errors import ConfigError
 from rvepfl.experiments.spec import suite_from_dict
 from tests.helpers.suites import finished_suite, toml_text
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 TINY = """
 name = "tiny-audit"
 methods = ["rvepfl", "fedavg", "fedper"]

@@ -15,6 +15,8 @@ from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS
 from tests.helpers.idx_format import write_mnist_dir
 from tests.helpers.processes import kill_at_line
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 TINY = ["--subset", "500", "--clients", "2", "--rounds", "3", "--local-epochs", "2",
         "--batch-size", "32", "--threads", "1", "--quiet"]
 

@@ -33,6 +33,8 @@ from rvepfl.rundir import CSV_HEADERS
 from tests.helpers.processes import run_until_crash
 from tests.helpers.suites import finished_suite, toml_text
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 TINY = ["--method", "fedper", "--subset", "200", "--clients", "2", "--rounds", "2", "--local-epochs", "1",
         "--batch-size", "32", "--threads", "1"]
 

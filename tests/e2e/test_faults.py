@@ -22,6 +22,8 @@ from rvepfl.fl.simulation import initialise, train
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import tiny_cfg
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 FAULTY = Path(__file__).resolve().parents[1] / "helpers" / "faulty"
 TINY = ["--method", "fedavg", "--subset", "300", "--clients", "3", "--rounds", "3", "--local-epochs", "1",
         "--batch-size", "32", "--threads", "1", "--quiet"]

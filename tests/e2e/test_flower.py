@@ -28,6 +28,8 @@ from rvepfl.flower.local import LocalFederation  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402
 from tests.helpers.methods import tiny_cfg  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 
 
 def _gone(pgid: int) -> bool:

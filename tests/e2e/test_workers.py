@@ -21,6 +21,8 @@ from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import random_data, tiny_cfg
 from tests.helpers.processes import kill_at_line
 
+pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
+
 
 
 def _csvs(run: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from rvepfl.attacks.dlg import dlg, idlg, infer_labels
@@ -99,6 +100,7 @@ def test_dlg_against_a_noise_gradient_recovers_nothing(mnist, lenet):
 
 
 # -- 4. restarts ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dlg_restarts_keep_the_lowest_loss_and_rescue_a_stalled_start(mnist, lenet):
     # Measured (100 L-BFGS iterations, seed 0) on train #8 (a 2): the first start stalls at a
     # gradient loss of 46 (6.1 dB); three restarts end at 46, 0.027 and 4.7, and the second is

@@ -154,6 +154,7 @@ def composed_run(tmp_path_factory):
     return path, summary
 
 
+@pytest.mark.slow
 def test_rvepfl_nbafl_trains_and_reports_its_noise(composed_run):
     path, summary = composed_run
     assert summary["status"] == "complete" and summary["method"] == "rvepfl+nbafl"
@@ -163,6 +164,7 @@ def test_rvepfl_nbafl_trains_and_reports_its_noise(composed_run):
     assert json.loads((path / "summary.json").read_text())["method_details"] == details
 
 
+@pytest.mark.slow
 def test_the_server_sees_rvepfl_nbafl_steps_through_nbafl_noise(composed_run):
     """The gradient threat model: the upload after one step on the classifier's input z, clipped
     and noised; theta - lr * observed - clip(theta - lr * g) is NbAFL's noise, of std sigma_u."""
@@ -182,3 +184,29 @@ def test_the_server_sees_rvepfl_nbafl_steps_through_nbafl_noise(composed_run):
     clipped, _ = clip_by_l2({k: theta[k] - lr * g[k] for k in names}, summary["method_details"]["C"])
     noise = torch.cat([(theta[k] - lr * obs.gradients[i].double() - clipped[k]).flatten() for i, k in enumerate(names)])
     assert noise.std().item() == pytest.approx(summary["method_details"]["sigma_u"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_rvepfl_nbafl_on_flower_writes_the_in_process_run(tmp_path, composed_run):
+    """The ServerApp and ClientApps (over an in-process Grid) give the in-process run's bytes, and
+    the server received the noised classifier only."""
+    from tests.helpers.flower import InProcessGrid, need_flwr
+
+    need_flwr()
+    from rvepfl.flower.appconfig import run_config
+    from rvepfl.flower.server import FlowerServer
+
+    ref, _ = composed_run
+    cfg = tiny_cfg("rvepfl+nbafl", **{"nbafl.epsilon": 5.0})
+    nodes = {100 + i: {"partition-id": i, "num-partitions": 2, "state-dir": str(tmp_path / f"node{i}")}
+             for i in range(2)}
+    grid = InProcessGrid(nodes)
+    grid.run_config = run_config(cfg, out=str(tmp_path / "run"))
+    summary = FlowerServer(grid, cfg, RunDir(tmp_path / "run"), wait_nodes=5, log=lambda line: None,
+                           poll=0).run_federation()
+    for name in PUBLISHED_CSVS:
+        assert (tmp_path / "run" / "metrics" / name).read_bytes() == (ref / "metrics" / name).read_bytes(), name
+    assert summary["method_details"]["sigma_u"] == json.loads((ref / "summary.json").read_text())["method_details"]["sigma_u"]
+    received = json.loads((tmp_path / "run" / "flower" / "received.json").read_text())
+    for entry in (e for e in received if e["type"] == "train"):
+        assert all(k.startswith("classifier.") for k in entry["records"]["upload"]["arrays"])

@@ -43,7 +43,7 @@ def _csvs(run: Path) -> dict[str, str]:
     return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
 
 
-@pytest.mark.parametrize("method", ["rvepfl", "dp-sgd"])
+@pytest.mark.parametrize("method", [pytest.param("rvepfl", marks=pytest.mark.slow), "dp-sgd"])
 def test_flower_server_writes_the_in_process_run(tmp_path, method):
     cfg = tiny_cfg(method, **{"data.subset": 200})
     summary, grid = _flower(cfg, tmp_path)

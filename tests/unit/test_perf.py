@@ -60,6 +60,7 @@ def test_tiled_mnist_is_a_full_size_mnist_of_the_bundled_digits(tmp_path):
     assert (full.train_y[n : 2 * n] == np.concatenate([bundled.train_y, bundled.test_y])).all()
 
 
+@pytest.mark.slow
 def test_paper_part_trains_paper_size_clients(tmp_path):
     """The paper part's code path, shrunk: 2 of the 150 clients a round, 1 local epoch, on the CPU."""
     from benchmarks.paper import paper_benchmark
