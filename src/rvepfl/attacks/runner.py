@@ -38,6 +38,7 @@ from rvepfl.attacks.scores import class_scores, image_scores, to_pixels
 from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv, write_json
+from rvepfl.seeding import derive_seed
 
 __all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "UPLOAD_THREATS", "run_attack"]
 
@@ -323,7 +324,9 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
                                         draw=draw)
         else:
             obs = target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
-        result = attack(obs, iterations=s.iterations, restarts=s.restarts, seed=s.seed * 1000 + draw)
+        # The attack's own random draws (its initial guesses): a stream of its own for this observation.
+        attack_seed = derive_seed(s.seed, "attack", s.round, s.client, draw, 3)
+        result = attack(obs, iterations=s.iterations, restarts=s.restarts, seed=attack_seed)
         pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
         # A gradient does not say which reconstruction is which image of the batch: match them
         # to the truth by the assignment of least total MSE (the identity at batch 1).
