@@ -20,7 +20,7 @@ from rvepfl.fl.simulation import initialise, train
 from rvepfl.methods import DataSpec, RoundContext
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import random_data, tiny_cfg
-from tests.helpers.suites import finished_suite
+from tests.helpers.suites import finished_suite, toml_text
 
 
 def ditto(**overrides):
@@ -133,23 +133,7 @@ def test_ditto_composes_with_a_mechanism_and_refuses_dp_sgd(tmp_path):
         apply_overrides(Config(), {"method": "ditto+dp-sgd"})
 
 
-SUITE = """
-name = "ditto-suite"
-methods = ["ditto", "fedavg"]
-datasets = ["mnist"]
-seeds = [0]
-
-[base]
-threads = 1
-workers = 1
-[base.data]
-subset = 300
-num_clients = 2
-[base.train]
-rounds = 1
-local_epochs = 1
-batch_size = 32
-
+SUITE = toml_text(["ditto", "fedavg"], [0], name="ditto-suite") + """
 [audit]
 attacks = ["ig", "miface"]
 miface_threats = ["released", "stolen"]
