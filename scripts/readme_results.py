@@ -3,11 +3,18 @@
 Usage::
 
     python scripts/readme_results.py RUN_DIR [RUN_DIR ...] [--readme README.md]
+    python scripts/readme_results.py --table BLOCK FILE [--readme README.md]
 
 Each run directory contributes one row: method, data set, clients, rounds, local epochs, batch,
 mean client test accuracy per round, and wall time, read from its config.toml, summary.json and
 metrics/epoch_testing.csv. The block between ``<!-- results:quick -->`` and
 ``<!-- /results:quick -->`` is replaced.
+
+With ``--table BLOCK FILE`` the first Markdown table in the block between
+``<!-- results:BLOCK -->`` and ``<!-- /results:BLOCK -->`` is replaced by the first table of FILE
+(``rvepfl compare``'s ``table.md``, ``rvepfl audit``'s ``audit.md``), and each line of the block
+that starts as one of FILE's margin lines (``mnist: RVE-PFL margin over NbAFL: ...``) by that line;
+the block's prose stays as written.
 """
 
 from __future__ import annotations
@@ -49,11 +56,43 @@ def row(run: Path) -> tuple[str, dict]:
     return text, summary
 
 
+def _first_table(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def replace_table(readme: str, block: str, source: str) -> str:
+    """``readme`` with the first table of its block ``block`` replaced by the first table of
+    ``source``, and the block's margin lines by ``source``'s."""
+    begin, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
+    head, rest = readme.split(begin, 1)
+    body, tail = rest.split(end, 1)
+    old = _first_table(body)
+    body = body.replace("\n".join(old), "\n".join(_first_table(source)), 1)
+    margins = {line.split(":", 1)[0]: line for line in source.splitlines() if "margin over" in line}
+    out = []
+    for line in body.splitlines(keepends=True):
+        key = line.lstrip("- ").split(":", 1)[0]
+        if "margin over" in line and key in margins:
+            line = line[: len(line) - len(line.lstrip("- "))] + margins[key] + "\n"
+        out.append(line)
+    return head + begin + "".join(out) + end + tail
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--table", nargs=2, metavar=("BLOCK", "FILE"))
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args()
+    if args.table:
+        block, source = args.table
+        atomic_write_text(args.readme, replace_table(args.readme.read_text(), block, Path(source).read_text()))
+        return 0
+    if not args.runs:
+        parser.error("give run directories, or --table BLOCK FILE")
     rows, summaries = zip(*(row(r) for r in args.runs))
     v = summaries[0]["versions"]
     block = "\n".join(

@@ -137,6 +137,7 @@ SUITE = toml_text(["ditto", "fedavg"], [0], name="ditto-suite") + """
 [audit]
 attacks = ["ig", "miface"]
 miface_threats = ["released", "stolen"]
+update_attacks = ["ig"]
 images = 1
 evaluator_images = 500
 [audit.iterations]
@@ -147,13 +148,14 @@ miface = 3
 
 @pytest.mark.slow
 def test_ditto_in_an_audit_has_every_attack_surface(tmp_path):
-    """The global model reads images, so Ditto has a gradient surface and a released model that
-    classifies; a stolen model is the client's personal model."""
+    """The global model reads images, so Ditto has a gradient (and update) surface and a released
+    model that classifies; a stolen model is the client's personal model. Its observed round trains
+    the personal model too, after the global model's steps."""
     out = finished_suite(tmp_path, "audit", SUITE)
     with open(out / "audit.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["method"] == "ditto"]
-    assert {(r["attack"], r["threat"]) for r in rows} == {("ig", "gradient"), ("miface", "released"),
-                                                           ("miface", "stolen")}
+    assert {(r["attack"], r["threat"]) for r in rows} == {("ig", "gradient"), ("ig", "update"),
+                                                           ("miface", "released"), ("miface", "stolen")}
     assert all(int(r["images"]) > 0 and r["note"] == "" for r in rows)
     target = Target(out / "runs" / "mnist-ditto-seed0")
     released, bounds = target.inversion_model("released", 1, 0)

@@ -323,8 +323,9 @@ class Target:
         ctx = RoundContext(round=round_, client=client, seed=derive_seed(seed, "attack", round_, client, draw, 2))
         seed_torch(seed, "attack", round_, client, draw)  # dropout masks and the encoder's samples of z
         steps = method.local_train(model, ClientData(x, y, x[:0], y[:0]), ctx, 0)
-        if steps != local_steps:  # each local step must cover the whole batch
-            raise RuntimeError(f"{method.name}'s local round took {steps} steps on one batch, expected {local_steps}")
+        planned = method.planned_steps(len(y))  # local_steps on the shared part, plus any private phase
+        if steps != planned:  # each local step must cover the whole batch
+            raise RuntimeError(f"{method.name}'s local round took {steps} steps on one batch, expected {planned}")
         update = method.uploaded_update(method.upload(model, ctx, len(y), received).state, received, keys)
         scale = t.lr * local_steps
         return self._observation(path, [-update[k] / scale for k in keys], len(y))
