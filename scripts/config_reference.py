@@ -39,7 +39,8 @@ def _rows(cls: type, prefix: str) -> list[str]:
         if dataclasses.is_dataclass(default):
             continue
         meaning = re.sub(r"<(\w+)>", r"&lt;\1&gt;", docs.get(f.name, "").replace("``", "`").replace("|", "\\|"))
-        rows.append(f"| `{prefix}{f.name}` | `{_toml(default)}` | {meaning} |")
+        shown = "unset" if default is None else f"`{_toml(default)}`"
+        rows.append(f"| `{prefix}{f.name}` | {shown} | {meaning} |")
     return rows
 
 

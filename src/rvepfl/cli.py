@@ -242,6 +242,7 @@ def flower_local(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.rounds=3 (repeatable).")] = None,
     nodes: Annotated[Optional[int], typer.Option(help="SuperNodes to start (one per client: must equal data.num_clients).")] = None,
     tls: Annotated[bool, typer.Option("--tls", help="TLS with a fresh self-signed CA instead of --insecure on loopback.")] = False,
+    auth: Annotated[bool, typer.Option("--auth", help="SuperNode authentication: the SuperLink accepts only the nodes whose fresh keys it registered (implies --tls).")] = False,
     threads: Annotated[int, typer.Option(help="Torch threads of each ClientApp.")] = 1,
     timeout: Annotated[Optional[float], typer.Option(help="Stop everything after this many seconds (default: no limit).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
@@ -279,7 +280,7 @@ def flower_local(
     status.unlink(missing_ok=True)
     started = time.perf_counter()
     try:
-        with LocalFederation(work / "local", n, tls=tls, threads=threads, log=say) as fed:
+        with LocalFederation(work / "local", n, tls=tls or auth, auth=auth, threads=threads, log=say) as fed:
             code = fed.run_app(app_dir, stream=say, timeout=timeout)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: every process stopped; continue with the same command", err=True)

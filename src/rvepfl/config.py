@@ -31,6 +31,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ __all__ = [
 DatasetName = Literal["mnist", "fmnist", "cifar10"]
 PartitionName = Literal["iid", "shards", "dirichlet"]
 SplitMode = Literal["combined", "standard"]
-Aggregation = Literal["mean", "weighted"]
+Aggregation = Literal["mean", "weighted", "median", "trimmed-mean"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 DecayClock = Literal["federation", "client"]
 
@@ -113,7 +114,15 @@ class TrainConfig:
     client_fraction: float = 1.0
     """Share of clients that take part in each round (at least one)."""
     aggregation: Aggregation = "mean"
-    """mean: plain mean over clients (published); weighted: weighted by local sample count."""
+    """mean: plain mean over clients (published); weighted: weighted by local sample count; median:
+    coordinate-wise median; trimmed-mean: coordinate-wise mean without the trim_fraction largest and
+    smallest values (median and trimmed-mean resist a few malicious clients, and hold every upload
+    of a round in memory)."""
+    trim_fraction: float = 0.2
+    """trimmed-mean: the share of the values cut off at each end of every coordinate (in [0, 0.5))."""
+    max_update_norm: float | None = None
+    """L2 bound on each client's update (its upload minus the global state, all tensors as one
+    vector), applied by the server before aggregating (> 0); leave it out for no bound."""
     checkpoint_every: int = 0
     """Save every client's private state every N rounds (0: only at the end); global states are saved every round."""
     eval_batch_size: int = 1024
@@ -124,8 +133,8 @@ class TrainConfig:
 class FaultsConfig:
     min_clients: int = 0
     """The fewest clients of a round that must finish it for the round to count (0: every client
-    of the round; one failure stops the run). A client fails when it raises, its process dies or
-    it passes ``client_timeout``; failed clients are left out of the round's aggregation and
+    of the round; one failure stops the run). A client fails when it raises, its process dies,
+    it passes ``client_timeout`` or the server refuses its upload (kind ``rejected``); failed clients are left out of the round's aggregation and
     recorded in metrics/client_failures.csv. With fewer than this many finished, the round fails
     with an error and the run resumes from the round before it. Not part of the config hash: a
     resumed run may change it."""
@@ -190,7 +199,17 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _optional(tp: Any) -> Any:
+    """``X`` for an annotation ``X | None`` (a key whose absence means "not set"), else ``tp``."""
+    args = get_args(tp)
+    if get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner
+    return tp
+
+
 def _describe(tp: Any) -> str:
+    tp = _optional(tp)
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -201,6 +220,7 @@ def _describe(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotated type ``tp``; ints are accepted for floats."""
     ok: bool
+    tp = _optional(tp)  # TOML has no null: a value given is never None
     if get_origin(tp) is Literal:
         ok = value in get_args(tp)
     elif tp is bool:
@@ -318,6 +338,9 @@ def _check(cfg: Config) -> Config:
     need(t.lr_decay >= 0, "train.lr_decay", t.lr_decay, ">= 0")
     need(0.0 < t.client_fraction <= 1.0, "train.client_fraction", t.client_fraction, "in (0, 1]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, ">= 0")
+    need(0 <= t.trim_fraction < 0.5, "train.trim_fraction", t.trim_fraction, "in [0, 0.5)")
+    if t.max_update_norm is not None:
+        need(t.max_update_norm > 0, "train.max_update_norm", t.max_update_norm, "> 0 (leave it out for no bound)")
     for section in registry.sections():
         check_params(getattr(cfg, section), section)
     f = cfg.faults
@@ -365,8 +388,13 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The config as nested plain dicts (what ``config.toml`` holds)."""
-    return dataclasses.asdict(cfg)
+    """The config as nested plain dicts (what ``config.toml`` holds); keys that are not set (None)
+    are left out, as TOML has no null."""
+    return _drop_unset(dataclasses.asdict(cfg))
+
+
+def _drop_unset(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_unset(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None}
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -386,7 +414,7 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return ``cfg`` with dotted-key overrides (``{"train.rounds": 3}``) applied and validated."""
-    values = config_to_dict(cfg)
+    values = dataclasses.asdict(cfg)  # with the keys that are not set: they can be overridden too
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -399,7 +427,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         if leaf not in node:
             raise _unknown(dotted, list(node))
         node[leaf] = value
-    return config_from_dict(values)
+    return config_from_dict(_drop_unset(values))
 
 
 def used_sections(cfg: Config) -> tuple[str, ...]:
@@ -425,6 +453,12 @@ def dumps_config(cfg: Config) -> str:
 _UNHASHED = {"": ("name", "threads", "workers", "device"), "train": ("eval_batch_size",)}
 
 
+#: Engine keys added after the current hash scheme began: left out of the hash while they hold
+#: their default (which keeps the earlier behaviour), so that runs made before they existed keep
+#: their hash.
+_LATER_KEYS = {"train": ("trim_fraction", "max_update_norm")}
+
+
 def config_hash(cfg: Config) -> str:
     """A short, stable hash of the settings that define a run: the engine's (name, threads,
     workers, device, the evaluation batch size and the fault tolerance excluded) and the sections
@@ -435,6 +469,11 @@ def config_hash(cfg: Config) -> str:
     for key in _UNHASHED["train"]:
         values["train"].pop(key, None)
     values.pop("faults", None)
+    for section, keys in _LATER_KEYS.items():
+        defaults = dataclasses.asdict(type(getattr(cfg, section))())
+        for key in keys:
+            if key in values[section] and values[section][key] == defaults[key]:
+                del values[section][key]
     blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

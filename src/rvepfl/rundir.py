@@ -52,7 +52,7 @@ CSV_HEADERS: dict[str, list[str]] = {
 #: The CSVs of the published code (the others are ours).
 PUBLISHED_CSVS = [n for n in CSV_HEADERS if n not in ("round_timing.csv", "client_failures.csv")]
 #: The kinds of client failure in client_failures.csv.
-FAILURE_KINDS = ("error", "died", "timeout")
+FAILURE_KINDS = ("error", "died", "timeout", "rejected")
 #: (client CSV, epoch CSV) for each evaluation.
 EVALUATIONS = {
     "train": ("client_training.csv", "epoch_training.csv"),

@@ -142,13 +142,15 @@ def test_a_supernode_killed_mid_round_is_recorded_and_the_run_completes(tmp_path
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
 
 
-def test_tls_on_loopback_with_a_self_signed_ca_through_the_cli(tmp_path):
+def test_tls_and_supernode_authentication_on_loopback_through_the_cli(tmp_path):
+    """``--auth``: TLS, and a SuperLink that accepts only the nodes whose keys were registered
+    (both are, so both take part)."""
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text('method = "fedavg"\nthreads = 1\nworkers = 1\ndevice = "cpu"\n'
                         "[data]\nsubset = 200\nnum_clients = 2\n[train]\nrounds = 1\nlocal_epochs = 1\nbatch_size = 32\n")
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "rvepfl", "flower-local", "--config", str(cfg_file),
-                             "--out", str(run), "--tls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--out", str(run), "--auth"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=400)
@@ -160,9 +162,54 @@ def test_tls_on_loopback_with_a_self_signed_ca_through_the_cli(tmp_path):
     assert "finished in" in out and "Mean client test metrics" in out
     logs = run / "flower/local/logs"
     assert "Uvicorn running on https://127.0.0.1:" in (logs / "superlink.log").read_text()
+    assert "SuperNode authentication on" in err and err.count("registered ") == 2
     for i in range(2):
         cmd = (logs / f"supernode-{i}.log").read_text()
         assert "SuperNode ID" in cmd
     assert "--insecure" not in err
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
     assert not _processes_naming(tmp_path), "processes outlived rvepfl flower-local"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_an_unregistered_supernode_is_refused_and_a_misbehaving_clientapp_is_rejected(tmp_path):
+    """A SuperLink with SuperNode authentication, and two nodes: node 1's key is not registered,
+    so the SuperLink refuses it and the run says that client 1's node never answered. Once its key
+    is registered it takes part, but its ClientApp sends a NaN in its upload
+    (tests/helpers/adversary.py, loaded in the nodes' processes): the ServerApp rejects that
+    upload, records why, and the round completes with client 0 alone."""
+    cfg = tiny_cfg("fedavg", **{"data.subset": 200, "train.rounds": 1, "faults.min_clients": 1})
+    site = str(REPO / "tests/helpers/adversary_site")
+    env = {"PYTHONPATH": os.pathsep.join([site, str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "RVEPFL_TEST_ADVERSARY": "1:nan"}
+    fed = LocalFederation(tmp_path / "fed", 2, tls=True, auth=True, unregistered=frozenset({1}), node_env=env)
+    lines: list[str] = []
+    try:
+        fed.start()
+        code = fed.run_app(write_app(tmp_path / "app1", cfg, out=tmp_path / "refused", wait_nodes=10),
+                           stream=lines.append, timeout=300)
+        # The ServerApp says so in the streamed log (flwr run itself exits 0) and creates nothing.
+        said = [line for line in lines if "error: Only 1 of 2 clients' SuperNodes answered" in line]
+        assert said and "server.wait_nodes = 10 s (missing partition-id 1)" in said[0], "\n".join(lines[-30:])
+        assert not (tmp_path / "refused").exists()
+        refused = (fed.logs / "supernode-1.log").read_text()
+        assert "Failed to activate SuperNode" in refused, refused[-2000:]
+        assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
+
+        fed.register(fed.node_dir(1) / "auth" / "node.pub")
+        fed.kill("supernode-1")
+        fed.start_node(1)
+        lines.clear()
+        code = fed.run_app(write_app(tmp_path / "app2", cfg, out=tmp_path / "run", wait_nodes=60),
+                           stream=lines.append, timeout=300)
+        assert code == 0, "\n".join(lines[-30:])
+    finally:
+        fed.stop()
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+    failures = (run / "metrics/client_failures.csv").read_text().splitlines()[1:]
+    assert len(failures) == 1 and failures[0].startswith("1,1,rejected,"), failures
+    assert "upload refused: `" in failures[0] and "holds 1 NaN or infinite value" in failures[0]
+    assert [t.split(",")[-1] for t in (run / "metrics/round_timing.csv").read_text().splitlines()[1:]] == ["1"]

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["RunningMean", "mean_state"]
+__all__ = ["RunningMean", "mean_state", "median_state", "trimmed_mean_state"]
 
 
 class RunningMean:
@@ -94,3 +94,67 @@ def mean_state(
     for state, weight in zip(states, weights):
         running.add(state, weight)
     return running.result()
+
+
+def _stacked(states: Sequence[Mapping[str, torch.Tensor]], key: str) -> torch.Tensor:
+    return torch.stack([s[key].detach().to("cpu", torch.float64) for s in states])
+
+
+def _check_states(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    if not states:
+        raise ValueError("Expected at least one state to aggregate, got none")
+    keys = list(states[0])
+    for i, state in enumerate(states[1:], start=1):
+        if list(state) != keys:
+            raise ValueError(f"State {i} has keys {sorted(state)} but state 0 has {sorted(keys)}")
+        for key in keys:
+            if state[key].shape != states[0][key].shape:
+                raise ValueError(f"`{key}` has shape {tuple(state[key].shape)} in one state and "
+                                 f"{tuple(states[0][key].shape)} in another")
+
+
+def median_state(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median of states with identical keys and shapes; with an even number of
+    states, the mean of the two middle values (as NumPy's median). Computed in float64, cast
+    back to each entry's dtype.
+
+    >>> import torch
+    >>> states = [{"w": torch.tensor([1.0, -5.0])}, {"w": torch.tensor([2.0, 0.0])},
+    ...           {"w": torch.tensor([1e4, 1.0])}]
+    >>> median_state(states)["w"].tolist()
+    [2.0, 0.0]
+    >>> median_state(states[:2])["w"].tolist()
+    [1.5, -2.5]
+    """
+    _check_states(states)
+    n = len(states)
+    out = {}
+    for key, ref in states[0].items():
+        ordered = _stacked(states, key).sort(dim=0).values
+        middle = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        out[key] = middle.to(ref.dtype)
+    return out
+
+
+def trimmed_mean_state(states: Sequence[Mapping[str, torch.Tensor]], fraction: float) -> dict[str, torch.Tensor]:
+    """Coordinate-wise trimmed mean: for every coordinate, the ``floor(fraction * n)`` largest and
+    as many smallest of the n values are dropped and the rest averaged. ``fraction`` is in
+    [0, 0.5); at least one value must remain. Computed in float64, cast back.
+
+    >>> import torch
+    >>> states = [{"w": torch.tensor([v])} for v in (1.0, 2.0, 3.0, 4.0, 1e4)]
+    >>> trimmed_mean_state(states, 0.2)["w"].tolist()  # drops 1.0 and 1e4
+    [3.0]
+    >>> trimmed_mean_state(states, 0.0)["w"].tolist() == mean_state(states)["w"].tolist()
+    True
+    """
+    if not 0 <= fraction < 0.5:
+        raise ValueError(f"Expected `fraction` in [0, 0.5), got {fraction!r}")
+    _check_states(states)
+    n = len(states)
+    cut = int(fraction * n)
+    out = {}
+    for key, ref in states[0].items():
+        kept = _stacked(states, key).sort(dim=0).values[cut : n - cut]
+        out[key] = kept.mean(dim=0).to(ref.dtype)
+    return out

@@ -37,6 +37,7 @@ from rvepfl.config import Config, config_hash, dumps_config
 from rvepfl.data import Partition
 from rvepfl.errors import CheckpointError, RoundFailedError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, initial_model
+from rvepfl.fl.validation import check_outcome
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from rvepfl.methods import Method, RoundContext, Upload
 from rvepfl.perf import tune_allocator
@@ -92,6 +93,10 @@ class Dispatcher(Protocol):
         in client order, as soon as it is known. ``clocks`` holds each client's learning-rate
         clock (None: its own steps), ``committed`` the last committed round, ``export`` whether
         the round's private states are kept as checkpoints."""
+
+    def reject(self, round_: int, client: int) -> None:
+        """The server refused ``client``'s outcome of ``round_`` (once the round's results are all
+        in): whatever the dispatcher keeps of that client's round must not count."""
 
     def commit(self, round_: int, export: bool, run: RunDir) -> None:
         """Write what the round adds to the run directory, before its progress marker (after
@@ -181,21 +186,27 @@ class RoundBook:
         self.finished = 0
         self.train_s = self.eval_s = 0.0
 
-    def uploads(self, results: Iterable[Result], planned: list[int]) -> Iterator[Upload]:
+    def uploads(self, results: Iterable[Result], planned: list[int], expected: dict[str, torch.Tensor],
+                sizes: list[int | None]) -> Iterator[Upload]:
         """The uploads of the clients that finish, one at a time (the method aggregates them as
-        they come), from the dispatcher's results in client order; failures are recorded, and the
-        round stops as soon as it cannot reach ``faults.min_clients``."""
+        they come), from the dispatcher's results in client order. Each outcome is checked first
+        (:func:`rvepfl.fl.validation.check_outcome` against the global state ``expected``, the
+        client's training-split size in ``sizes`` and its ``planned`` steps): one that is refused
+        becomes a failure of kind ``rejected``. Failures are recorded, and the round stops as soon
+        as it cannot reach ``faults.min_clients``."""
         count = len(self.clients)
         for i, (client, result, seconds) in enumerate(results):
+            if not isinstance(result, ClientFailure):
+                why = check_outcome(result, client=client, expected=expected, max_samples=sizes[i],
+                                    planned_steps=planned[i])
+                if why is not None:
+                    result = ClientFailure(client, "rejected", seconds, f"upload refused: {why}")
             if isinstance(result, ClientFailure):
                 self.failures.append(result)
                 self.progress.client_failed(self.round, i, count, client, result)
                 if count - len(self.failures) < self.required:
                     self._fail(result)
                 continue
-            if result.steps != planned[i]:
-                raise RuntimeError(f"{self.method.name} planned {planned[i]} local steps for client {client} and "
-                                   f"took {result.steps}: its planned_steps() is wrong")
             self.finished += 1
             self.train_s += result.train_seconds
             self.eval_s += result.eval_seconds
@@ -318,9 +329,13 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
         book = RoundBook(cfg, method, r, clients, progress, resume)
         clocks = [s if per_federation else None for s in starts[:-1]]
         results = dispatcher.run_round(r, clients, clocks, done, global_state, export)
-        global_state = method.aggregate(book.uploads(results, planned), global_state,
+        sizes = [len(setup.partition.clients[c].train) for c in clients]
+        global_state = method.aggregate(book.uploads(results, planned, global_state, sizes), global_state,
                                         RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
         book.check_complete()
+        for failure in book.failures:
+            if failure.kind == "rejected":
+                dispatcher.reject(r, failure.client)
         federation_steps = starts[-1]
         seconds = time.perf_counter() - round_start
         means = log.add_round(r, book.results, (seconds, book.train_s, book.eval_s, book.finished), book.failures)

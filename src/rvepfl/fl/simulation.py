@@ -130,6 +130,10 @@ class InProcess:
                 yield clients[next_index], result, seconds
                 next_index += 1
 
+    def reject(self, round_: int, client: int) -> None:
+        """The client's new private state of the round does not count: it keeps its last one."""
+        self.store.discard(client, round_)
+
     def commit(self, round_: int, export: bool, run: RunDir) -> None:
         if export:
             self.store.export(round_, range(self.fed.cfg.data.num_clients), run.round_dir(round_) / "clients")

@@ -9,7 +9,11 @@ federation's own, holding the Flower configuration file with the connection ``rv
 
 Without ``tls`` every process runs with ``--insecure``, which is acceptable only because every
 socket is bound to 127.0.0.1. With ``tls`` the SuperLink serves with a certificate signed by a
-fresh self-signed CA (:mod:`rvepfl.flower.tls`) and the SuperNodes and ``flwr`` verify it.
+fresh self-signed CA (:mod:`rvepfl.flower.tls`) and the SuperNodes and ``flwr`` verify it. With
+``auth`` (which needs ``tls``) the SuperLink accepts only registered SuperNodes
+(``--enable-supernode-auth``): every node gets a fresh EC key pair, and the public key of each
+node not listed in ``unregistered`` is registered with ``flwr supernode register`` before the
+nodes start; a node that is not registered is refused by the SuperLink.
 
 Flower's environment: ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (the apps are in this
 installed package; letting Flower ``uv sync`` the app's dependencies pulled a multi-GB CUDA
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rvepfl.errors import ConfigError
-from rvepfl.flower.tls import Certificates, make_certificates
+from rvepfl.flower.tls import Certificates, make_certificates, make_node_key
 
 __all__ = ["CONNECTION", "LocalFederation", "flower_env", "free_port"]
 
@@ -81,6 +85,11 @@ class LocalFederation:
     tls: bool = False
     threads: int = 1
     log: Callable[[str], None] = lambda line: None
+    auth: bool = False
+    unregistered: frozenset[int] = frozenset()
+    """Nodes started with a key the SuperLink is not told about (with ``auth``; for tests)."""
+    node_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the SuperNodes (and so of their ClientApps; for tests)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     certs: Certificates | None = None
@@ -96,11 +105,12 @@ class LocalFederation:
     def node_dir(self, i: int) -> Path:
         return self.workdir / "nodes" / f"node-{i}"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
+        env = {**flower_env(self.flwr_home), **(extra_env or {})}
         with open(self.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=flower_env(self.flwr_home), cwd=self.workdir, start_new_session=True)
+                                    env=env, cwd=self.workdir, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -126,7 +136,10 @@ class LocalFederation:
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink, wait until it accepts connections, then start the SuperNodes."""
+        """Start the SuperLink, wait until it accepts connections, then start the SuperNodes
+        (with ``auth``: register their keys first)."""
+        if self.auth and not self.tls:
+            raise ConfigError("SuperNode authentication needs TLS: use --tls with --auth")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.tls:
             self.certs = make_certificates(self.workdir / "certs")
@@ -136,22 +149,40 @@ class LocalFederation:
         self._spawn("superlink", [
             _tool("flower-superlink"), *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
             "--health-server-address", f"127.0.0.1:{health}", "--disable-runtime-dependency-installation",
+            *(["--enable-supernode-auth"] if self.auth else []),
         ])
         self._wait_healthy(health, timeout)
         self.log(f"SuperLink on 127.0.0.1:{self.port} (pid {self.procs['superlink'].pid})"
-                 f"{' with TLS' if self.tls else ', --insecure on loopback'}")
+                 f"{' with TLS' if self.tls else ', --insecure on loopback'}"
+                 f"{', SuperNode authentication on' if self.auth else ''}")
+        if self.auth:
+            for i in range(self.num_nodes):
+                key = make_node_key(self.node_dir(i) / "auth")
+                if i not in self.unregistered:
+                    self.register(key.public_key)
         for i in range(self.num_nodes):
             self.start_node(i)
+
+    def register(self, public_key: Path) -> None:
+        """``flwr supernode register PUBLIC_KEY rvepfl-local``: the SuperLink accepts that node."""
+        done = subprocess.run([_tool("flwr"), "supernode", "register", str(public_key), CONNECTION],
+                              capture_output=True, text=True, env=flower_env(self.flwr_home), cwd=self.workdir,
+                              stdin=subprocess.DEVNULL, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {public_key} failed ({done.returncode}): "
+                               f"{(done.stdout + done.stderr).strip()[-500:]}")
+        self.log(f"registered {public_key}")
 
     def start_node(self, i: int) -> subprocess.Popen:
         """Start (or restart) SuperNode ``i``."""
         self.node_dir(i).mkdir(parents=True, exist_ok=True)
         config = (f"partition-id={i} num-partitions={self.num_nodes} threads={self.threads} "
                   f"state-dir=\"{self.node_dir(i)}\"")
+        auth = ["--auth-supernode-private-key", str(self.node_dir(i) / "auth" / "node.key")] if self.auth else []
         proc = self._spawn(f"supernode-{i}", [
             _tool("flower-supernode"), *self._security(False), "--superlink", f"127.0.0.1:{self.port}",
-            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config,
-        ])
+            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config, *auth,
+        ], self.node_env)
         self.log(f"SuperNode {i} (pid {proc.pid}): partition-id={i}, state in {self.node_dir(i)}")
         return proc
 

@@ -45,7 +45,7 @@ from flwr.serverapp import Grid, ServerApp
 from rvepfl.config import Config, config_hash
 from rvepfl.data.partition import ClientSplit, Partition
 from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
-from rvepfl.fl.client import ClientFailure, ClientOutcome, partition_summary
+from rvepfl.fl.client import ClientFailure, ClientOutcome, describe_exception, partition_summary
 from rvepfl.fl.server import Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
@@ -297,8 +297,17 @@ class FlowerServer:
                 kind, seconds, message = failures[node]
                 yield c, ClientFailure(c, kind, seconds, message), seconds
             else:
-                outcome = self._outcome(replies.pop(node), c)
+                reply = replies.pop(node)
+                try:
+                    outcome = self._outcome(reply, c)
+                except Exception as exc:  # noqa: BLE001 - a reply an untrusted node shaped as it liked
+                    yield c, ClientFailure(c, "rejected", 0.0, f"malformed reply: {describe_exception(exc)}"), 0.0
+                    continue
                 yield c, outcome, outcome.train_seconds + outcome.eval_seconds
+
+    def reject(self, round_: int, client: int) -> None:
+        """Nothing to undo here: a client whose outcome was refused keeps, on its node, the private
+        state of its last round that counted (the next request names that round)."""
 
     def commit(self, round_: int, export: bool, run: RunDir) -> None:
         write_json(run.path / "flower" / "received.json", self.received)

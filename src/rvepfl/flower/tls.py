@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rvepfl.io import atomic_write_bytes
 
-__all__ = ["Certificates", "make_certificates"]
+__all__ = ["Certificates", "NodeKey", "make_certificates", "make_node_key"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,32 @@ def make_certificates(directory: str | Path, *, days: int = 7) -> Certificates:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     out.server_key.chmod(0o600)
     return out
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """A SuperNode's key pair for node authentication, in the OpenSSH formats Flower reads."""
+
+    private_key: Path
+    public_key: Path
+
+
+def make_node_key(directory: str | Path, name: str = "node") -> NodeKey:
+    """Write a fresh EC (NIST P-384) key pair for SuperNode authentication into ``directory``:
+    ``<name>.key`` (OpenSSH private key, for ``flower-supernode --auth-supernode-private-key``)
+    and ``<name>.pub`` (OpenSSH public key, for ``flwr supernode register``), what
+    ``ssh-keygen -t ecdsa -b 384 -N '' -f <name>`` writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = directory / f"{name}.key"
+    public = directory / f"{name}.pub"
+    atomic_write_bytes(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                  serialization.NoEncryption()))
+    private.chmod(0o600)
+    atomic_write_bytes(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                             serialization.PublicFormat.OpenSSH))
+    return NodeKey(private, public)

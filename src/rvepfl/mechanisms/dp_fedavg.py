@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from rvepfl.errors import ConfigError
 from rvepfl.fl.aggregate import RunningMean
 from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
@@ -78,6 +79,11 @@ class DpFedAvg(Mechanism):
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
+        t = cfg.train
+        if t.aggregation in ("median", "trimmed-mean") or t.max_update_norm is not None:
+            raise ConfigError(
+                f"{cfg.method}'s server takes the noised mean of the clipped updates (dp_fedavg.clip_norm bounds "
+                "each one): use train.aggregation = \"mean\" and no train.max_update_norm with it")
         self.num_clients = cfg.data.num_clients
         self.per_round = cfg.clients_per_round
         self.sample_rate = self.per_round / self.num_clients

@@ -39,8 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.fl.aggregate import RunningMean
+from rvepfl.fl.aggregate import RunningMean, median_state, trimmed_mean_state
 from rvepfl.methods.wire import SharedPath, observed_gradient
+from rvepfl.privacy import clip_by_l2
 from rvepfl.seeding import torch_generator
 
 if TYPE_CHECKING:
@@ -268,18 +269,41 @@ class Method(ABC):
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
-        """The new global shared state: the plain mean (published) or sample-weighted mean.
+        """The new global shared state from the round's uploads, by ``train.aggregation``: the plain
+        mean (published), the sample-weighted mean, the coordinate-wise median or trimmed mean;
+        each client's update first bounded to ``train.max_update_norm`` when that is set.
 
         ``uploads`` may be a one-pass iterator that yields each upload as its client finishes (the
-        engine's streaming): iterate it once, and keep a running result rather than the uploads,
-        so the server's memory stays flat as clients grow. It holds at least one upload; clients
-        that failed the round are not in it.
+        engine's streaming): iterate it once. The means keep a running result rather than the
+        uploads, so the server's memory stays flat as clients grow; the median and trimmed mean
+        need every upload of the round at once. It holds at least one upload; clients that failed
+        the round are not in it.
         """
-        weighted = self.cfg.train.aggregation == "weighted"
+        t = self.cfg.train
+        if t.max_update_norm is not None:
+            uploads = (self._bounded(sent, global_state, t.max_update_norm) for sent in uploads)
+        if t.aggregation == "median":
+            return median_state([sent.state for sent in uploads])
+        if t.aggregation == "trimmed-mean":
+            return trimmed_mean_state([sent.state for sent in uploads], t.trim_fraction)
+        weighted = t.aggregation == "weighted"
         running = RunningMean(self.expected_weight(ctx))
         for sent in uploads:
             running.add(sent.state, float(sent.num_samples) if weighted else 1.0)
         return running.result()
+
+    def _bounded(self, sent: Upload, global_state: dict[str, torch.Tensor], bound: float) -> Upload:
+        """``sent`` with its update (upload minus ``global_state``, or the upload itself when the
+        method uploads updates) scaled down to L2 norm ``bound`` if it is longer."""
+        if self.uploads_update:
+            clipped, _ = clip_by_l2(sent.state, bound)
+            return Upload(sent.client, sent.num_samples, clipped, sent.info)
+        update = {k: v.double() - global_state[k].double() for k, v in sent.state.items()}
+        clipped, norm = clip_by_l2(update, bound)
+        if norm <= bound:
+            return sent
+        state = {k: (global_state[k].double() + clipped[k]).to(v.dtype) for k, v in sent.state.items()}
+        return Upload(sent.client, sent.num_samples, state, sent.info)
 
     def expected_weight(self, ctx: RoundContext) -> float | None:
         """The sum of the aggregation weights of the round's clients (``ctx.clients``), if all of
