@@ -181,7 +181,7 @@ def test_an_unregistered_supernode_is_refused_and_a_misbehaving_clientapp_is_rej
     (tests/helpers/adversary.py, loaded in the nodes' processes): the ServerApp rejects that
     upload, records why, and the round completes with client 0 alone."""
     cfg = tiny_cfg("fedavg", **{"data.subset": 200, "train.rounds": 1, "faults.min_clients": 1})
-    site = str(REPO / "tests/helpers/adversary_site")
+    site = str(REPO / "tests/helpers/faulty")  # its sitecustomize loads the adversary
     env = {"PYTHONPATH": os.pathsep.join([site, str(REPO), os.environ.get("PYTHONPATH", "")]),
            "RVEPFL_TEST_ADVERSARY": "1:nan"}
     fed = LocalFederation(tmp_path / "fed", 2, tls=True, auth=True, unregistered=frozenset({1}), node_env=env)

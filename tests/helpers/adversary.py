@@ -14,8 +14,8 @@ node could send):
 :func:`install` wraps :func:`rvepfl.fl.client.train_client` in this process, so the named client
 misbehaves in every round, wherever that function runs: the engine's process, a worker process
 (spawned workers import it again when ``RVEPFL_TEST_ADVERSARY`` is set and the directory
-``tests/helpers/adversary_site`` is on ``PYTHONPATH``, whose ``sitecustomize`` calls
-:func:`install`), or a Flower node. Test and experiment code only: nothing in ``src/`` knows of it.
+``tests/helpers/faulty`` and the repository root are on ``PYTHONPATH``: its ``sitecustomize``
+calls :func:`install_from_env`), or a Flower node. Test and experiment code only: nothing in ``src/`` knows of it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 Python imports ``sitecustomize`` at start-up, so the engine and every worker process it spawns
 (they inherit the environment) wrap :func:`rvepfl.fl.client.train_client`: the named client
 of the named round raises a ValueError, SIGKILLs its own process, or sleeps for ten minutes
-instead of training. Test code only; nothing in src/ knows about it.
+instead of training. With ``RVEPFL_TEST_ADVERSARY`` set (``CLIENT:KIND``, e.g. ``1:nan``) and
+the repository root on PYTHONPATH too, the named client sends a corrupted upload in every round
+instead (tests/helpers/adversary.py). Test code only; nothing in src/ knows about it.
 """
 
 import os
@@ -31,3 +33,8 @@ if _SPEC:
         return _train_client(fed, model, store, initial_private, global_state, round_, client, *args)
 
     _client.train_client = _faulty_train_client
+
+if os.environ.get("RVEPFL_TEST_ADVERSARY"):
+    from tests.helpers.adversary import install_from_env
+
+    install_from_env()
