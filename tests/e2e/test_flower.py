@@ -20,12 +20,13 @@ from tests.helpers.flower import need_flwr
 
 need_flwr()
 
-from rvepfl.config import Config  # noqa: E402
+from rvepfl.config import Config, dumps_config  # noqa: E402
 from rvepfl.fl.client import prepare  # noqa: E402
 from rvepfl.fl.simulation import initialise, train  # noqa: E402
 from rvepfl.flower.appconfig import write_app  # noqa: E402
 from rvepfl.flower.local import LocalFederation  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402
+from tests.helpers import adversary  # noqa: E402
 from tests.helpers.methods import tiny_cfg  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
@@ -61,6 +62,17 @@ def _processes_naming(path: Path) -> list[str]:
     return found
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _adversary_env(spec: str) -> dict[str, str]:
+    """The SuperNodes' environment that makes client ``CLIENT`` of ``spec`` (``CLIENT:KIND``) send
+    corrupted uploads (tests/helpers/adversary.py, loaded by tests/helpers/faulty's sitecustomize
+    into every process the node starts, its ClientApps included)."""
+    path = [str(REPO / "tests/helpers/faulty"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path), "RVEPFL_TEST_ADVERSARY": spec}
+
+
 def _deploy(cfg: Config, work: Path, *, during=None) -> tuple[int, list[str]]:
     """Run ``cfg`` on a local federation in ``work``; ``during(fed)`` runs in a thread meanwhile."""
     app = write_app(work / "app", cfg, out=work / "run")
@@ -82,20 +94,50 @@ def _csvs(run: Path) -> dict[str, str]:
     return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
 
 
-def test_two_rounds_of_rvepfl_on_two_supernodes_match_the_in_process_engine(tmp_path):
-    cfg = tiny_cfg("rvepfl", **{"data.subset": 200})
-    started = time.monotonic()
-    code, lines = _deploy(cfg, tmp_path)
-    seconds = time.monotonic() - started
-    assert code == 0, "\n".join(lines[-20:])
+def _flower_local(tmp_path: Path, cfg_text: str, *extra: str, env: dict[str, str] | None = None) -> tuple[Path, str, str]:
+    """``rvepfl flower-local`` on a config file holding ``cfg_text``; (run directory, stdout, stderr)."""
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text(cfg_text)
     run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rvepfl", "flower-local", "--config", str(cfg_file),
+                             "--out", str(run), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert not _processes_naming(tmp_path), "processes outlived rvepfl flower-local"
+    return run, out, err
+
+
+def test_rvepfl_with_tls_node_authentication_and_a_misbehaving_clientapp_matches_the_in_process_engine(
+        tmp_path, monkeypatch):
+    """``rvepfl flower-local --auth``: TLS with a fresh self-signed CA, and a SuperLink that
+    accepts only the nodes whose keys it registered (both are, so both take part). Client 1's
+    ClientApp sends a NaN in its upload every round (tests/helpers/adversary.py, loaded into the
+    deployment's processes): the ServerApp refuses it, records why, and each round counts with
+    client 0. The same config, seed and adversary through the in-process engine give the same
+    numbers, byte for byte."""
+    cfg = tiny_cfg("rvepfl", **{"data.subset": 200, "faults.min_clients": 1})
+    started = time.monotonic()
+    run, out, err = _flower_local(tmp_path, dumps_config(cfg), "--auth", env=_adversary_env("1:nan"))
+    seconds = time.monotonic() - started
+    assert "finished in" in out and "Mean client test metrics" in out
+    logs = run / "flower/local/logs"
+    assert "Uvicorn running on https://127.0.0.1:" in (logs / "superlink.log").read_text()
+    assert "SuperNode authentication on" in err and err.count("registered ") == 2 and "--insecure" not in err
     assert json.loads((run / "flower/status.json").read_text()) == {"status": "complete"}
     for name, header in CSV_HEADERS.items():
-        rows = (run / "metrics" / name).read_text().splitlines()
-        assert rows[0] == ",".join(header)
-    assert len((run / "metrics/client_testing.csv").read_text().splitlines()) == 1 + 2 * 2
+        assert (run / "metrics" / name).read_text().splitlines()[0] == ",".join(header)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["engine"] == "flower" and summary["rounds_completed"] == 2
+    assert summary["engine"] == "flower" and summary["rounds_completed"] == 2 and summary["status"] == "complete"
+    failures = [r.split(",", 4) for r in (run / "metrics/client_failures.csv").read_text().splitlines()[1:]]
+    assert [f[:3] for f in failures] == [["1", "1", "rejected"], ["2", "1", "rejected"]], failures
+    assert all(f[4].startswith("upload refused: `") and f[4].endswith("holds 1 NaN or infinite value")
+               for f in failures)
     # What the server received: the classifier of each client in each round, no encoder tensor.
     received = json.loads((run / "flower/received.json").read_text())
     uploads = [e["records"]["upload"]["arrays"] for e in received if e["type"] == "train"]
@@ -106,17 +148,22 @@ def test_two_rounds_of_rvepfl_on_two_supernodes_match_the_in_process_engine(tmp_
     assert not [k for k in every_key if k.startswith("encoder.")]
     # The encoders stayed on the nodes, on disk.
     key = json.loads((run / "flower/run.json").read_text())["run_key"]
-    for i in range(2):
-        assert list((tmp_path / f"fed/nodes/node-{i}" / key).glob("*-r0002.safetensors"))
-    # The same config and seed through the in-process engine: the same partition and metrics.
+    assert list((run / "flower/local/nodes/node-0" / key).glob("*-r0002.safetensors"))
+    # The in-process engine with the same adversary: the same partition, metrics and failures.
     # One torch thread in every process and float32 arrays / float64 metrics sent as raw bytes:
     # the arithmetic is the same, so the files must be byte-identical (tolerance 0).
+    import rvepfl.fl.client as client_side
+
+    monkeypatch.setattr(client_side, "train_client", client_side.train_client)
+    adversary.install(1, "nan")
     fed = prepare(cfg)
     initialise(fed, RunDir(tmp_path / "ref"))
     train(fed, RunDir(tmp_path / "ref"))
     assert (run / "partition.npz").read_bytes() == (tmp_path / "ref/partition.npz").read_bytes()
     assert _csvs(run) == _csvs(tmp_path / "ref")
-    print(f"2 rounds of RVE-PFL on a loopback deployment: {seconds:.0f} s")
+    assert [f[:3] for f in failures] == [r.split(",")[:3] for r in
+                                         (tmp_path / "ref/metrics/client_failures.csv").read_text().splitlines()[1:]]
+    print(f"2 rounds of RVE-PFL on a loopback deployment with TLS and node authentication: {seconds:.0f} s")
 
 
 def test_a_supernode_killed_mid_round_is_recorded_and_the_run_completes(tmp_path):
@@ -142,74 +189,26 @@ def test_a_supernode_killed_mid_round_is_recorded_and_the_run_completes(tmp_path
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
 
 
-def test_tls_and_supernode_authentication_on_loopback_through_the_cli(tmp_path):
-    """``--auth``: TLS, and a SuperLink that accepts only the nodes whose keys were registered
-    (both are, so both take part)."""
-    cfg_file = tmp_path / "tiny.toml"
-    cfg_file.write_text('method = "fedavg"\nthreads = 1\nworkers = 1\ndevice = "cpu"\n'
-                        "[data]\nsubset = 200\nnum_clients = 2\n[train]\nrounds = 1\nlocal_epochs = 1\nbatch_size = 32\n")
-    run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rvepfl", "flower-local", "--config", str(cfg_file),
-                             "--out", str(run), "--auth"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    assert "finished in" in out and "Mean client test metrics" in out
-    logs = run / "flower/local/logs"
-    assert "Uvicorn running on https://127.0.0.1:" in (logs / "superlink.log").read_text()
-    assert "SuperNode authentication on" in err and err.count("registered ") == 2
-    for i in range(2):
-        cmd = (logs / f"supernode-{i}.log").read_text()
-        assert "SuperNode ID" in cmd
-    assert "--insecure" not in err
-    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
-    assert not _processes_naming(tmp_path), "processes outlived rvepfl flower-local"
-
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_an_unregistered_supernode_is_refused_and_a_misbehaving_clientapp_is_rejected(tmp_path):
-    """A SuperLink with SuperNode authentication, and two nodes: node 1's key is not registered,
-    so the SuperLink refuses it and the run says that client 1's node never answered. Once its key
-    is registered it takes part, but its ClientApp sends a NaN in its upload
-    (tests/helpers/adversary.py, loaded in the nodes' processes): the ServerApp rejects that
-    upload, records why, and the round completes with client 0 alone."""
-    cfg = tiny_cfg("fedavg", **{"data.subset": 200, "train.rounds": 1, "faults.min_clients": 1})
-    site = str(REPO / "tests/helpers/faulty")  # its sitecustomize loads the adversary
-    env = {"PYTHONPATH": os.pathsep.join([site, str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RVEPFL_TEST_ADVERSARY": "1:nan"}
-    fed = LocalFederation(tmp_path / "fed", 2, tls=True, auth=True, unregistered=frozenset({1}), node_env=env)
+def test_an_unregistered_supernode_is_refused_and_the_run_says_so(tmp_path):
+    """A SuperLink with SuperNode authentication and two nodes, of which only node 0's key is
+    registered: the SuperLink refuses node 1, and the ServerApp stops with one line saying that
+    client 1's node never answered, creating nothing. (Registered nodes taking part: the
+    ``--auth`` deployment above.)"""
+    cfg = tiny_cfg("fedavg", **{"data.subset": 200, "train.rounds": 1})
+    fed = LocalFederation(tmp_path / "fed", 2, tls=True, auth=True, unregistered=frozenset({1}))
     lines: list[str] = []
     try:
         fed.start()
-        code = fed.run_app(write_app(tmp_path / "app1", cfg, out=tmp_path / "refused", wait_nodes=10),
+        code = fed.run_app(write_app(tmp_path / "app", cfg, out=tmp_path / "run", wait_nodes=15),
                            stream=lines.append, timeout=300)
-        # The ServerApp says so in the streamed log (flwr run itself exits 0) and creates nothing.
-        said = [line for line in lines if "error: Only 1 of 2 clients' SuperNodes answered" in line]
-        assert said and "server.wait_nodes = 10 s (missing partition-id 1)" in said[0], "\n".join(lines[-30:])
-        assert not (tmp_path / "refused").exists()
-        refused = (fed.logs / "supernode-1.log").read_text()
-        assert "Failed to activate SuperNode" in refused, refused[-2000:]
-        assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
-
-        fed.register(fed.node_dir(1) / "auth" / "node.pub")
-        fed.kill("supernode-1")
-        fed.start_node(1)
-        lines.clear()
-        code = fed.run_app(write_app(tmp_path / "app2", cfg, out=tmp_path / "run", wait_nodes=60),
-                           stream=lines.append, timeout=300)
-        assert code == 0, "\n".join(lines[-30:])
     finally:
         fed.stop()
-    run = tmp_path / "run"
-    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
-    failures = (run / "metrics/client_failures.csv").read_text().splitlines()[1:]
-    assert len(failures) == 1 and failures[0].startswith("1,1,rejected,"), failures
-    assert "upload refused: `" in failures[0] and "holds 1 NaN or infinite value" in failures[0]
-    assert [t.split(",")[-1] for t in (run / "metrics/round_timing.csv").read_text().splitlines()[1:]] == ["1"]
+    # The ServerApp says so in the streamed log (flwr run itself exits 0) and creates nothing.
+    said = [line for line in lines if "error: Only 1 of 2 clients' SuperNodes answered" in line]
+    assert code == 0 and said, "\n".join(lines[-30:])
+    assert "server.wait_nodes = 15 s (missing partition-id 1)" in said[0]
+    assert not (tmp_path / "run").exists()
+    assert "Failed to activate SuperNode" in (fed.logs / "supernode-1.log").read_text()
+    assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
+    assert "SuperNode ID" in (fed.logs / "supernode-0.log").read_text() or \
+        "Activated node_id" in (fed.logs / "superlink.log").read_text()

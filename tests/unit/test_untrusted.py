@@ -226,7 +226,7 @@ def test_a_bound_on_each_update_caps_what_one_client_moves(tmp_path, monkeypatch
 
 
 # -- the same on Flower (the ServerApp and ClientApps over an in-process Grid) ----------------------------
-@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), pytest.param("rvepfl", "encoder", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), ("fedavg", "shape"), ("fedavg", "encoder")])
 def test_flower_rejects_a_misbehaving_clientapp(tmp_path, monkeypatch, method, kind):
     from tests.helpers.flower import InProcessGrid, need_flwr
 
@@ -249,6 +249,8 @@ def test_flower_rejects_a_misbehaving_clientapp(tmp_path, monkeypatch, method, k
     assert summary["status"] == "complete"
     failures = _rows(tmp_path / "run", "client_failures.csv")
     assert [(f["client#"], f["Failure"]) for f in failures] == [("3", "rejected")]
+    expected = {"nan": "NaN or infinite", "shape": "has shape", "encoder": "does not share: encoder."}[kind]
+    assert failures[0]["Message"].startswith("upload refused: ") and expected in failures[0]["Message"]
     state = load_file(RunDir(tmp_path / "run").global_checkpoint(1))
     assert all(torch.isfinite(v).all() for v in state.values())
     assert set(state) == set(prepare(cfg).method.shared_state(prepare(cfg).method.build_model()))

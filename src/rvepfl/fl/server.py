@@ -329,8 +329,8 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
         book = RoundBook(cfg, method, r, clients, progress, resume)
         clocks = [s if per_federation else None for s in starts[:-1]]
         results = dispatcher.run_round(r, clients, clocks, done, global_state, export)
-        sizes = [len(setup.partition.clients[c].train) for c in clients]
-        global_state = method.aggregate(book.uploads(results, planned, global_state, sizes), global_state,
+        split_sizes = [len(setup.partition.clients[c].train) for c in clients]
+        global_state = method.aggregate(book.uploads(results, planned, global_state, split_sizes), global_state,
                                         RoundContext(round=r, client=None, seed=cfg.seed, clients=tuple(clients)))
         book.check_complete()
         for failure in book.failures:

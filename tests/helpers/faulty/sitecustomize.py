@@ -35,6 +35,27 @@ if _SPEC:
     _client.train_client = _faulty_train_client
 
 if os.environ.get("RVEPFL_TEST_ADVERSARY"):
-    from tests.helpers.adversary import install_from_env
+    # Installed when rvepfl.fl.client is first imported, not now: the processes that never import
+    # it (Flower's SuperLink, SuperExec, `flwr`) do not pay for importing torch.
+    import importlib.abc
+    import importlib.util
+    import sys
 
-    install_from_env()
+    class _InstallAdversary(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "rvepfl.fl.client":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            exec_module = spec.loader.exec_module
+
+            def exec_then_install(module):
+                exec_module(module)
+                from tests.helpers.adversary import install_from_env
+
+                install_from_env()
+
+            spec.loader.exec_module = exec_then_install
+            return spec
+
+    sys.meta_path.insert(0, _InstallAdversary())
