@@ -3,18 +3,19 @@ the README's "Untrusted clients" section.
 
 Usage::
 
-    python scripts/malicious_clients.py [--out runs/malicious] [--seeds 0 1] [--parallel 2]
+    python scripts/malicious_clients.py [--out runs/malicious] [--seeds 0 1] [--parallel 2] [--readme README.md]
 
-Every run is ``rvepfl train`` on the quick config (the bundled MNIST digits, 7 rounds of 2 local
-epochs) with five clients, one torch thread, and ``faults.min_clients = 4`` (a round counts
-with one client left out). Client 3 is the attacker (tests/helpers/adversary.py, loaded into
+Every run is ``rvepfl train`` at the size of ``configs/compare-quick.toml`` (its ``[base]``: five
+clients sharing 3,000 of the bundled MNIST digits, 5 rounds of 2 local epochs), one torch
+thread, and ``faults.min_clients = 4`` (a round counts with one client left out). Client 3 is the attacker (tests/helpers/adversary.py, loaded into
 the run's process through tests/helpers/faulty/sitecustomize.py; nothing in ``src/`` knows it):
 
 - ``scale`` / ``flip``: its update multiplied by 1e4 / by -1, for each method and aggregation
   (``mean``, ``median``, ``trimmed-mean`` with the default trim fraction 0.2) and each seed,
   beside the clean run of the same cell;
 - ``nan`` / ``shape`` / ``encoder``: a NaN value, an entry with a wrong shape, its private
-  entries added to the upload: refused by the server's validation (seed 0, the mean).
+  entries added to the upload: refused by the server's validation (the first seed, the mean;
+  FedAvg all three, RVE-PFL its encoder).
 
 Accuracy is the mean test accuracy of the four honest clients (0, 1, 2, 4) in the final round,
 from each run's ``metrics/client_testing.csv``; the attacker's own score is left out of every
@@ -23,7 +24,9 @@ cell, the clean runs' too. ``rejected`` counts the rows of ``metrics/client_fail
 Writes ``OUT/<method>-<aggregation>-<attack>-s<seed>/`` (run directories; a run that completed
 is not run again, an interrupted one is resumed), then ``OUT/malicious.csv`` (every run) and
 ``OUT/malicious.md`` (mean ± sample std over the seeds, in percent, and the change against the
-clean cell), atomically. ``--table-only`` rewrites the tables from the runs that exist.
+clean cell), atomically. ``--table-only`` rewrites the tables from the runs that exist;
+``--readme README.md`` also puts malicious.md between the README's ``<!-- results:malicious -->``
+and ``<!-- /results:malicious -->``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from rvepfl.io import atomic_write_text
 
@@ -67,7 +72,8 @@ class Case:
 
 def cases(seeds: list[int]) -> list[Case]:
     out = [Case(m, a, k, s) for m in METHODS for a in AGGREGATIONS for k in ROBUST_ATTACKS for s in seeds]
-    out += [Case(m, "mean", k, seeds[0]) for m in METHODS for k in REJECTED_ATTACKS]
+    out += [Case("fedavg", "mean", k, seeds[0]) for k in REJECTED_ATTACKS]
+    out += [Case("rvepfl", "mean", "encoder", seeds[0])]
     return out
 
 
@@ -76,6 +82,15 @@ def _complete(run: Path) -> bool:
         return json.loads((run / "summary.json").read_text())["status"] == "complete"
     except (OSError, ValueError, KeyError):
         return False
+
+
+def base_config(out: Path) -> Path:
+    """``out/base.toml``: compare-quick's ``[base]`` as a config file (written once)."""
+    path = out / "base.toml"
+    if not path.exists():
+        base = tomllib.loads((REPO / "configs/compare-quick.toml").read_text(encoding="utf-8"))["base"]
+        atomic_write_text(path, tomli_w.dumps({"name": "malicious", **base}))
+    return path
 
 
 def run_case(case: Case, out: Path) -> float:
@@ -91,14 +106,14 @@ def run_case(case: Case, out: Path) -> float:
         env.pop("RVEPFL_TEST_ADVERSARY", None)
     settings = {"data.num_clients": CLIENTS, "faults.min_clients": CLIENTS - 1, "threads": 1, "workers": 1,
                 "device": "cpu", "train.aggregation": case.aggregation}
-    command = [sys.executable, "-m", "rvepfl", "train", "--config", str(REPO / "configs/quick.toml"),
-               "--method", case.method, "--seed", str(case.seed), "--quiet"]
+    command = [sys.executable, "-m", "rvepfl", "train", "--quiet"]
     if (run / "state" / "progress.json").exists():
-        command += ["--resume", str(run)]
+        command += ["--resume", str(run)]  # with the settings it recorded
     else:
-        command += ["--out", str(run)]
-    for key, value in settings.items():
-        command += ["--set", f"{key}={value}"]
+        command += ["--config", str(base_config(out)), "--method", case.method, "--seed", str(case.seed),
+                    "--out", str(run)]
+        for key, value in settings.items():
+            command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -125,6 +140,8 @@ def measure(case: Case, out: Path) -> dict[str, object]:
 
 
 def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"  # not run (yet)
     mean = 100 * float(np.mean(values))
     return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {100 * float(np.std(values, ddof=1)):.1f}"
 
@@ -134,8 +151,9 @@ def markdown(rows: list[dict[str, object]], seeds: list[int]) -> str:
         return [float(r["honest_acc"]) for r in rows  # type: ignore[arg-type]
                 if (r["method"], r["aggregation"], r["attack"]) == (method, aggregation, attack)]
 
-    lines = [f"Honest clients' final mean test accuracy, % (mean ± std over seeds {', '.join(map(str, seeds))}); "
-             "Δ: change of the mean against the clean run with the same aggregation.", "",
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    lines = [f"Honest clients' final mean test accuracy, % ({over}); Δ: change against the clean run with the "
+             "same aggregation, in points.", "",
              "| method | aggregation | clean | scale ×1e4 | Δ | sign flip | Δ |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for method in METHODS:
@@ -144,7 +162,8 @@ def markdown(rows: list[dict[str, object]], seeds: list[int]) -> str:
             cells = [_cell(clean)]
             for attack in ("scale", "flip"):
                 hit = acc(method, aggregation, attack)
-                cells += [_cell(hit), f"{100 * (np.mean(hit) - np.mean(clean)):+.1f}"]
+                change = f"{100 * (np.mean(hit) - np.mean(clean)):+.1f}" if hit and clean else "–"
+                cells += [_cell(hit), change]
             lines.append(f"| {_NAMES[method]} | {aggregation} | " + " | ".join(cells) + " |")
     lines += ["", "| method | attack | aggregation | accuracy | rejected rows | reason (first row) |",
               "| --- | --- | --- | ---: | ---: | --- |"]
@@ -175,6 +194,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--readme", type=Path, help="write the table into this README's results:malicious block")
     args = parser.parse_args()
     if args.parallel < 1:
         raise SystemExit("error: --parallel must be >= 1")
@@ -186,7 +206,15 @@ def main() -> None:
             for i, (case, seconds) in enumerate(zip(todo, pool.map(lambda c: run_case(c, args.out), todo)), 1):
                 print(f"[{i}/{len(todo)}] {case.name}: {seconds:.0f} s "
                       f"({time.perf_counter() - started:.0f} s in all)", file=sys.stderr, flush=True)
-    print(write_tables(args.out, args.seeds))
+    text = write_tables(args.out, args.seeds)
+    print(text)
+    if args.readme is not None:
+        readme = args.readme.read_text(encoding="utf-8")
+        begin, end = "<!-- results:malicious -->", "<!-- /results:malicious -->"
+        if begin not in readme or end not in readme:
+            raise SystemExit(f"error: {args.readme} has no {begin} ... {end} block")
+        head, rest = readme.split(begin, 1)
+        atomic_write_text(args.readme, f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def _train(path: Path, method: str, **overrides) -> RunDir:
     return run
 
 
-@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), ("fedavg", "shape"),
+@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), pytest.param("fedavg", "shape", marks=pytest.mark.slow),
                                           pytest.param("rvepfl", "encoder", marks=pytest.mark.slow)])
 def test_a_bad_upload_is_rejected_and_the_run_completes_with_the_honest_clients(tmp_path, monkeypatch, method, kind):
     run = _run(tmp_path / "run", method, kind, monkeypatch)
@@ -200,6 +200,7 @@ def _distance(a: RunDir, b: RunDir, round_: int = 2) -> float:
     return float(torch.sqrt(sum(((x[k].double() - y[k].double()) ** 2).sum() for k in x)))
 
 
+@pytest.mark.slow
 def test_robust_aggregation_absorbs_a_scaled_update(tmp_path, monkeypatch):
     """Against the clean run's global state after one round: one update scaled by 1e4 pulls the
     mean far off; the median and the trimmed mean stay where the honest clients put them."""
@@ -214,6 +215,7 @@ def test_robust_aggregation_absorbs_a_scaled_update(tmp_path, monkeypatch):
     assert distance["median"] < distance["mean"] / 100 and distance["trimmed-mean"] < distance["mean"] / 100
 
 
+@pytest.mark.slow
 def test_a_bound_on_each_update_caps_what_one_client_moves(tmp_path, monkeypatch):
     bound = {"train.max_update_norm": 1.0, "train.rounds": 1}
     clean = _run(tmp_path / "clean", "fedavg", None, monkeypatch, **bound)
@@ -226,7 +228,8 @@ def test_a_bound_on_each_update_caps_what_one_client_moves(tmp_path, monkeypatch
 
 
 # -- the same on Flower (the ServerApp and ClientApps over an in-process Grid) ----------------------------
-@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), ("fedavg", "shape"), ("fedavg", "encoder")])
+@pytest.mark.parametrize("method, kind", [("fedavg", "nan"), pytest.param("fedavg", "shape", marks=pytest.mark.slow),
+                                          pytest.param("fedavg", "encoder", marks=pytest.mark.slow)])
 def test_flower_rejects_a_misbehaving_clientapp(tmp_path, monkeypatch, method, kind):
     from tests.helpers.flower import InProcessGrid, need_flwr
 
