@@ -46,6 +46,7 @@ def compared(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # a whole compare run (the module fixture)
 def test_table_csv_has_every_method_and_dataset(compared):
     rows = read_csv(compared / "out" / "table.csv")
     assert list(rows[0]) == ["dataset", "method", "seeds", "mean_acc", "std_acc", "acc_seed0", "acc_seed1"]
@@ -59,6 +60,7 @@ def test_table_csv_has_every_method_and_dataset(compared):
         assert float(r["acc_seed1"]) == float(final[-1]["ACC"])
 
 
+@pytest.mark.slow  # a whole compare run (the module fixture)
 def test_table_md_and_plot(compared):
     text = (compared / "out" / "table.md").read_text()
     assert "| method | mnist |" in text
@@ -72,6 +74,7 @@ def test_table_md_and_plot(compared):
     assert (compared / "out" / "compare.toml").read_text() == (compared / "c.toml").read_text()
 
 
+@pytest.mark.slow  # a whole compare run (the module fixture)
 def test_every_method_ran_on_the_same_partition(compared):
     for seed in (0, 1):
         arrays = []
@@ -86,6 +89,7 @@ def test_every_method_ran_on_the_same_partition(compared):
         assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # another seed, another partition
 
 
+@pytest.mark.slow  # a whole compare run (the module fixture)
 def test_second_invocation_skips_every_run(compared):
     runs = compared / "out" / "runs"
     before = mtimes(runs)
@@ -96,6 +100,7 @@ def test_second_invocation_skips_every_run(compared):
     assert (compared / "out" / "table.csv").read_text() == table_before
 
 
+@pytest.mark.slow  # a whole compare run (the module fixture)
 def test_changed_config_is_refused_before_training(compared, tmp_path):
     (tmp_path / "c.toml").write_text(toml_text(available_methods(), [0, 1], rounds=2))
     before = mtimes(compared / "out" / "runs")
