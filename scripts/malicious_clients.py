@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from rvepfl.io import atomic_write_text
+from rvepfl.io import atomic_write_text, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ATTACKER = 3
@@ -178,11 +178,7 @@ def markdown(rows: list[dict[str, object]], seeds: list[int]) -> str:
 def write_tables(out: Path, seeds: list[int]) -> str:
     rows = [measure(c, out) for c in cases(seeds) if _complete(out / c.name)]
     header = list(rows[0]) if rows else ["method"]
-    lines = [",".join(header)]
-    for r in rows:
-        lines.append(",".join(json.dumps(v) if isinstance(v, str) and ("," in v or '"' in v) else str(v)
-                              for v in r.values()))
-    atomic_write_text(out / "malicious.csv", "\n".join(lines) + "\n")
+    write_csv(out / "malicious.csv", header, [list(r.values()) for r in rows])
     text = markdown(rows, seeds)
     atomic_write_text(out / "malicious.md", text)
     return text

@@ -113,6 +113,18 @@ def _check_states(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
                                  f"{tuple(states[0][key].shape)} in another")
 
 
+def _middle_mean(states: Sequence[Mapping[str, torch.Tensor]], cut: int) -> dict[str, torch.Tensor]:
+    """For every coordinate, the mean of the values left when the ``cut`` largest and ``cut``
+    smallest of the states' values are dropped; in float64, cast back to each entry's dtype."""
+    _check_states(states)
+    n = len(states)
+    out = {}
+    for key, ref in states[0].items():
+        kept = _stacked(states, key).sort(dim=0).values[cut : n - cut]
+        out[key] = kept.mean(dim=0).to(ref.dtype)
+    return out
+
+
 def median_state(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Coordinate-wise median of states with identical keys and shapes; with an even number of
     states, the mean of the two middle values (as NumPy's median). Computed in float64, cast
@@ -126,14 +138,7 @@ def median_state(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
     >>> median_state(states[:2])["w"].tolist()
     [1.5, -2.5]
     """
-    _check_states(states)
-    n = len(states)
-    out = {}
-    for key, ref in states[0].items():
-        ordered = _stacked(states, key).sort(dim=0).values
-        middle = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
-        out[key] = middle.to(ref.dtype)
-    return out
+    return _middle_mean(states, (len(states) - 1) // 2)  # the middle value, or the middle two
 
 
 def trimmed_mean_state(states: Sequence[Mapping[str, torch.Tensor]], fraction: float) -> dict[str, torch.Tensor]:
@@ -150,11 +155,4 @@ def trimmed_mean_state(states: Sequence[Mapping[str, torch.Tensor]], fraction: f
     """
     if not 0 <= fraction < 0.5:
         raise ValueError(f"Expected `fraction` in [0, 0.5), got {fraction!r}")
-    _check_states(states)
-    n = len(states)
-    cut = int(fraction * n)
-    out = {}
-    for key, ref in states[0].items():
-        kept = _stacked(states, key).sort(dim=0).values[cut : n - cut]
-        out[key] = kept.mean(dim=0).to(ref.dtype)
-    return out
+    return _middle_mean(states, int(fraction * len(states)))
