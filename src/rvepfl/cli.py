@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from rvepfl.config import Config, apply_overrides, dumps_config, load_config
+from rvepfl.config import Config, apply_overrides, dumps_config, load_config, published_warnings
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
@@ -194,6 +194,7 @@ def train(
             f"training {cfg.method} on {fed.dataset.source}: {cfg.data.num_clients} clients, "
             f"{cfg.train.rounds} rounds, {cfg.train.local_epochs} local epochs, batch {cfg.train.batch_size}, "
             f"seed {cfg.seed} -> {run.path}", err=True)
+    _warn_published(cfg)
     started = time.perf_counter()
     try:
         summary = run_training(fed, run, _printer(quiet))
@@ -207,13 +208,22 @@ def train(
         f"({time.perf_counter() - started:.0f} s)"
     )
     typer.echo(f"run directory: {run.path}")
+    _warn_published(cfg)
+
+
+def _warn_published(cfg: Config) -> None:
+    """A warning line per published defect the run turns on on purpose (``published_warnings``)."""
+    for line in published_warnings(cfg):
+        typer.secho(f"WARNING: {line}", err=True, fg=typer.colors.YELLOW)
 
 
 def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
     from rvepfl.flower import require_flwr
 
+    from rvepfl.flower.appconfig import check_flower_config
+
     require_flwr()
-    return apply_overrides(load_config(config), _parse_sets(set_ or []))
+    return check_flower_config(apply_overrides(load_config(config), _parse_sets(set_ or [])))
 
 
 @app.command("flower-app")

@@ -67,6 +67,8 @@ SplitMode = Literal["combined", "standard"]
 Aggregation = Literal["mean", "weighted", "median", "trimmed-mean"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 DecayClock = Literal["federation", "client"]
+TestSplit = Literal["fixed", "published-leaky"]
+OptimiserScope = Literal["per-client", "published-shared"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class DataConfig:
     """Label-sorted shards per client (partition = shards)."""
     dirichlet_alpha: float = 0.5
     """Concentration of the per-class Dirichlet split (partition = dirichlet); smaller = more skewed."""
+    test_split: TestSplit = "fixed"
+    """fixed: each client's test split is drawn once and kept for the whole run (an honest test);
+    published-leaky: as the published code did, each client's images are re-split every round (a
+    seeded draw here), so a round tests on images the client trained on in earlier rounds; its
+    accuracy is not a test accuracy. Only for reproducing the published figures."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,12 @@ class TrainConfig:
     max_update_norm: float | None = None
     """L2 bound on each client's update (its upload minus the global state, all tensors as one
     vector), applied by the server before aggregating (> 0); leave it out for no bound."""
+    optimiser: OptimiserScope = "per-client"
+    """per-client: a fresh Adam for each client's local training in each round; published-shared:
+    as the published code did, one Adam whose moments and step counts (per parameter, by name)
+    pass from each client to the next and from round to round, an information flow between
+    clients that a real federation does not have. Only for reproducing the published figures;
+    clients then train one after another in one process (workers = 1)."""
     checkpoint_every: int = 0
     """Save every client's private state every N rounds (0: only at the end); global states are saved every round."""
     eval_batch_size: int = 1024
@@ -347,7 +360,31 @@ def _check(cfg: Config) -> Config:
     need(0 <= f.min_clients <= cfg.clients_per_round, "faults.min_clients", f.min_clients,
          f"between 0 and the {cfg.clients_per_round} clients of a round (0: all of them)")
     need(f.client_timeout >= 0, "faults.client_timeout", f.client_timeout, ">= 0 (0: no limit)")
+    if d.test_split == "published-leaky":
+        need(d.split == "combined", "data.split", d.split,
+             '"combined" with `data.test_split = "published-leaky"` (the published code re-split each '
+             "client's pooled shard; split = standard has no such shard)")
+    if t.optimiser == "published-shared":
+        need(cfg.workers <= 1, "workers", cfg.workers, "to be 0 or 1 with `train.optimiser = \"published-shared\"`, "
+             "whose one optimiser passes from client to client")
+        need(f.client_timeout == 0, "faults.client_timeout", f.client_timeout,
+             "to be 0 with `train.optimiser = \"published-shared\"` (a client past its time limit runs in a "
+             "process of its own, where the shared optimiser is not)")
     return cfg
+
+
+def published_warnings(cfg: Config) -> list[str]:
+    """One line per published defect ``cfg`` turns on on purpose (empty for an honest run): shown
+    when the run starts and kept in its summary."""
+    out = []
+    if cfg.data.test_split == "published-leaky":
+        out.append('data.test_split = "published-leaky": each client\'s test split is re-drawn every round as '
+                   "published, so it tests on images trained on in earlier rounds: its accuracy is NOT a test "
+                   "accuracy")
+    if cfg.train.optimiser == "published-shared":
+        out.append('train.optimiser = "published-shared": one Adam passes from client to client as published, '
+                   "an information flow between clients that a real federation does not have")
+    return out
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
@@ -456,7 +493,7 @@ _UNHASHED = {"": ("name", "threads", "workers", "device"), "train": ("eval_batch
 #: Engine keys added after the current hash scheme began: left out of the hash while they hold
 #: their default (which keeps the earlier behaviour), so that runs made before they existed keep
 #: their hash.
-_LATER_KEYS = {"train": ("trim_fraction", "max_update_norm")}
+_LATER_KEYS = {"data": ("test_split",), "train": ("trim_fraction", "max_update_norm", "optimiser")}
 
 
 def config_hash(cfg: Config) -> str:

@@ -30,7 +30,7 @@ import torch
 
 from rvepfl.attacks.runner import resolve_settings, run_attack
 from rvepfl.attacks.threat import Target
-from rvepfl.config import Config, config_hash
+from rvepfl.config import Config, config_hash, published_warnings
 from rvepfl.errors import CheckpointError, NoAttackSurface
 from rvepfl.experiments.plots import accuracy_plot, privacy_utility_plot
 from rvepfl.experiments.results import (
@@ -181,6 +181,8 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
                 initialise(fed, run)
                 say(f"{prefix}: training -> {run.path}")
                 statuses[r.label] = "trained"
+            for line in published_warnings(r.cfg):
+                say(f"{prefix}: WARNING: {line}")
             train(fed, run, progress(prefix) if progress else None)
             del fed
             acc = read_curve(run, r.cfg)[-1]

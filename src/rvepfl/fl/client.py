@@ -46,10 +46,18 @@ class Federation:
     pool_y: torch.Tensor
     device: torch.device
 
-    def client_data(self, client: int) -> ClientData:
+    def client_data(self, client: int, round_: int | None = None) -> ClientData:
+        """The client's train and test images: its fixed split, or with ``data.test_split =
+        "published-leaky"`` and a ``round_``, that round's re-draw of its split (as published:
+        same sizes, a seeded permutation of the client's pooled images per round and client)."""
         split = self.partition.clients[client]
-        train = torch.from_numpy(split.train).to(self.device)
-        test = torch.from_numpy(split.test).to(self.device)
+        train_idx, test_idx = split.train, split.test
+        if round_ is not None and self.cfg.data.test_split == "published-leaky":
+            pooled = numpy_rng(self.cfg.seed, "published-split", round_, client).permutation(
+                np.concatenate([train_idx, test_idx]))
+            test_idx, train_idx = np.sort(pooled[: len(test_idx)]), np.sort(pooled[len(test_idx):])
+        train = torch.from_numpy(train_idx).to(self.device)
+        test = torch.from_numpy(test_idx).to(self.device)
         return ClientData(self.pool_x[train], self.pool_y[train], self.pool_x[test], self.pool_y[test])
 
     def label_counts(self) -> list[dict[str, list[int]]]:
@@ -177,7 +185,7 @@ def client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: in
     general test, local training, evaluation on its train and test splits, upload."""
     assert ctx.client is not None
     t, method, num_classes = fed.cfg.train, fed.method, fed.dataset.num_classes
-    data = fed.client_data(ctx.client)
+    data = fed.client_data(ctx.client, ctx.round)
     seed_torch(ctx.seed, "train", ctx.round, ctx.client, 0)  # dropout and z-sampling
     e0 = time.perf_counter()
     general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)

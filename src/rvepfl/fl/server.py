@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import rvepfl
-from rvepfl.config import Config, config_hash, dumps_config
+from rvepfl.config import Config, config_hash, dumps_config, published_warnings
 from rvepfl.data import Partition
 from rvepfl.errors import CheckpointError, RoundFailedError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, initial_model
@@ -272,6 +272,7 @@ def _summary(setup: ServerSetup, dispatcher: Dispatcher, log: MetricsLog, elapse
         "dataset": cfg.data.dataset,
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
+        **({"published_defects": warnings} if (warnings := published_warnings(cfg)) else {}),
         "rounds_completed": len(timing),
         "final": {"test": last("test"), "train": last("train"), "general": last("general")},
         "accuracy_per_round": [row[2] for row in log.round_means("test")],

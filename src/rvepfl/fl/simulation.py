@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,10 +29,14 @@ from rvepfl.fl.client import ClientFailure, Federation, describe_exception, init
 from rvepfl.fl.server import Progress, Result, ServerSetup, run_rounds, write_run_start
 from rvepfl.fl.store import ClientStore
 from rvepfl.fl.workers import ClientPool, ClientTask
+from rvepfl.io import load_tensors, save_tensors
+from rvepfl.methods.shared_adam import initial_carrier
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
 
 __all__ = ["InProcess", "initialise", "resolve_workers", "train"]
+
+_CARRIER_KIND = "rvepfl-published-shared-optimiser"
 
 
 def initialise(fed: Federation, run: RunDir) -> None:
@@ -58,6 +63,8 @@ def resolve_workers(cfg: Config, device: torch.device) -> tuple[int, int]:
     gets ``threads`` threads, or the CPUs shared among the workers.
     """
     workers = cfg.workers
+    if workers == 0 and cfg.train.optimiser == "published-shared":
+        workers = 1  # one optimiser passes from client to client: they train one after another
     if workers == 0:
         workers = 1 if device.type != "cpu" else _cores() // max(1, cfg.threads)
         workers = max(1, min(workers, cfg.clients_per_round))
@@ -80,6 +87,8 @@ class InProcess:
 
     def start(self, done: int, log: MetricsLog) -> None:
         self.store.prune(done)
+        if self.fed.cfg.train.optimiser == "published-shared":
+            self.fed.method.carried_optimiser = self._carrier(done)
         # A client past its time limit can only be stopped in a process of its own.
         if (self.workers > 1 or self.fed.cfg.faults.client_timeout > 0) and done < self.fed.cfg.train.rounds:
             self.pool = ClientPool(self.fed.cfg, self.run.path, self.workers, self.threads)
@@ -99,6 +108,19 @@ class InProcess:
             yield client, result, seconds
         for flushed in flushes:  # every state the round commits is on disk before the commit
             flushed.result()
+        if self.fed.method.carried_optimiser is not None:
+            meta = {"format": _CARRIER_KIND, "round": str(round_), "config_hash": self.store.config_hash}
+            save_tensors(self._carrier_path(round_), self.fed.method.carried_optimiser, meta)
+
+    def _carrier_path(self, round_: int) -> Path:
+        return self.run.state / "optimiser" / f"r{round_:04d}.safetensors"
+
+    def _carrier(self, done: int) -> dict[str, torch.Tensor]:
+        """The published shared optimiser's state after round ``done`` (fresh before round 1)."""
+        fresh = initial_carrier(self.model)
+        if done == 0:
+            return fresh
+        return load_tensors(self._carrier_path(done), expected=fresh, kind=_CARRIER_KIND)
 
     def _here(self, round_: int, clients: list[int], clocks: list[int | None], committed: int,
               global_state: dict[str, torch.Tensor]) -> Iterator[Result]:
@@ -140,6 +162,9 @@ class InProcess:
 
     def committed(self, round_: int, clients: list[int], failures: list[ClientFailure]) -> None:
         self.store.prune(round_)
+        for path in self._carrier_path(round_).parent.glob("r*.safetensors"):
+            if path.name != self._carrier_path(round_).name:
+                path.unlink(missing_ok=True)
 
     def details(self) -> dict[str, Any]:
         return {"engine": "in-process", "device": str(self.fed.device),

@@ -40,7 +40,7 @@ from rvepfl.config import Config, config_from_dict, config_to_dict, flatten
 from rvepfl.errors import ConfigError
 from rvepfl.io import atomic_write_text
 
-__all__ = ["APP_NAME", "SERVER_KEYS", "app_pyproject", "run_config", "split_run_config", "write_app"]
+__all__ = ["APP_NAME", "SERVER_KEYS", "app_pyproject", "check_flower_config", "run_config", "split_run_config", "write_app"]
 
 APP_NAME = "rvepfl-flower"
 SERVER_KEYS: dict[str, Any] = {"out": "", "wait_nodes": 120.0}
@@ -84,7 +84,15 @@ def split_run_config(flat: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     if isinstance(server["wait_nodes"], bool) or not isinstance(server["wait_nodes"], (int, float)) \
             or not server["wait_nodes"] > 0:
         raise ConfigError(f"Expected `server.wait_nodes` > 0 seconds, got {server['wait_nodes']!r}")
-    return config_from_dict(nested), server
+    return check_flower_config(config_from_dict(nested)), server
+
+
+def check_flower_config(cfg: Config) -> Config:
+    """``cfg``, or a one-line :class:`ConfigError` for a setting the Flower apps cannot run."""
+    if cfg.train.optimiser == "published-shared":
+        raise ConfigError('`train.optimiser = "published-shared"` passes one optimiser from client to client in one '
+                          "process; Flower's nodes train on their own: use `rvepfl train` for it")
+    return cfg
 
 
 def app_pyproject(cfg: Config, *, out: str | Path = "", wait_nodes: float = SERVER_KEYS["wait_nodes"]) -> str:

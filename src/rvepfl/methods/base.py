@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvepfl.fl.aggregate import RunningMean, median_state, trimmed_mean_state
+from rvepfl.methods.shared_adam import load_carrier, store_carrier
 from rvepfl.methods.wire import SharedPath, observed_gradient
 from rvepfl.privacy import clip_by_l2
 from rvepfl.seeding import torch_generator
@@ -126,6 +127,9 @@ class Method(ABC):
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         self.cfg = cfg
         self.spec = spec
+        self.carried_optimiser: dict[str, torch.Tensor] | None = None
+        """With ``train.optimiser = "published-shared"``, the Adam state the previous client's
+        training left (:mod:`rvepfl.methods.shared_adam`); the engine sets and saves it."""
 
     @classmethod
     def sections(cls) -> dict[str, type]:
@@ -202,10 +206,17 @@ class Method(ABC):
     def local_optimiser(self, model: nn.Module, params: Sequence[nn.Parameter], data: ClientData,
                         ctx: RoundContext) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
         """The module the loss is computed with and the optimiser that steps ``params``, for one
-        phase of local training: ``model`` itself and a fresh Adam (the published code shared
-        one Adam across all clients and rounds)."""
+        phase of local training: ``model`` itself and a fresh Adam; with ``train.optimiser =
+        "published-shared"``, an Adam that starts from the state the previous client left and
+        leaves its own for the next (the published code's one Adam for all clients and rounds)."""
         t = self.cfg.train
-        yield model, torch.optim.Adam(params, lr=t.lr, eps=t.adam_eps, fused=True)
+        optimizer = torch.optim.Adam(params, lr=t.lr, eps=t.adam_eps, fused=True)
+        carrier = self.carried_optimiser if t.optimiser == "published-shared" else None
+        if carrier is not None:
+            load_carrier(optimizer, model, params, carrier)
+        yield model, optimizer
+        if carrier is not None:
+            store_carrier(optimizer, model, params, carrier)
 
     def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """The published inverse-time decay at ``step``: ``lr / (1 + lr_decay * step)``."""
