@@ -362,7 +362,7 @@ def _check(cfg: Config) -> Config:
     need(f.client_timeout >= 0, "faults.client_timeout", f.client_timeout, ">= 0 (0: no limit)")
     if d.test_split == "published-leaky":
         need(d.split == "combined", "data.split", d.split,
-             '"combined" with `data.test_split = "published-leaky"` (the published code re-split each '
+             'to be "combined" with `data.test_split = "published-leaky"` (the published code re-split each '
              "client's pooled shard; split = standard has no such shard)")
     if t.optimiser == "published-shared":
         need(cfg.workers <= 1, "workers", cfg.workers, "to be 0 or 1 with `train.optimiser = \"published-shared\"`, "
