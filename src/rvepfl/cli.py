@@ -56,10 +56,10 @@ app = typer.Typer(
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-#: Config keys a resumed run may change: they are outside the config hash (speed, devices and
-#: what a client failure does), so the run's numbers stay those of its config.
-RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "train.eval_batch_size", "faults.min_clients",
-                            "faults.client_timeout"})
+#: Config keys a resumed run may change: they are outside the config hash (speed, devices, what
+#: a client failure does and the TensorBoard events), so the run's numbers stay those of its config.
+RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "tensorboard", "train.eval_batch_size",
+                            "faults.min_clients", "faults.client_timeout"})
 
 
 def _printer(quiet: bool, prefix: str = "") -> ProgressPrinter:
