@@ -56,10 +56,10 @@ app = typer.Typer(
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-#: Config keys a resumed run may change: they are outside the config hash (speed, devices and
-#: what a client failure does), so the run's numbers stay those of its config.
-RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "train.eval_batch_size", "faults.min_clients",
-                            "faults.client_timeout"})
+#: Config keys a resumed run may change: they are outside the config hash (speed, devices, what
+#: a client failure does and the TensorBoard events), so the run's numbers stay those of its config.
+RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "tensorboard", "train.eval_batch_size",
+                            "faults.min_clients", "faults.client_timeout"})
 
 
 def _printer(quiet: bool, prefix: str = "") -> ProgressPrinter:
@@ -140,6 +140,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last complete round.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also write TensorBoard events to RUN/tensorboard (pip install 'rvepfl[tensorboard]').")] = None,
 ) -> None:
     """Train a federation in-process and write a run directory."""
     from rvepfl.fl.client import prepare
@@ -147,9 +148,11 @@ def train(
     from rvepfl.fl.simulation import initialise
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
+    from rvepfl.tensorboard import check_tensorboard
 
     flags: dict[str, Any] = {
         "method": method, "seed": seed, "threads": threads, "workers": workers, "device": device,
+        "tensorboard": tensorboard,
         "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
         "data.num_clients": clients, "data.subset": subset, "data.partition": partition, "data.split": split,
         "train.rounds": rounds, "train.local_epochs": local_epochs, "train.batch_size": batch_size,
@@ -167,6 +170,7 @@ def train(
             _fail(f"{resume} is not an rvepfl run directory (no config.toml)")
         saved = load_config(run.config)
         cfg = apply_overrides(saved, overrides)
+        check_tensorboard(cfg, run.path)
         if run.unstarted():  # stopped while being created, before its progress marker: create it again
             fed = prepare(cfg)
             run.remove_temp_files()
@@ -188,6 +192,7 @@ def train(
         path = out or Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         if path.exists() and any(path.iterdir()):
             _fail(f"run directory {path} already exists: continue it with --resume {path}, or choose another --out")
+        check_tensorboard(cfg, path)
         run = RunDir(path)
         initialise(fed, run)
         typer.echo(
@@ -265,6 +270,7 @@ def flower_local(
     from rvepfl.fl.client import prepare
     from rvepfl.flower.appconfig import write_app
     from rvepfl.flower.local import LocalFederation
+    from rvepfl.tensorboard import check_tensorboard
 
     cfg = _flower_config(config, set_)
     n = cfg.data.num_clients
@@ -281,6 +287,7 @@ def flower_local(
     if not resuming and run_dir.exists() and any(p.name != "flower" for p in run_dir.iterdir()):
         _fail(f"run directory {out} already exists and holds no run: choose another --out")
     prepare(cfg)  # the data and partition, validated before any process starts
+    check_tensorboard(cfg, run_dir)
     work = run_dir / "flower"
     app_dir = write_app(work / "app", cfg, out=run_dir)
     say = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))

@@ -179,6 +179,10 @@ class EngineConfig:
     thread)."""
     device: DeviceName = "auto"
     """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
+    tensorboard: bool = False
+    """Write each round's and each client's metrics, seconds and privacy figures as TensorBoard
+    events in <run>/tensorboard/ (`tensorboard --logdir runs`); needs `pip install
+    'rvepfl[tensorboard]'`. Not part of the config hash: a resumed run may turn it on or off."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -485,9 +489,9 @@ def dumps_config(cfg: Config) -> str:
     return tomli_w.dumps(_run_dict(cfg))
 
 
-#: Keys outside the hash: they change speed or what a client failure does, not the experiment
-#: (failures are recorded in the run).
-_UNHASHED = {"": ("name", "threads", "workers", "device"), "train": ("eval_batch_size",)}
+#: Keys outside the hash: they change speed, what a client failure does or what else is written,
+#: not the experiment (failures are recorded in the run).
+_UNHASHED = {"": ("name", "threads", "workers", "device", "tensorboard"), "train": ("eval_batch_size",)}
 
 
 #: Engine keys added after the current hash scheme began: left out of the hash while they hold
@@ -498,8 +502,8 @@ _LATER_KEYS = {"data": ("test_split",), "train": ("trim_fraction", "max_update_n
 
 def config_hash(cfg: Config) -> str:
     """A short, stable hash of the settings that define a run: the engine's (name, threads,
-    workers, device, the evaluation batch size and the fault tolerance excluded) and the sections
-    of the method and mechanism the run uses."""
+    workers, device, tensorboard, the evaluation batch size and the fault tolerance excluded) and
+    the sections of the method and mechanism the run uses."""
     values = _run_dict(cfg)
     for key in _UNHASHED[""]:
         values.pop(key, None)

@@ -10,6 +10,7 @@
       metrics/               the six published CSVs + round_timing.csv + client_failures.csv
       checkpoints/round_NNNN/global.safetensors, clients/NNNN.safetensors
       state/                 progress.json and the client store (for resuming)
+      tensorboard/           TensorBoard events (only with ``tensorboard = true``)
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     state = property(lambda self: self.path / "state")
     progress = property(lambda self: self.path / "state" / "progress.json")
+    tensorboard = property(lambda self: self.path / "tensorboard")
 
     def round_dir(self, round_: int) -> Path:
         return self.checkpoints / f"round_{round_:04d}"

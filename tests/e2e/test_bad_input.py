@@ -76,7 +76,7 @@ def test_the_table_covers_the_bad_inputs_it_should() -> None:
     for needle in ("bad.toml", "typo.toml", "nbafl.epsilon=0", "--clients", "missing", "locked",
                    "truncated", "wrong-magic", "cifar", "corrupt-run", "foreign-run", "edited-run", "pickled-run",
                    "--round", "--method", "--dataset", "attack xyz", "name=../", "--evaluator-images",
-                   "show infinite-run", "show malformed-run"):
+                   "show infinite-run", "show malformed-run", "--tensorboard"):
         assert needle in commands, needle
     assert all(r.message.startswith("error: ") and "\n" not in r.message for r in ROWS)
 
@@ -158,6 +158,10 @@ def _infinite_progress(run: Path) -> None:
     path.write_text(re.sub(r'"completed_round": \d+', '"completed_round": Infinity', path.read_text()))
 
 
+def _tensorboard_file(run: Path) -> None:
+    (run / "tensorboard").write_text("not a directory\n")
+
+
 def _short_metrics_row(run: Path) -> None:
     path = run / "metrics" / "epoch_testing.csv"
     lines = path.read_text().splitlines()
@@ -181,6 +185,7 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "edited-run": _run(_edit_seed),
     "infinite-run": _run(_infinite_progress),
     "malformed-run": _run(_short_metrics_row),
+    "tb-file-run": _run(_tensorboard_file),
 }
 
 

@@ -181,8 +181,8 @@ def test_the_keys_a_resume_may_change_are_outside_the_config_hash():
     from rvepfl.config import Config, apply_overrides, config_hash
 
     base = Config()
-    changed = {"threads": 3, "workers": 2, "device": "cpu", "train.eval_batch_size": 7, "faults.min_clients": 1,
-               "faults.client_timeout": 9.5}
+    changed = {"threads": 3, "workers": 2, "device": "cpu", "tensorboard": True, "train.eval_batch_size": 7,
+               "faults.min_clients": 1, "faults.client_timeout": 9.5}
     assert set(changed) == RESUMABLE_KEYS
     for key, value in changed.items():
         assert config_hash(apply_overrides(base, {key: value})) == config_hash(base), key

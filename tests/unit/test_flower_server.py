@@ -23,6 +23,7 @@ from rvepfl.flower.appconfig import run_config, split_run_config  # noqa: E402
 from rvepfl.flower.server import FlowerServer  # noqa: E402
 from rvepfl.rundir import CSV_HEADERS, PUBLISHED_CSVS, RunDir  # noqa: E402
 from tests.helpers.methods import tiny_cfg  # noqa: E402
+from tests.unit.test_tensorboard import scalars  # noqa: E402
 
 
 def _grid(cfg: Config, tmp_path: Path, **kw) -> InProcessGrid:
@@ -45,7 +46,7 @@ def _csvs(run: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("method", [pytest.param("rvepfl", marks=pytest.mark.slow), "dp-sgd"])
 def test_flower_server_writes_the_in_process_run(tmp_path, method):
-    cfg = tiny_cfg(method, **{"data.subset": 200})
+    cfg = tiny_cfg(method, **{"data.subset": 200, "tensorboard": True})
     summary, grid = _flower(cfg, tmp_path)
     fed = prepare(cfg)
     initialise(fed, RunDir(tmp_path / "ref"))
@@ -58,6 +59,11 @@ def test_flower_server_writes_the_in_process_run(tmp_path, method):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert summary["final"] == ref["final"] and summary["method_details"] == ref["method_details"]
     assert summary["engine"] == "flower" and summary["status"] == "complete"
+    # The same TensorBoard events, timings aside (DP-SGD's: each client's epsilon too).
+    events = [{tag: points for tag, points in scalars(tmp_path / d / "tensorboard").items()
+               if not tag.endswith("seconds")} for d in ("run", "ref")]
+    assert events[0] == events[1] and "round/test_acc" in events[0]
+    assert method != "dp-sgd" or "client_1/privacy_epsilon" in events[0]
     # The server received the method's shared entries and nothing else.
     received = json.loads((tmp_path / "run" / "flower" / "received.json").read_text())
     shared = set(fed.method.shared_state(fed.method.build_model()))

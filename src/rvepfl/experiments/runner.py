@@ -51,6 +51,7 @@ from rvepfl.fl.server import Progress, check_partition
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.io import atomic_write_text, remove_temp_files
 from rvepfl.rundir import RunDir
+from rvepfl.tensorboard import check_tensorboard
 
 __all__ = ["SuiteReport", "run_suite"]
 
@@ -160,6 +161,8 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
     count = len(suite.runs)
     plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
     states = {r.label: _state(run, r.cfg) for r, run in plan}
+    for r, run in plan:
+        check_tensorboard(r.cfg, run.path)
 
     statuses: dict[str, str] = {}
     curves: dict[str, list[float]] = {}

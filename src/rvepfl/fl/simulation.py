@@ -33,6 +33,7 @@ from rvepfl.io import load_tensors, save_tensors
 from rvepfl.methods.shared_adam import initial_carrier
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
+from rvepfl.tensorboard import tensorboard_events
 
 __all__ = ["InProcess", "initialise", "resolve_workers", "train"]
 
@@ -178,14 +179,16 @@ class InProcess:
 
 
 def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
-    """Run (or continue) the federation in ``run``; return the summary written to summary.json."""
+    """Run (or continue) the federation in ``run``; return the summary written to summary.json.
+    With ``tensorboard = true`` the progress events also go to ``run``'s TensorBoard events."""
     run.remove_temp_files()  # uncommitted writes of a stopped run
     tune_allocator()
     if fed.cfg.threads:
         torch.set_num_threads(fed.cfg.threads)
-    dispatcher = InProcess(fed, run)
-    try:
-        return run_rounds(run, ServerSetup(fed.cfg, fed.method, fed.partition), dispatcher, progress,
-                          resume=f"resume with `rvepfl train --resume {run.path}`")
-    finally:
-        dispatcher.close()
+    with tensorboard_events(fed.cfg, run, progress, fed.method.summary) as listener:
+        dispatcher = InProcess(fed, run)
+        try:
+            return run_rounds(run, ServerSetup(fed.cfg, fed.method, fed.partition), dispatcher, listener,
+                              resume=f"resume with `rvepfl train --resume {run.path}`")
+        finally:
+            dispatcher.close()

@@ -54,6 +54,7 @@ from rvepfl.methods import DataSpec, Upload
 from rvepfl.progress import ProgressPrinter
 from rvepfl.registry import build_method
 from rvepfl.rundir import MetricsLog, RunDir
+from rvepfl.tensorboard import tensorboard_events
 
 __all__ = ["FlowerServer", "app", "describe_content"]
 
@@ -264,9 +265,10 @@ class FlowerServer:
         """Discover the nodes, then run every remaining round; return the summary."""
         self.discover()
         setup = self.setup()
-        self._start(setup)
-        return run_rounds(self.run, setup, self, self.progress,
-                          resume=f"start the run again with the same server.out ({self.run.path}) to continue")
+        with tensorboard_events(self.cfg, self.run, self.progress, setup.method.summary) as progress:
+            self._start(setup)
+            return run_rounds(self.run, setup, self, progress,
+                              resume=f"start the run again with the same server.out ({self.run.path}) to continue")
 
     # -- the server loop's dispatcher ------------------------------------------------------------
     def start(self, done: int, log: MetricsLog) -> None:
