@@ -426,7 +426,7 @@ def attack(
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
         f"round {settings.round}, client {settings.client}")
     try:
-        summary = run_attack(target, settings, dest, log)
+        summary = run_attack(target, settings, dest, log, status=None if quiet else stream.status)
     except KeyboardInterrupt:
         stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)

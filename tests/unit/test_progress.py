@@ -202,3 +202,32 @@ def test_the_cli_printer_writes_live_lines_on_a_terminal_and_nothing_with_quiet(
         else:
             assert "\r" in text and "0 of 2 clients done" in text and text.endswith("before local training)\n")
 
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig", "miface"])
+def test_an_attack_tells_its_iterations_and_gives_the_same_result(name):
+    """The attacks' ``progress`` callback only observes: a tiny linear model on 2x2 images."""
+    import torch
+    from torch import nn
+
+    from rvepfl.attacks.dlg import dlg, idlg
+    from rvepfl.attacks.inverting import inverting_gradients
+    from rvepfl.attacks.miface import mi_face
+    from rvepfl.attacks.observation import GradientObservation, observed_gradient
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(1, 1, 2, 2), torch.tensor([1])
+    obs = GradientObservation(model, observed_gradient(model, x, y), 1, (1, 2, 2), 3, (-3.0, 3.0))
+    seen: list[tuple[int, int]] = []
+
+    def run(progress):
+        if name == "miface":
+            return mi_face(model, 3, (1, 2, 2), max_iter=5, window_length=100, progress=progress).images
+        attack = {"dlg": dlg, "idlg": idlg, "ig": inverting_gradients}[name]
+        return attack(obs, iterations=4, restarts=2, seed=0, progress=progress).inputs
+
+    assert torch.equal(run(None), run(lambda done, total: seen.append((done, total))))
+    if name == "miface":
+        assert seen == [(i, 5) for i in range(1, 6)]
+    else:
+        assert seen == [(i, 8) for i in range(1, 9)]  # counted over both restarts
