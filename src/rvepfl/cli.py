@@ -346,7 +346,8 @@ def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
 
     stream = ProgressStream()
     try:
-        return run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line)
+        return run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line,
+                         status=None if quiet else stream.status)
     except KeyboardInterrupt:
         stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)

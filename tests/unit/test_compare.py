@@ -215,6 +215,8 @@ def test_cli_prefixes_every_progress_line_with_the_run(tmp_path, capsys):
     assert any(line.startswith("[1/1] mnist fedavg seed 3: round 1/1, client 1 (2 of 2): test acc before local "
                                "training") for line in err)
     assert any(line.startswith("[1/1] mnist fedavg seed 3: round 1/1 done in") for line in err)
+    assert any(line.startswith("[1/1] mnist fedavg seed 3: final mean client test acc") and line.endswith(
+        "; 1 of 1 runs done") for line in err)
 
 
 def test_load_compare_names_the_file(tmp_path):
