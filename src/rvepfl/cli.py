@@ -24,7 +24,7 @@ from rvepfl.config import Config, apply_overrides, dumps_config, load_config, pu
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
-from rvepfl.progress import ProgressPrinter
+from rvepfl.progress import ProgressPrinter, ProgressStream
 
 if TYPE_CHECKING:
     from rvepfl.experiments.runner import SuiteReport
@@ -62,14 +62,16 @@ RESUMABLE_KEYS = frozenset({"threads", "workers", "device", "tensorboard", "trai
                             "faults.min_clients", "faults.client_timeout"})
 
 
-def _printer(quiet: bool, prefix: str = "") -> ProgressPrinter:
-    """Progress lines on stderr (none with --quiet)."""
-    return ProgressPrinter((lambda text: None) if quiet else (lambda text: typer.echo(text, err=True)), prefix)
+def _printer(stream: ProgressStream, quiet: bool, prefix: str = "") -> ProgressPrinter:
+    """Progress lines on ``stream`` (stderr), with a live line on a terminal (none with --quiet)."""
+    if quiet:
+        return ProgressPrinter(lambda text: None, prefix)
+    return ProgressPrinter(stream.line, prefix, live=stream.live)
 
 
-def _prefixed(quiet: bool) -> Any:
+def _prefixed(stream: ProgressStream, quiet: bool) -> Any:
     """Progress of each run of a comparison, its lines prefixed with the run's label."""
-    return lambda prefix: _printer(quiet, prefix)
+    return lambda prefix: _printer(stream, quiet, prefix)
 
 
 def _print_table(run_dir: Path) -> None:
@@ -84,7 +86,7 @@ def _print_table(run_dir: Path) -> None:
     general = {row[0]: row for row in log.round_means("general")}
     seconds = {row[0]: row[1] for row in log.rows["round_timing.csv"]}
     table = Table(title="Mean client test metrics per round (after local training)")
-    for col in ("Round", "Test loss", "Test acc", "Precision", "Recall", "F1", "General acc", "Seconds"):
+    for col in ("Round", "Test loss", "Test acc", "Precision", "Recall", "F1", "Acc before local training", "Seconds"):
         table.add_column(col, justify="right")
     for row in log.round_means("test"):
         r = row[0]
@@ -201,11 +203,15 @@ def train(
             f"seed {cfg.seed} -> {run.path}", err=True)
     _warn_published(cfg)
     started = time.perf_counter()
+    stream = ProgressStream()
     try:
-        summary = run_training(fed, run, _printer(quiet))
+        summary = run_training(fed, run, _printer(stream, quiet))
     except KeyboardInterrupt:
+        stream.clear()
         typer.echo(f"\ninterrupted: continue with `rvepfl train --resume {run.path}`", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        stream.clear()
     _print_table(run.path)
     final = summary["final"]["test"]
     typer.echo(
@@ -355,11 +361,16 @@ def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
     """Run a compare or audit suite with progress on stderr; Ctrl-C ends it resumable."""
     from rvepfl.experiments.runner import run_suite
 
+    stream = ProgressStream()
     try:
-        return run_suite(suite, out, progress=_prefixed(quiet), log=lambda line: typer.echo(line, err=True))
+        return run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line,
+                         status=None if quiet else stream.status)
     except KeyboardInterrupt:
+        stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        stream.clear()
 
 
 @app.command()
@@ -410,9 +421,11 @@ def attack(
     from rvepfl.attacks.runner import resolve_settings, run_attack
     from rvepfl.attacks.threat import Target
 
+    stream = ProgressStream()
+
     def log(line: str) -> None:
         if not quiet:
-            typer.echo(line, err=True)
+            stream.line(line)
 
     if threads < 0:
         raise ConfigError(f"Expected --threads >= 0, got {threads}")
@@ -431,10 +444,13 @@ def attack(
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
         f"round {settings.round}, client {settings.client}")
     try:
-        summary = run_attack(target, settings, dest, log)
+        summary = run_attack(target, settings, dest, log, status=None if quiet else stream.status)
     except KeyboardInterrupt:
+        stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        stream.clear()
     for key, value in summary["scores"].items():
         if value["mean"] is not None:
             typer.echo(f"{key:>14}: {value['mean']:.4g} ± {value['std']:.2g} (n = {value['n']})")

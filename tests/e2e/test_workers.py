@@ -90,7 +90,7 @@ def test_kill_with_workers_leaves_no_worker_and_resumes_to_the_same_csvs(tmp_pat
     out = tmp_path / "killed"
     workers: list[int] = []
     status = kill_at_line([sys.executable, "-m", "rvepfl", "train", *tiny, "--workers", "2", "--out", str(out)],
-                          "round 2/2 client 1/4", lambda pid: workers.extend(_children(pid)))
+                          "round 2/2, client 0 (1 of 4)", lambda pid: workers.extend(_children(pid)))
     assert status == -signal.SIGKILL
     assert workers, "the engine had no worker processes"
     deadline = time.monotonic() + 20

@@ -212,8 +212,11 @@ def test_cli_prefixes_every_progress_line_with_the_run(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert "tiny: 1 methods x 1 datasets x 1 seeds = 1 runs" in err[0]
     assert "[1/1] mnist fedavg seed 3: round 1/1: 2 clients" in err
-    assert any(line.startswith("[1/1] mnist fedavg seed 3: round 1/1 client 2/2 (#1): general acc") for line in err)
+    assert any(line.startswith("[1/1] mnist fedavg seed 3: round 1/1, client 1 (2 of 2): test acc before local "
+                               "training") for line in err)
     assert any(line.startswith("[1/1] mnist fedavg seed 3: round 1/1 done in") for line in err)
+    assert any(line.startswith("[1/1] mnist fedavg seed 3: final mean client test acc") and line.endswith(
+        "; 1 of 1 runs done") for line in err)
 
 
 def test_load_compare_names_the_file(tmp_path):

@@ -90,7 +90,7 @@ def test_the_legacy_hash_is_what_the_earlier_scheme_gave(overrides, legacy):
     assert config_hash(cfg) != legacy
 
 
-def test_a_run_made_before_methods_owned_their_settings_resumes(tmp_path):
+def test_a_run_made_before_methods_owned_their_settings_resumes(tmp_path, capsys):
     """Its progress marker holds the earlier hash and its config.toml every section: it continues,
     and ends as an uninterrupted run does. (scripts/same_numbers.py --legacy-resume does the same
     with a run the earlier commit itself made.)"""
@@ -111,7 +111,10 @@ def test_a_run_made_before_methods_owned_their_settings_resumes(tmp_path):
     old.progress.write_text(json.dumps({**state, "config_hash": legacy_config_hash(cfg)}))
     from rvepfl.cli import main
 
+    capsys.readouterr()
     assert main(["train", "--resume", str(old.path), "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()  # --quiet: no progress lines
+    assert len(err) == 1 and err[0].startswith("resuming "), err
     for name in PUBLISHED_CSVS:
         assert (old.metrics / name).read_bytes() == (ref.metrics / name).read_bytes(), name
     assert json.loads(old.progress.read_text())["config_hash"] == config_hash(cfg)

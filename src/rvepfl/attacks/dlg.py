@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from rvepfl.attacks.observation import (
     best_restart,
     check_attack_arguments,
     check_observation,
+    restart_progress,
 )
 from rvepfl.errors import RvepflError
 from rvepfl.seeding import torch_generator
@@ -97,11 +99,12 @@ def infer_labels(obs: GradientObservation) -> torch.Tensor:
 # -- DLG and iDLG -------------------------------------------------------------------------------
 def _lbfgs(
     matcher: GradientMatcher, x: torch.Tensor, label_logits: torch.Tensor | None, labels: torch.Tensor | None,
-    *, iterations: int, lr: float,
+    *, iterations: int, lr: float, on_step: Callable[[int], None] | None = None,
 ) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[float], int]]:
     """L-BFGS on the L2 gradient distance from ``x`` (and, for DLG, soft labels from
     ``label_logits``); return the lowest distance seen and (its iterate, the labels, the loss
-    history, the iterations done). NaN iterates are never kept."""
+    history, the iterations done). NaN iterates are never kept. ``on_step(i)`` is told after
+    iteration ``i`` (from 1)."""
     x = x.clone().requires_grad_(True)
     variables = [x] if label_logits is None else [x, label_logits.clone().requires_grad_(True)]
     # One inner iteration per step(): the iterates are those of one long L-BFGS run (the state
@@ -128,8 +131,10 @@ def _lbfgs(
             v.grad = g
         return loss.detach()
 
-    for _ in range(iterations):
+    for i in range(iterations):
         optimiser.step(closure)
+        if on_step is not None:
+            on_step(i + 1)
         if not math.isfinite(losses[-1]):  # diverged: every later iterate is NaN too
             break
     else:
@@ -143,7 +148,7 @@ def _lbfgs(
 
 
 def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
-        seed: int = 0) -> Reconstruction:
+        seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Reconstruction:
     """Deep Leakage from Gradients (Zhu et al. 2019).
 
     A dummy input (standard normal) and a dummy label (the softmax of a standard-normal logit
@@ -167,6 +172,9 @@ def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, res
     seed
         Seed of the ``attack`` random stream (restart ``r`` draws its dummy input and label from
         ``torch_generator(seed, "attack", r)``).
+    progress
+        Told ``(iterations done, iterations in all)``, counted over the restarts, after every
+        iteration; it only observes (the result is the same without it).
 
     Returns
     -------
@@ -183,7 +191,8 @@ def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, res
         generator = torch_generator(seed, "attack", restart)
         x0 = matcher.random_input(generator)
         logits = torch.randn((obs.batch_size, obs.num_classes), generator=generator)
-        return _lbfgs(matcher, x0, logits.to(matcher.device, matcher.dtype), None, iterations=iterations, lr=lr)
+        return _lbfgs(matcher, x0, logits.to(matcher.device, matcher.dtype), None, iterations=iterations, lr=lr,
+                      on_step=restart_progress(progress, restart, iterations, restarts))
 
     (x, labels, history, done), losses = best_restart(restarts, run)
     return Reconstruction(x.detach(), labels.detach().long().cpu(), history, done, time.perf_counter() - start,
@@ -191,7 +200,7 @@ def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, res
 
 
 def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
-         seed: int = 0) -> Reconstruction:
+         seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Reconstruction:
     """Improved DLG (Zhao et al. 2020): infer the labels, then run DLG on the input only.
 
     The labels come from :func:`infer_labels` (exact for a batch of one); the dummy input of
@@ -200,7 +209,7 @@ def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, re
 
     Parameters
     ----------
-    obs, iterations, lr, restarts, seed
+    obs, iterations, lr, restarts, seed, progress
         As for :func:`dlg`.
 
     Returns
@@ -217,7 +226,8 @@ def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, re
 
     def run(restart: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[float], int]]:
         x0 = matcher.random_input(torch_generator(seed, "attack", restart))
-        return _lbfgs(matcher, x0, None, device_labels, iterations=iterations, lr=lr)
+        return _lbfgs(matcher, x0, None, device_labels, iterations=iterations, lr=lr,
+                      on_step=restart_progress(progress, restart, iterations, restarts))
 
     (x, _, history, done), losses = best_restart(restarts, run)
     return Reconstruction(x.detach(), labels, history, done, time.perf_counter() - start, losses)

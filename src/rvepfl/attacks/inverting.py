@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +28,7 @@ from rvepfl.attacks.observation import (
     best_restart,
     check_attack_arguments,
     check_positive,
+    restart_progress,
 )
 from rvepfl.errors import RvepflError
 from rvepfl.seeding import torch_generator
@@ -61,10 +63,11 @@ def _milestones(iterations: int) -> list[int]:
 
 def _ig_run(
     matcher: GradientMatcher, x0: torch.Tensor, labels: torch.Tensor, *, iterations: int, lr: float,
-    tv_weight: float, signed: bool, bounds: tuple[float, float] | None,
+    tv_weight: float, signed: bool, bounds: tuple[float, float] | None, on_step: Callable[[int], None] | None = None,
 ) -> tuple[float, tuple[torch.Tensor, list[float], int]]:
     """Adam on 1 - cos + TV from ``x0``; return the final finite iterate's 1 - cos and (that
-    iterate, the loss history, the iterations done)."""
+    iterate, the loss history, the iterations done). ``on_step(i)`` is told after iteration ``i``
+    (from 1)."""
     x = x0.clone()
     if bounds is not None:
         x.clamp_(*bounds)
@@ -90,6 +93,8 @@ def _ig_run(
         if bounds is not None:
             with torch.no_grad():
                 x.clamp_(*bounds)
+        if on_step is not None:
+            on_step(it + 1)
     return score, (kept, history, len(history))
 
 
@@ -103,6 +108,7 @@ def inverting_gradients(
     labels: torch.Tensor | None = None,
     signed: bool = False,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Reconstruction:
     """Inverting Gradients (Geiping et al. 2020).
 
@@ -132,6 +138,9 @@ def inverting_gradients(
     seed
         Seed of the ``attack`` random stream (restart ``r`` draws from
         ``torch_generator(seed, "attack", r)``).
+    progress
+        Told ``(iterations done, iterations in all)``, counted over the restarts, after every
+        iteration; it only observes (the result is the same without it).
 
     Returns
     -------
@@ -149,7 +158,8 @@ def inverting_gradients(
     def run(restart: int) -> tuple[float, tuple[torch.Tensor, list[float], int]]:
         x0 = matcher.random_input(torch_generator(seed, "attack", restart))
         return _ig_run(matcher, x0, device_labels, iterations=iterations, lr=lr, tv_weight=tv_weight,
-                       signed=bool(signed), bounds=obs.bounds)
+                       signed=bool(signed), bounds=obs.bounds,
+                       on_step=restart_progress(progress, restart, iterations, restarts))
 
     (x, history, done), losses = best_restart(restarts, run)
     return Reconstruction(x.detach(), labels.cpu(), history, done, time.perf_counter() - start, losses)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +167,7 @@ def mi_face(
     bounds: tuple[float, float] | None = None,
     stopping: str = "paper",
     seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MiFaceResult:
     """Invert ``model`` into one input per class, all classes in one batch (see the module doc).
 
@@ -206,6 +207,9 @@ def mi_face(
         torch's global generator seeded from ``derive_seed(seed, "attack")`` inside a fork, so
         the caller's global generator is left as it was. ``None``: the model draws from the
         global generator as it stands. MI-Face itself uses no randomness.
+    progress
+        Told ``(steps done, max_iter)`` after every step (of the classes still running); it
+        only observes (the result is the same without it).
 
     Returns
     -------
@@ -240,7 +244,7 @@ def mi_face(
                 torch.manual_seed(derive_seed(seed, "attack"))
             iterations, confidences = _descend(
                 model, x, targets, num_classes, max_iter=max_iter, window_length=window_length, threshold=threshold,
-                learning_rate=learning_rate, bounds=bounds, stopping=stopping,
+                learning_rate=learning_rate, bounds=bounds, stopping=stopping, progress=progress,
             )
     finally:
         for module, training in modes.items():
@@ -266,6 +270,7 @@ def _descend(
     learning_rate: float,
     bounds: tuple[float, float] | None,
     stopping: str,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the descent on ``x`` in place; return (steps taken, final confidences) per row.
 
@@ -295,6 +300,8 @@ def _descend(
         else:  # ART: `active = (cost <= threshold) + (cost >= max(window))`, i.e. go on if either
             stop = ~((cost <= threshold) | stuck)
         window[running, i % window_length] = cost
+        if progress is not None:
+            progress(i + 1, max_iter)
         if bool(stop.any()):
             keep = ~stop
             running, g = running[keep], (g[keep] if g is not None else None)

@@ -45,6 +45,7 @@ __all__ = [
     "check_observation",
     "check_positive",
     "observed_gradient",
+    "restart_progress",
 ]
 
 _COSINE_EPS = 1e-12  # keeps 1 - cos defined when a gradient is exactly zero
@@ -248,3 +249,18 @@ def best_restart(restarts: int, run: Callable[[int], tuple[float, _Run]]) -> tup
             best = (loss, result)
     assert best is not None
     return best[1], losses
+
+
+def restart_progress(progress: Callable[[int, int], None] | None, restart: int, iterations: int,
+                     restarts: int) -> Callable[[int], None] | None:
+    """Iteration ``i`` of restart ``restart`` told as ``progress(iterations done, iterations in
+    all)`` over every restart (the gradient attacks' ``progress``); None without ``progress``.
+
+    >>> seen = []
+    >>> restart_progress(lambda done, total: seen.append((done, total)), 1, 10, 3)(4)
+    >>> seen
+    [(14, 30)]
+    """
+    if progress is None:
+        return None
+    return lambda i: progress(restart * iterations + i, restarts * iterations)

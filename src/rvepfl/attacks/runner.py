@@ -38,9 +38,11 @@ from rvepfl.attacks.scores import class_scores, image_scores, to_pixels
 from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv, write_json
+from rvepfl.progress import Eta, Ticker, time_left
 from rvepfl.seeding import derive_seed
 
-__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "UPLOAD_THREATS", "run_attack"]
+__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "UPLOAD_THREATS", "attack_state",
+           "run_attack"]
 
 ATTACK_NAMES = ("dlg", "idlg", "ig", "miface")
 UPLOAD_THREATS = ("gradient", "update")
@@ -56,6 +58,8 @@ MIN_EVALUATOR_DRAW = 100
 the other 20 %, so fewer leave it (and its reported accuracy) next to guessing; below 3 it cannot
 be split at all."""
 _KIND = "rvepfl-attack-reconstructions"
+STATUS_EVERY = 1.0
+"""Seconds between two in-progress lines of an attack (``run_attack``'s ``status``)."""
 
 
 @dataclass(frozen=True)
@@ -204,13 +208,25 @@ MIFACE_COLUMNS = ["class", "iterations", "confidence", "mean_mse", "mean_psnr", 
                   "nearest_psnr", "nearest_ssim", "evaluator_label", "evaluator_correct", "seconds"]
 
 
+def attack_state(out: Path, settings: AttackSettings) -> str:
+    """What :func:`run_attack` finds in ``out`` for ``settings``: ``complete`` (it skips the
+    attack), ``resume`` (a stopped gradient attack it continues) or ``new``."""
+    summary = _read_summary(out / "summary.json")
+    if summary.get("settings_digest") != settings.digest():
+        return "new"
+    return {"complete": "complete", "running": "resume"}.get(str(summary.get("status")), "new")
+
+
 def run_attack(target: Target, settings: AttackSettings, out: Path,
                log: Callable[[str], None] = lambda line: None, *,
-               evaluator_cache: Path | None = None) -> dict[str, Any]:
+               evaluator_cache: Path | None = None, status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``settings`` against ``target``; write (or complete) ``out``; return the summary.
 
     The evaluator trains on up to ``settings.evaluator_images`` held-out images and is cached in
-    ``evaluator_cache`` (default ``RUN/attacks/``).
+    ``evaluator_cache`` (default ``RUN/attacks/``). ``log`` receives a line per observation
+    (gradient attacks) with the time left in the attack; ``status``, if given, an in-progress
+    line every :data:`STATUS_EVERY` seconds while the attack iterates (the iteration, the time
+    left), e.g. :meth:`rvepfl.progress.ProgressStream.status`.
     """
     digest = settings.digest()
     previous = _read_summary(out / "summary.json")
@@ -221,13 +237,13 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
     evaluator, evaluator_note = load_or_train_evaluator(target, settings.evaluator_images, log, evaluator_cache)
     started = time.perf_counter()
     if settings.attack == "miface":
-        rows, truth, recon, titles = _run_miface(target, settings, evaluator, log)
+        rows, truth, recon, titles = _run_miface(target, settings, evaluator, log, status)
         write_csv(out / "scores.csv", MIFACE_COLUMNS, [[r[c] for c in MIFACE_COLUMNS] for r in rows])
         save_tensors(out / "reconstructions.safetensors", {"truth": truth, "reconstruction": recon},
                      {"format": _KIND, "settings_digest": digest})
         seconds = time.perf_counter() - started
     else:
-        rows, truth, recon, titles, seconds = _run_gradient(target, settings, evaluator, out, digest, log)
+        rows, truth, recon, titles, seconds = _run_gradient(target, settings, evaluator, out, digest, log, status)
     threat = THREAT_MODELS[settings.threat]
     _grid(out / "grid.png", truth, recon, titles,
           f"{target.method.name} / {settings.attack} / {threat.name}: round {settings.round}, client {settings.client}")
@@ -292,8 +308,36 @@ def _label(evaluator: Any | None, images: torch.Tensor) -> list[int | str]:
     return [int(v) for v in evaluator.predict(images)]
 
 
+class _Tracker:
+    """The time left in an attack, in iterations: ``eta`` is timed from the first iteration
+    reported (the set-up before it, and the observations of a resumed attack, are left out of
+    the pace), and ``status`` is told at most every :data:`STATUS_EVERY` seconds."""
+
+    def __init__(self, total: int, status: Callable[[str], None] | None) -> None:
+        self.eta = Eta(total)
+        self.status = status
+        self._begun = False
+        self._tick = Ticker(STATUS_EVERY)
+
+    def progress(self, base: int, head: Callable[[int, int], str]) -> Callable[[int, int], None]:
+        """The attack's ``progress(done, total)`` for a piece of it starting after ``base``
+        iterations; ``head(done, total)`` says where it stands."""
+
+        def tell(done: int, total: int) -> None:
+            if not self._begun:
+                self.eta.begin(base + done)
+                self._begun = True
+            if self.status is not None and self._tick.due():
+                self.status(f"{head(done, total)}; {self.left(base + done)}")
+
+        return tell
+
+    def left(self, done: int | None = None) -> str:
+        return time_left(self.eta.left(done), " in the attack")
+
+
 def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out: Path, digest: str,
-                  log: Callable[[str], None]):
+                  log: Callable[[str], None], status: Callable[[str], None] | None = None):
     attack = GRADIENT_ATTACKS[s.attack]
     draws = s.images // s.batch_size
     rows: list[dict[str, Any]] = []
@@ -316,6 +360,8 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
                 log(f"resuming after {start_draw}/{draws} observations")
         except (OSError, ValueError, KeyError, CheckpointError):
             start_draw, rows, truth, recon, elapsed = 0, [], [], [], 0.0
+    per_draw = s.iterations * s.restarts
+    tracker = _Tracker(draws * per_draw, status)
     for draw in range(start_draw, draws):
         t0 = time.perf_counter()
         x, gt = target.client_batch(s.client, s.batch_size, draw, s.seed)
@@ -326,7 +372,9 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
             obs = target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
         # The attack's own random draws (its initial guesses): a stream of its own for this observation.
         attack_seed = derive_seed(s.seed, "attack", s.round, s.client, draw, 3)
-        result = attack(obs, iterations=s.iterations, restarts=s.restarts, seed=attack_seed)
+        progress = tracker.progress(draw * per_draw, lambda done, total, d=draw: (
+            f"{s.attack}: observation {d + 1}/{draws}, iteration {done}/{total}"))
+        result = attack(obs, iterations=s.iterations, restarts=s.restarts, seed=attack_seed, progress=progress)
         pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
         # A gradient does not say which reconstruction is which image of the batch: match them
         # to the truth by the assignment of least total MSE (the identity at batch 1).
@@ -350,8 +398,9 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
         recon.extend(pixels)
         elapsed += time.perf_counter() - t0
         mean_psnr = np.mean([r["psnr"] for r in rows[-s.batch_size:]])
+        left = f"; {tracker.left((draw + 1) * per_draw)}" if draw + 1 < draws else ""
         log(f"{s.attack}: observation {draw + 1}/{draws} (batch {s.batch_size}): PSNR {mean_psnr:.1f} dB, "
-            f"{time.perf_counter() - t0:.1f}s")
+            f"{time.perf_counter() - t0:.1f} s{left}")
         # Commit: scores and reconstructions first, the summary (with the resume point) last.
         write_csv(out / "scores.csv", GRADIENT_COLUMNS, [[r[c] for c in GRADIENT_COLUMNS] for r in rows])
         save_tensors(recon_path, {"truth": torch.stack(truth), "reconstruction": torch.stack(recon)},
@@ -382,13 +431,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _run_miface(target: Target, s: AttackSettings, evaluator: Any | None, log: Callable[[str], None]):
+def _run_miface(target: Target, s: AttackSettings, evaluator: Any | None, log: Callable[[str], None],
+                status: Callable[[str], None] | None = None):
     from rvepfl.attacks.miface import mi_face
 
     model, bounds = target.inversion_model(s.threat, s.round, s.client)
     log(f"miface: {target.num_classes} classes, up to {s.iterations} iterations ({s.threat} model)")
+    # Classes stop early, so the time left is an upper bound.
+    progress = _Tracker(s.iterations, status).progress(0, lambda done, total: f"miface: iteration {done} of up to {total}")
     result = mi_face(model, target.num_classes, target.input_shape, max_iter=s.iterations, bounds=bounds,
-                    seed=s.seed)  # the seed also drives a private encoder's sampled z
+                    seed=s.seed, progress=progress)  # the seed also drives a private encoder's sampled z
     pixels = to_pixels(result.images.detach().float().cpu(), target.dataset)
     # The class's real images: every client's training images (stolen: the victim client's).
     if s.threat == "stolen":

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rvepfl.attacks.runner import resolve_settings, run_attack
+from rvepfl.attacks.runner import attack_state, resolve_settings, run_attack
 from rvepfl.attacks.threat import Target
 from rvepfl.config import Config, config_hash, published_warnings
 from rvepfl.errors import CheckpointError, NoAttackSurface
@@ -50,6 +50,7 @@ from rvepfl.fl.client import prepare
 from rvepfl.fl.server import Progress, check_partition
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.io import atomic_write_text, remove_temp_files
+from rvepfl.progress import Eta, time_left
 from rvepfl.rundir import RunDir
 from rvepfl.tensorboard import check_tensorboard
 
@@ -87,6 +88,7 @@ def run_suite(
     *,
     progress: Callable[[str], Progress] | None = None,
     log: Log | None = None,
+    status: Log | None = None,
 ) -> SuiteReport:
     """Train (or resume, or skip) every run of ``suite`` under ``out``, attack each when the
     suite is an audit, and write the tables and plots.
@@ -101,7 +103,11 @@ def run_suite(
         ``progress(prefix)`` gives the engine's progress receiver for one run (``prefix`` is
         e.g. ``"[3/28] mnist nbafl seed 1"``).
     log
-        Receives one line per run and per attack job.
+        Receives one line per run and per attack job (with the time left in the training, or in
+        the attacks), and the attacks' own lines.
+    status
+        Receives in-progress lines of the attacks (iterations done, time left), every second or
+        two: :meth:`rvepfl.progress.ProgressStream.status`.
 
     Returns
     -------
@@ -127,7 +133,7 @@ def run_suite(
     if suite.audit is None:
         return report
 
-    rows, scores = _attack(suite, suite.audit, out, curves, say)
+    rows, scores = _attack(suite, suite.audit, out, curves, say, status)
     report.attack_rows = rows
     report.attack_cells = attack_cells(suite, scores)
     report.audit_markdown = write_attack_table(out, suite, cells, rows, report.attack_cells)
@@ -157,39 +163,56 @@ def _state(run: RunDir, cfg: Config) -> str:
 def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
            say: Log) -> tuple[dict[str, str], dict[str, list[float]]]:
     """Train, resume or skip every run; its status and accuracy curve by run label. Every run
-    directory is checked before anything trains, so a conflicting one fails fast."""
+    directory is checked before anything trains, so a conflicting one fails fast.
+
+    The time left is estimated in rounds, from the rounds trained here: a skipped run's rounds
+    and a resumed run's earlier rounds count as done, not in the pace."""
     count = len(suite.runs)
     plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
     states = {r.label: _state(run, r.cfg) for r, run in plan}
     for r, run in plan:
         check_tensorboard(r.cfg, run.path)
+    eta = Eta(sum(r.cfg.train.rounds for r in suite.runs))
+
+    def left(finished: int) -> str:
+        estimate = eta.left() if finished < count else None
+        runs = f"{finished} of {count} runs done"
+        return runs if estimate is None else f"{runs}, {time_left(estimate, ' in the training')}"
 
     statuses: dict[str, str] = {}
     curves: dict[str, list[float]] = {}
-    for r, run in plan:
+    for finished, (r, run) in enumerate(plan, start=1):
         prefix = f"[{r.index}/{count}] {r.dataset} {r.method} seed {r.seed}"
         state = states[r.label]
+        rounds = r.cfg.train.rounds
         if state == "complete":
-            say(f"{prefix}: complete, skipped ({run.path})")
+            eta.skip(rounds)
+            say(f"{prefix}: complete, skipped ({run.path}); {left(finished)}")
             statuses[r.label] = "skipped"
         else:
             started = time.perf_counter()
             fed = prepare(r.cfg)
+            estimate = eta.left()
+            ahead = "" if estimate is None else f" ({time_left(estimate, ' in the training')})"
             if state == "resume":
                 check_partition(fed.partition, run)
-                done = run.read_progress()["completed_round"]
-                say(f"{prefix}: resuming {run.path} after round {done}/{r.cfg.train.rounds}")
+                done = int(run.read_progress()["completed_round"])
+                eta.skip(done)
+                say(f"{prefix}: resuming {run.path} after round {done}/{rounds}{ahead}")
                 statuses[r.label] = "resumed"
             else:
+                done = 0
                 initialise(fed, run)
-                say(f"{prefix}: training -> {run.path}")
+                say(f"{prefix}: training -> {run.path}{ahead}")
                 statuses[r.label] = "trained"
             for line in published_warnings(r.cfg):
                 say(f"{prefix}: WARNING: {line}")
             train(fed, run, progress(prefix) if progress else None)
             del fed
+            eta.advance(rounds - done)
             acc = read_curve(run, r.cfg)[-1]
-            say(f"{prefix}: final mean client test acc {100 * acc:.2f} % ({time.perf_counter() - started:.0f} s)")
+            say(f"{prefix}: final mean client test acc {100 * acc:.2f} % ({time.perf_counter() - started:.0f} s); "
+                f"{left(finished)}")
         curves[r.label] = read_curve(run, r.cfg)
     return statuses, curves
 
@@ -204,11 +227,22 @@ def _check_surface(target: Target, job: AttackJob, round_: int, client: int) -> 
 
 
 def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[float]],
-            say: Log) -> tuple[list[dict[str, Any]], dict[tuple[str, str, AttackJob], ScoreTable]]:
+            say: Log, status: Log | None) -> tuple[list[dict[str, Any]], dict[tuple[str, str, AttackJob], ScoreTable]]:
     """Run every job on every run (complete ones are skipped by the attack itself); the
-    ``audit.csv`` rows, and the per-image scores of each data set, method and job, seeds pooled."""
+    ``audit.csv`` rows, and the per-image scores of each data set, method and job, seeds pooled.
+
+    The time left is estimated in attacks, from those run here: complete and resumed attacks,
+    and jobs without an attack surface, count as done, not in the pace."""
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str, AttackJob], ScoreTable] = {}
+    count = len(suite.runs) * len(plan.jobs())
+    eta = Eta(count)
+
+    def left() -> str:
+        estimate = eta.left() if eta.done < count else None
+        done = f"{int(eta.done)} of {count} attacks done"
+        return done if estimate is None else f"{done}, {time_left(estimate, ' in the attacks')}"
+
     for r in suite.runs:
         run_dir = out / "runs" / r.label
         if r.cfg.threads:  # the run config's thread count holds for its attacks too
@@ -227,13 +261,20 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
             try:
                 _check_surface(target, job, settings.round, plan.client)
             except NoAttackSurface as exc:
-                say(f"{prefix}: no attack surface ({exc})")
+                eta.skip(1)
+                say(f"{prefix}: no attack surface ({exc}); {left()}")
                 rows.append(no_surface_row(r, acc, job, str(exc)))
                 continue
             dest = run_dir / "attacks" / job.key
+            timed = attack_state(dest, settings) == "new"
             summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
-                                 evaluator_cache=out / "evaluators")
+                                 evaluator_cache=out / "evaluators",
+                                 status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+            if timed:
+                eta.advance(1)
+            else:  # skipped, or resumed: its time here is not an attack's
+                eta.skip(1)
             scores.setdefault((r.dataset, r.method, job), []).extend(read_scores(dest / "scores.csv"))
             rows.append(attack_row(r, acc, job, summary))
-            say(f"{prefix}: done ({summary['rows']} rows)")
+            say(f"{prefix}: done ({summary['rows']} rows); {left()}")
     return rows, scores
