@@ -230,7 +230,6 @@ def _warn_published(cfg: Config) -> None:
 
 def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
     from rvepfl.flower import require_flwr
-
     from rvepfl.flower.appconfig import check_flower_config
 
     require_flwr()
