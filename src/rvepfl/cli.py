@@ -264,12 +264,21 @@ def train(
         typer.echo(f"\ninterrupted: continue with `rvepfl train --resume {run.path}`", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_table(run.path)
+    plot = _accuracy_plot(run.path)
     final = summary["final"]["test"]
     typer.echo(
         f"final mean client test accuracy {100 * final['acc']:.2f} % after round {final['round']} "
         f"({time.perf_counter() - started:.0f} s)"
     )
+    typer.echo(f"accuracy plot: {plot}")
     typer.echo(f"run directory: {run.path}")
+
+
+def _accuracy_plot(run_dir: Path) -> Path:
+    """Write RUN/accuracy.png from the run's metrics CSVs; return its path."""
+    from rvepfl.experiments.plots import run_accuracy_plot
+
+    return run_accuracy_plot(run_dir)
 
 
 def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
@@ -363,6 +372,7 @@ def flower_local(
     if result.get("status") != "complete":
         _fail(str(result.get("error")), 1)
     _print_table(run_dir)
+    typer.echo(f"accuracy plot: {run_dir / 'accuracy.png'}")  # written by the ServerApp
     typer.echo(f"finished in {time.perf_counter() - started:.0f} s on Flower; run directory: {run_dir}")
 
 

@@ -1,5 +1,7 @@
-"""The figures of a suite, drawn from its results alone and written atomically as PNG.
+"""The figures of a run and of a suite, drawn from their results alone and written atomically as PNG.
 
+- ``RUN/accuracy.png`` (every ``rvepfl train`` and Flower run): the run's mean client test
+  accuracy and its general accuracy per round, from its metrics CSVs;
 - ``accuracy_<dataset>.png`` (every suite): mean client test accuracy per round of every method,
   the mean over seeds with the seeds' range shaded;
 - ``privacy_utility_<dataset>.png`` (an audit): per attack job, each method's accuracy against
@@ -20,12 +22,14 @@ import numpy as np
 
 from rvepfl.experiments.results import AccuracyCell, AttackCell
 from rvepfl.experiments.spec import Suite
+from rvepfl.config import load_config
 from rvepfl.io import atomic_write_bytes
+from rvepfl.rundir import MetricsLog, RunDir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["accuracy_plot", "privacy_utility_plot"]
+__all__ = ["accuracy_plot", "privacy_utility_plot", "run_accuracy_plot"]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -87,6 +91,39 @@ def accuracy_plot(path: Path, suite: Suite, dataset: str, curves: Mapping[str, S
     if max_round <= 20:
         ax.set_xticks(range(1, max_round + 1))
     return _save(fig, path, dpi=120)
+
+
+def run_accuracy_plot(run_dir: str | Path) -> Path:
+    """Write ``RUN/accuracy.png``: a run's accuracy per complete round, from its metrics CSVs.
+
+    Two curves: the mean client test accuracy after local training (``epoch_testing.csv``, what
+    ``rvepfl train`` reports) and the general accuracy, the same test sets before local training
+    (``general_test_epochs.csv``). Reads the run, writes nothing else.
+
+    Returns
+    -------
+    Path
+        The PNG's path.
+    """
+    run = RunDir(run_dir)
+    log = MetricsLog.read(run.metrics, int(run.read_progress()["completed_round"]))
+    cfg = load_config(run.config)
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    for kind, label in (("test", "mean client test accuracy (after local training)"),
+                        ("general", "general accuracy (before local training)")):
+        rows = log.round_means(kind)  # Round#, loss, ACC, ...
+        ax.plot([r[0] for r in rows], [100 * r[2] for r in rows], marker="o", markersize=3, label=label)
+    ax.set_title(f"{run.path.name}: {cfg.method} on {cfg.data.dataset}, {cfg.data.num_clients} clients, "
+                 f"seed {cfg.seed}", fontsize=10)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    rounds = len(log.round_means("test"))
+    if 0 < rounds <= 20:
+        ax.set_xticks(range(1, rounds + 1))
+    return _save(fig, run.path / "accuracy.png", dpi=120)
 
 
 def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Sequence[AccuracyCell],
