@@ -460,7 +460,7 @@ def attack(
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
-    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (at least 100; cached per N in RUN/attacks).")] = 5000,
+    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has, or, in a run that used every image, of the clients other than --client (at least 100; cached per N in RUN/attacks).")] = 5000,
     out: Annotated[Optional[Path], typer.Option(help=_default("Output directory (where the audit writes).", "RUN/attacks/<attack>-<threat model>"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
