@@ -276,7 +276,7 @@ def train(
 
 def _accuracy_plot(run_dir: Path) -> Path:
     """Write RUN/accuracy.png from the run's metrics CSVs; return its path."""
-    from rvepfl.experiments.plots import run_accuracy_plot
+    from rvepfl.figures import run_accuracy_plot
 
     return run_accuracy_plot(run_dir)
 
