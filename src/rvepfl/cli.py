@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from rvepfl import __version__
 from rvepfl.config import Config, apply_overrides, dumps_config, load_config, published_warnings
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
@@ -45,14 +47,71 @@ def _plain_help_extras() -> None:
 
 _plain_help_extras()
 
+COMMAND_ORDER = ("train", "compare", "attack", "audit", "flower-local", "flower-app", "show", "methods")
+"""The order of ``rvepfl --help``'s commands, as a user meets them: training, comparing and
+attacking in-process, then Flower's deployments, then the utilities."""
+
+
+class _Commands(TyperGroup):
+    """The command group: its commands listed in :data:`COMMAND_ORDER` (any other after them),
+    each with the whole first sentence of its help, which click would cut to the terminal."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1 << 16)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="rvepfl",
+    cls=_Commands,
     help="Personalised federated learning that resists model-inversion attacks (RVE-PFL).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"rvepfl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Personalised federated learning that resists model-inversion attacks (RVE-PFL)."""
+
+
+_BUILT_IN = load_config(None)
+"""What `rvepfl train` runs without --config: the built-in config, configs/quick.toml's values."""
+
+
+def _default(help_: str, value: object) -> str:
+    """``help_`` ending in ``[default: value]``, as typer writes a default value (a default given
+    as text, typer's ``show_default="..."``, comes out in parentheses: ``[default: (7)]``)."""
+    return f"{help_}  [default: {value}]"
+
+
+def _built_in(help_: str, key: str) -> str:
+    """The help of a `train` flag that overrides config key ``key``: its built-in value."""
+    value: Any = _BUILT_IN
+    for part in key.split("."):
+        value = getattr(value, part)
+    return _default(help_, value)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -121,30 +180,34 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Method, e.g. rvepfl, fedavg, nbafl or rvepfl+nbafl (see `rvepfl methods`).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="mnist, fmnist or cifar10.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Directory with the full data set's files (default: the bundled subset).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help=_default("TOML config file.", "the built-in config (configs/quick.toml)"))] = None,
+    method: Annotated[Optional[str], typer.Option(help=_built_in("Method, e.g. rvepfl, fedavg, nbafl or rvepfl+nbafl (see `rvepfl methods`).", "method"))] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=_built_in("mnist, fmnist or cifar10.", "data.dataset"))] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help=_default("Directory with the full data set's files.", "the bundled subset"))] = None,
     download: Annotated[Optional[bool], typer.Option("--download", help="Download the full data set into --data-dir if missing (needs internet).")] = None,
-    clients: Annotated[Optional[int], typer.Option(help="Number of clients.")] = None,
-    subset: Annotated[Optional[int], typer.Option(help="Use only this many images (stratified, seeded; 0: all).")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Communication rounds.")] = None,
-    local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Local batch size.")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="iid, shards or dirichlet.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="combined (published) or standard.")] = None,
-    client_fraction: Annotated[Optional[float], typer.Option(help="Share of clients per round.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0: default); per worker with --workers.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes that train a round's clients side by side (0: one per CPU; 1: all in this process).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
+    clients: Annotated[Optional[int], typer.Option(help=_built_in("Number of clients.", "data.num_clients"))] = None,
+    subset: Annotated[Optional[int], typer.Option(help=_built_in("Use only this many images (stratified, seeded; 0: all).", "data.subset"))] = None,
+    rounds: Annotated[Optional[int], typer.Option(help=_built_in("Communication rounds.", "train.rounds"))] = None,
+    local_epochs: Annotated[Optional[int], typer.Option(help=_built_in("Local epochs per round.", "train.local_epochs"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_built_in("Local batch size.", "train.batch_size"))] = None,
+    partition: Annotated[Optional[str], typer.Option(help=_built_in("iid, shards or dirichlet.", "data.partition"))] = None,
+    split: Annotated[Optional[str], typer.Option(help=_built_in("combined (published) or standard.", "data.split"))] = None,
+    client_fraction: Annotated[Optional[float], typer.Option(help=_built_in("Share of clients per round.", "train.client_fraction"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_built_in("Master seed.", "seed"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_built_in("Torch CPU threads (0: default); per worker with --workers.", "threads"))] = None,
+    workers: Annotated[Optional[int], typer.Option(help=_built_in("Processes that train a round's clients side by side (0: one per CPU; 1: all in this process).", "workers"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_built_in("cpu, cuda or auto.", "device"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.lr=2e-3 (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<config name>-<time>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=_default("Run directory.", "runs/<config name>-<time>"))] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last complete round.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also write TensorBoard events to RUN/tensorboard (pip install 'rvepfl[tensorboard]').")] = None,
 ) -> None:
-    """Train a federation in-process and write a run directory."""
+    """Train a federation in-process and write a run directory.
+
+    A setting not given as an option comes from --config; the defaults shown are the built-in
+    config's (configs/quick.toml). At the end the run's accuracy plot is written too.
+    """
     from rvepfl.fl.client import prepare
     from rvepfl.fl.server import check_partition
     from rvepfl.fl.simulation import initialise
@@ -213,11 +276,13 @@ def train(
     finally:
         stream.clear()
     _print_table(run.path)
+    plot = _accuracy_plot(run.path)
     final = summary["final"]["test"]
     typer.echo(
         f"final mean client test accuracy {100 * final['acc']:.2f} % after round {final['round']} "
         f"({time.perf_counter() - started:.0f} s)"
     )
+    typer.echo(f"accuracy plot: {plot}")
     typer.echo(f"run directory: {run.path}")
     _warn_published(cfg)
 
@@ -226,6 +291,13 @@ def _warn_published(cfg: Config) -> None:
     """A warning line per published defect the run turns on on purpose (``published_warnings``)."""
     for line in published_warnings(cfg):
         typer.secho(f"WARNING: {line}", err=True, fg=typer.colors.YELLOW)
+
+
+def _accuracy_plot(run_dir: Path) -> Path:
+    """Write RUN/accuracy.png from the run's metrics CSVs; return its path."""
+    from rvepfl.figures import run_accuracy_plot
+
+    return run_accuracy_plot(run_dir)
 
 
 def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
@@ -240,11 +312,14 @@ def _flower_config(config: Optional[Path], set_: Optional[list[str]]) -> Config:
 def flower_app(
     out: Annotated[Path, typer.Option(help="The Flower app directory to write (its pyproject.toml).")],
     run_dir: Annotated[Path, typer.Option(help="The run directory on the SuperLink's machine (server.out).")],
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help=_default("TOML config file.", "the built-in config (configs/quick.toml)"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.rounds=3 (repeatable).")] = None,
     wait_nodes: Annotated[float, typer.Option(help="Seconds the server waits for every client's SuperNode.")] = 120.0,
 ) -> None:
-    """Write a Flower app directory for a config, to run with `flwr run DIR CONNECTION` on a deployment."""
+    """Write a Flower app directory for a deployment.
+
+    The directory holds a config's app, to run with `flwr run DIR CONNECTION` on a deployment.
+    """
     from rvepfl.flower.appconfig import write_app
 
     cfg = _flower_config(config, set_)
@@ -258,18 +333,20 @@ def flower_app(
 @app.command("flower-local")
 def flower_local(
     out: Annotated[Path, typer.Option(help="Run directory (written by the ServerApp; continued if it holds a stopped run of the same config).")],
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file (default: the quick config).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help=_default("TOML config file.", "the built-in config (configs/quick.toml)"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set train.rounds=3 (repeatable).")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="SuperNodes to start (one per client: must equal data.num_clients).")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help=_default("SuperNodes to start (one per client: must equal data.num_clients).", "data.num_clients"))] = None,
     tls: Annotated[bool, typer.Option("--tls", help="TLS with a fresh self-signed CA instead of --insecure on loopback.")] = False,
     auth: Annotated[bool, typer.Option("--auth", help="SuperNode authentication: the SuperLink accepts only the nodes whose fresh keys it registered (implies --tls).")] = False,
     threads: Annotated[int, typer.Option(help="Torch threads of each ClientApp.")] = 1,
-    timeout: Annotated[Optional[float], typer.Option(help="Stop everything after this many seconds (default: no limit).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help=_default("Stop everything after this many seconds.", "no limit"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
-    """Run a config on Flower's Deployment Engine on this machine: a SuperLink and one SuperNode
-    per client on 127.0.0.1, each its own process group, `flwr run` streaming the ServerApp's log;
-    every process is stopped at the end, on error or on Ctrl-C."""
+    """Run a config on Flower's Deployment Engine on this machine.
+
+    A SuperLink and one SuperNode per client on 127.0.0.1, each its own process group, `flwr run`
+    streaming the ServerApp's log; every process is stopped at the end, on error or on Ctrl-C.
+    """
     import json
 
     from rvepfl.fl.client import prepare
@@ -317,12 +394,13 @@ def flower_local(
     if result.get("status") != "complete":
         _fail(str(result.get("error")), 1)
     _print_table(run_dir)
+    typer.echo(f"accuracy plot: {run_dir / 'accuracy.png'}")  # written by the ServerApp
     typer.echo(f"finished in {time.perf_counter() - started:.0f} s on Flower; run directory: {run_dir}")
 
 
 @app.command()
 def methods() -> None:
-    """List the federated methods and privacy mechanisms, with their settings."""
+    """List the methods and privacy mechanisms with their settings."""
     from rvepfl import registry
     from rvepfl.params import field_docs
 
@@ -351,7 +429,7 @@ def _toml_value(value: Any) -> str:
 
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Print the per-round table of a (finished or interrupted) run."""
+    """Print the per-round table of a finished or stopped run."""
     _print_table(run_dir)
     typer.echo(f"run directory: {run_dir}")
 
@@ -375,13 +453,15 @@ def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
 @app.command()
 def compare(
     config: Annotated[Path, typer.Option(help="Compare file (TOML): methods, datasets, seeds and a base run config.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<name>, or runs/<name>-smoke with --smoke).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=_default("Output directory.", "runs/<name>, or runs/<name>-smoke with --smoke"))] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run (200 images, 2 clients, 2 rounds, 1 epoch, batch 32) to check the file end to end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run, no per-round progress.")] = False,
 ) -> None:
-    """Train every method x dataset x seed on identical partitions; write table.csv, table.md and plots.
+    """Compare methods on identical partitions: tables and plots.
 
-    Finished runs are skipped and interrupted ones resume: run the same command again to continue.
+    Trains every method x dataset x seed of the compare file on identical partitions and writes
+    table.csv, table.md and plots. Finished runs are skipped and interrupted ones resume: run the
+    same command again to continue.
     """
     from rvepfl.experiments.spec import load_suite
 
@@ -397,23 +477,24 @@ def compare(
 def attack(
     name: Annotated[str, typer.Argument(metavar="ATTACK", help="dlg | idlg | ig | miface")],
     run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
-    round_: Annotated[Optional[int], typer.Option("--round", help="Round whose saved states are attacked (default: the last with client states).")] = None,
+    round_: Annotated[Optional[int], typer.Option("--round", help=_default("Round whose saved states are attacked.", "the last with client states"))] = None,
     client: Annotated[int, typer.Option(help="The victim client.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
-    images: Annotated[Optional[int], typer.Option(help="Images to attack, a multiple of --batch-size (default: 4 batches).")] = None,
-    threat_model: Annotated[Optional[str], typer.Option(help="gradient | update (dlg, idlg, ig; default gradient) | released | stolen (miface; default released).")] = None,
-    local_steps: Annotated[Optional[int], typer.Option(help="update: local steps of the observed round, each on the whole batch (default: the run's train.local_epochs).")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Optimiser iterations (default: dlg/idlg 300, ig 1000, miface 1000).")] = None,
+    images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size.", "4 batches; miface: one per class"))] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (dlg, idlg, ig) | released | stolen (miface).", "gradient; miface: released"))] = None,
+    local_steps: Annotated[Optional[int], typer.Option(help=_default("update: local steps of the observed round, each on the whole batch.", "the run's train.local_epochs"))] = None,
+    iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "dlg/idlg 300, ig 1000, miface 1000"))] = None,
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
-    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has (at least 100; cached per N in RUN/attacks).")] = 5000,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN/attacks/<attack>-<threat model>, as the audit writes).")] = None,
+    evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has, or, in a run that used every image, of the clients other than --client (at least 100; cached per N in RUN/attacks).")] = 5000,
+    out: Annotated[Optional[Path], typer.Option(help=_default("Output directory (where the audit writes).", "RUN/attacks/<attack>-<threat model>"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
-    """Attack a trained run: write scores.csv, summary.json and grid.png (truth above reconstruction).
+    """Attack a trained run and score its reconstructions.
 
-    An interrupted gradient attack resumes when the same command is run again.
+    Writes scores.csv, summary.json and grid.png (truth above reconstruction). An interrupted
+    gradient attack resumes when the same command is run again.
     """
     import torch
 
@@ -462,12 +543,16 @@ def attack(
 @app.command()
 def audit(
     config: Annotated[Path, typer.Option(help="Audit file (TOML): a compare file plus an [audit] table.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<name>); its trained runs are reused.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=_default("Output directory; its trained runs are reused.", "runs/<name>"))] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
 ) -> None:
-    """Train (or reuse) every method of a comparison, run every attack on each, write audit.csv,
-    audit.md and a privacy-utility plot per data set. Run it again to continue after a stop."""
+    """Attack every run of a comparison: privacy against utility.
+
+    Trains (or reuses) every method of a comparison, runs every attack on each and writes
+    audit.csv, audit.md and a privacy-utility plot per data set. Run it again to continue after a
+    stop.
+    """
     from rvepfl.experiments.spec import load_suite
 
     suite = load_suite(config, audit=True, smoke=smoke)

@@ -3,15 +3,21 @@
 Every result file is written to a temporary file in the same directory, flushed to disk and then
 renamed over its final name, so a reader (or a resumed run) sees either the old file or the new
 one, never a truncated one. Checkpoints are safetensors: loading one never runs code.
+
+A written file gets the permissions a plain ``open()`` would give it (0o666 less the umask, e.g.
+0644 under umask 022), not :func:`tempfile.mkstemp`'s 0600: the temporary file is created with
+mode 0o666 and the kernel applies the umask, so the umask is never read (reading it means
+setting it, which races with other threads).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from rvepfl.errors import CheckpointError, short_repr
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "create_temp_file",
     "flush_to_disk",
     "is_temp_file",
     "remove_temp_files",
@@ -36,10 +43,31 @@ __all__ = [
 ]
 
 
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def create_temp_file(path: str | Path, *, suffix: str = ".tmp", mode: int = 0o666) -> tuple[int, Path]:
+    """Create a new file ``.<name>.<random><suffix>`` next to ``path`` and open it for writing.
+
+    Like :func:`tempfile.mkstemp` (a fresh name, created exclusively, never through a symlink),
+    but the file gets ``mode`` less the process's umask, as ``open()`` gives a new file, where
+    mkstemp always gives 0600. Returns the open descriptor and the file's path.
+    """
+    path = Path(path)
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(name, _CREATE_FLAGS, mode), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))  # pragma: no cover
+
+
 def _tmp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A new, empty temporary file next to ``path`` (for writers that open files by name)."""
+    fd, name = create_temp_file(path)
     os.close(fd)
-    return Path(name)
+    return name
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -98,13 +126,14 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
     return removed
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename); the file gets
+    ``mode`` less the umask (the default: what ``open()`` gives; 0o600 for a private key)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    fd, tmp = create_temp_file(path, mode=mode)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         _replace(tmp, path)
     except BaseException:
@@ -155,8 +184,11 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
+        mode = tmp.stat().st_mode & 0o777  # open()'s mode: 0o666 less the umask, applied by the kernel
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp), metadata=dict(metadata))
+        if tmp.stat().st_mode & 0o777 != mode:  # safetensors (0.8) renames a 0600 file of its own over tmp
+            tmp.chmod(mode)
         _replace(tmp, path, durable)
     except BaseException:
         tmp.unlink(missing_ok=True)

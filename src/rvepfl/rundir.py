@@ -5,6 +5,7 @@
     <run>/
       config.toml            resolved configuration, exactly what ran
       summary.json           final metrics, timings, versions, seed
+      accuracy.png           accuracy per round (written by `rvepfl train` and the Flower ServerApp)
       partition.json         per-client sizes and label counts
       partition.npz          per-client indices into the pool (train images, then test images)
       metrics/               the six published CSVs + round_timing.csv + client_failures.csv

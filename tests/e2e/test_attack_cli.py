@@ -70,6 +70,45 @@ def test_heldout_images_are_exactly_those_no_client_has(fedavg_run):
     assert float(dist.min()) > 1e-3
 
 
+def test_a_run_that_used_every_image_gets_an_evaluator_that_never_saw_the_victims(fedavg_run, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """The README's main run uses every image, so none is held out: the evaluator trains on the
+    other clients' images instead, never on those of the attacked client, and is cached apart."""
+    import numpy as np
+
+    from rvepfl.attacks import evaluator as evaluator_module
+    from rvepfl.attacks import runner
+
+    # As if the run had used every image (it used 400 of the 10,000).
+    monkeypatch.setattr(Target, "heldout", lambda self: (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)))
+    monkeypatch.setattr(runner, "MIN_EVALUATOR_IMAGES", 150)  # each client holds 200 images
+    trained_on: list[torch.Tensor] = []
+    train = evaluator_module.train_evaluator
+    monkeypatch.setattr(evaluator_module, "train_evaluator",
+                        lambda x, y, **kw: trained_on.append(x) or train(x, y, **kw, epochs=1))
+    target = Target(fedavg_run)
+    assert runner.load_or_train_evaluator(target, 100, print, tmp_path / "cache")[0] is None  # no victim named
+    evaluator, note = runner.load_or_train_evaluator(target, 100, print, tmp_path / "cache", victim=1)
+    clients, d = target.fed.partition.clients, target.fed.dataset
+    pool = torch.from_numpy(np.concatenate([d.train_x, d.test_x])).permute(0, 3, 1, 2).float() / 255
+
+    def images(client: int) -> set[bytes]:
+        idx = np.concatenate([clients[client].train, clients[client].test])
+        return {image.numpy().tobytes() for image in pool[torch.from_numpy(idx)]}
+
+    assert evaluator is not None and len(trained_on) == 1 and len(trained_on[0]) == 100
+    trained = {image.numpy().tobytes() for image in trained_on[0]}
+    assert len(trained) == 100 and trained <= images(0) and not trained & images(1)  # client 0's, not 1's
+    assert note.startswith("evaluator-without-client1-mnist-100-") and "never client 1's" in note
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [note.split(":")[0]]
+    # `rvepfl attack` on client 0 scores with its own such evaluator (trained for one epoch, as
+    # above) and says so.
+    capsys.readouterr()
+    assert main(["attack", "miface", "--run", str(fedavg_run), "--out", str(tmp_path / "miface"),
+                 "--iterations", "2", "--evaluator-images", "100", "--threads", "1", "--quiet"]) == 0
+    assert "(evaluator-without-client0-mnist-100-" in capsys.readouterr().out
+
+
 def test_fedavg_gradient_observation_is_the_plain_gradient(fedavg_run):
     target = Target(fedavg_run)
     x, gt = target.client_batch(0, 2, draw=0, seed=0)

@@ -56,6 +56,7 @@ def test_run_directory_has_the_six_csvs_with_their_columns(reference_run):
     partition = json.loads((reference_run / "partition.json").read_text())
     assert [c["train"] + c["test"] for c in partition["clients"]] == [250, 250]
     assert "[train]" in (reference_run / "config.toml").read_text()
+    assert (reference_run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the run's accuracy plot
 
 
 def test_rvepfl_accuracy_rises_above_chance(reference_run):
@@ -75,6 +76,7 @@ def test_fedavg_runs_on_the_same_clients(tmp_path):
     out = tmp_path / "fedavg"
     result = rvepfl("train", *TINY, "--method", "fedavg", "--out", str(out))
     assert result.returncode == 0, result.stderr
+    assert f"accuracy plot: {out / 'accuracy.png'}" in result.stdout.splitlines()[-2]
     assert float(read(out / "metrics" / "epoch_testing.csv")[-1][2]) > 0.5
 
 

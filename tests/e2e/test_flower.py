@@ -130,6 +130,7 @@ def test_rvepfl_with_tls_node_authentication_and_a_misbehaving_clientapp_matches
     assert "Uvicorn running on https://127.0.0.1:" in (logs / "superlink.log").read_text()
     assert "SuperNode authentication on" in err and err.count("registered ") == 2 and "--insecure" not in err
     assert json.loads((run / "flower/status.json").read_text()) == {"status": "complete"}
+    assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"accuracy plot: {run}" in out
     for name, header in CSV_HEADERS.items():
         assert (run / "metrics" / name).read_text().splitlines()[0] == ",".join(header)
     summary = json.loads((run / "summary.json").read_text())

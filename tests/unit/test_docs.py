@@ -2,6 +2,7 @@
 setting has a meaning, every CLI command is documented, and the README links every page of docs/."""
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import re
 from pathlib import Path
@@ -67,3 +68,43 @@ def test_help_shows_defaults_without_markup_escapes(capsys):
         assert "\\[" not in out, command
     assert main(["attack", "--help"]) == 0
     assert "[default: 0]" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    assert "[default: 7]" in capsys.readouterr().out  # the built-in config's train.rounds
+
+
+def test_every_option_with_a_value_shows_its_default_or_is_required():
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    no_default = {"--set", "--resume"}  # repeatable; a run to continue: nothing to default to
+    for name, command in group.commands.items():
+        ctx = click.Context(command, info_name=name)
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.is_flag or param.opts[0] in no_default:
+                continue
+            help_text = param.get_help_record(ctx)[1]
+            assert "[default: " in help_text or "[required]" in help_text, (name, param.opts[0])
+
+
+def test_help_lists_the_commands_in_order_with_whole_descriptions(capsys):
+    from rvepfl.cli import COMMAND_ORDER, main
+
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out.split("Commands:")[1]
+    names = [line.split()[0] for line in listing.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert names == list(COMMAND_ORDER) == sorted(names, key=COMMAND_ORDER.index)
+    assert {c.name or c.callback.__name__ for c in app.registered_commands} <= set(COMMAND_ORDER)
+    assert "..." not in listing
+
+
+def test_version(capsys):
+    from rvepfl import __version__
+    from rvepfl.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"rvepfl {__version__}\n"
+    try:
+        assert __version__ == importlib.metadata.version("rvepfl")  # pyproject.toml's version
+    except importlib.metadata.PackageNotFoundError:  # not installed: only the source tree
+        pass

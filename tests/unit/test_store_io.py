@@ -143,3 +143,27 @@ def test_deferred_flush_leaves_the_fsync_to_flush(tmp_path, monkeypatch):
     synced.clear()
     ClientStore(tmp_path / "s", config_hash="h").put(3, 1, {"enc.w": torch.ones(2, 3)}, steps=2)
     assert len(synced) == 2  # the temporary file before its rename, then the directory
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_mode_open_gives_them(tmp_path, umask, expected):
+    """0o666 less the umask, as a plain open() gives (not mkstemp's 0600); a key stays 0600."""
+    from rvepfl.data.download import _temp_file
+    from rvepfl.io import atomic_write_bytes, write_json
+
+    old = os.umask(umask)
+    try:
+        write_csv(tmp_path / "a.csv", ["x"], [[1.0]])
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_tensors(tmp_path / "a.safetensors", REF, {"format": "t"})
+        ClientStore(tmp_path / "store", config_hash="h").put(0, 1, REF, steps=1)
+        with _temp_file(tmp_path, "download") as (_, part):  # a download before its rename
+            part_mode = os.stat(part).st_mode & 0o777
+        atomic_write_bytes(tmp_path / "key", b"secret", mode=0o600)
+    finally:
+        os.umask(old)
+    for name in ("a.csv", "a.json", "a.safetensors", "store/0000-r0001.safetensors"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
+    assert part_mode == expected
+    assert os.stat(tmp_path / "key").st_mode & 0o777 == 0o600

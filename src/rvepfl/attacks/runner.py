@@ -52,7 +52,8 @@ GRADIENT_ATTACKS: dict[str, Callable[..., Reconstruction]] = {"dlg": dlg, "idlg"
 DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released"}
 DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "miface": 1000}
 MIN_EVALUATOR_IMAGES = 500
-"""The fewest held-out images (unused by every client) for which an evaluator is trained at all."""
+"""The fewest images an evaluator is trained on at all: held out (unused by every client), or,
+when the run left fewer out, the images of the clients other than the attacked one."""
 MIN_EVALUATOR_DRAW = 100
 """The smallest ``--evaluator-images``: the evaluator trains on 80 % of its images and is tested on
 the other 20 %, so fewer leave it (and its reported accuracy) next to guessing; below 3 it cannot
@@ -136,27 +137,45 @@ def resolve_settings(target: Target, attack: str, *, threat: str | None, round_:
 
 # -- the evaluator -------------------------------------------------------------------------------
 def load_or_train_evaluator(target: Target, max_images: int, log: Callable[[str], None],
-                            cache: Path | None = None) -> tuple[Any | None, str]:
+                            cache: Path | None = None, *, victim: int | None = None) -> tuple[Any | None, str]:
     """The evaluator of ``target``'s data, trained once on up to ``max_images`` images no client
     has (a seeded draw) and cached in ``cache`` (default ``RUN/attacks/``) under a name made of
-    a digest of those images, so runs with the same held-out images share it; or None and the
-    reason when the run left too few images out."""
+    a digest of those images, so runs with the same held-out images share it.
+
+    When the run left fewer than :data:`MIN_EVALUATOR_IMAGES` images out (it used every image,
+    as the README's main run does) and ``victim`` is given, the images are drawn instead from the
+    clients other than ``victim`` (:meth:`Target.images_without`): the evaluator never sees the
+    attacked client's images, so it never labels a reconstruction of an image it was trained on.
+    That evaluator is cached as ``evaluator-without-client<victim>-...``. Otherwise (or with too
+    few of those too): None and the reason.
+    """
     from rvepfl.attacks.evaluator import Evaluator, train_evaluator
     from rvepfl.seeding import numpy_rng
 
     x, y = target.heldout()
+    source, prefix = "images no client has", "evaluator"
     if len(y) < MIN_EVALUATOR_IMAGES:
-        return None, (f"no evaluator: the run left {len(y)} images of {target.dataset} unused by every client "
-                      f"(needs >= {MIN_EVALUATOR_IMAGES}); train with data.subset to keep some out")
+        unused = len(y)
+        reason = (f"no evaluator: the run left {unused} images of {target.dataset} unused by every client "
+                  f"(needs >= {MIN_EVALUATOR_IMAGES})")
+        if victim is None:
+            return None, f"{reason}; train with data.subset to keep some out"
+        x, y = target.images_without(victim)
+        if len(y) < MIN_EVALUATOR_IMAGES:
+            return None, (f"{reason}, and the clients other than client {victim} hold {len(y)}; train with "
+                          "data.subset to keep some out")
+        source = (f"images of the clients other than client {victim}, never client {victim}'s (the run left "
+                  f"{unused} images unused by every client)")
+        prefix = f"evaluator-without-client{victim}"
     n = min(len(y), max_images)
     pick = torch.from_numpy(np.sort(numpy_rng(target.cfg.seed, "attack", n).permutation(len(y))[:n]))
     x, y = x[pick], y[pick]
     digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:12]
-    path = (cache or target.run.path / "attacks") / f"evaluator-{target.dataset}-{n}-{digest}.safetensors"
-    note = f"{path.name}: trained on {n} images no client has"
+    path = (cache or target.run.path / "attacks") / f"{prefix}-{target.dataset}-{n}-{digest}.safetensors"
+    note = f"{path.name}: trained on {n} {source}"
     if path.is_file():
         return Evaluator.load(path), note
-    log(f"training the evaluator on {n} images no client has")
+    log(f"training the evaluator on {n} {source}")
     evaluator = train_evaluator(x, y, num_classes=target.num_classes, seed=target.cfg.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     evaluator.save(path)
@@ -222,19 +241,29 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
                evaluator_cache: Path | None = None, status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``settings`` against ``target``; write (or complete) ``out``; return the summary.
 
-    The evaluator trains on up to ``settings.evaluator_images`` held-out images and is cached in
-    ``evaluator_cache`` (default ``RUN/attacks/``). ``log`` receives a line per observation
-    (gradient attacks) with the time left in the attack; ``status``, if given, an in-progress
-    line every :data:`STATUS_EVERY` seconds while the attack iterates (the iteration, the time
-    left), e.g. :meth:`rvepfl.progress.ProgressStream.status`.
+    The evaluator trains on up to ``settings.evaluator_images`` held-out images (or, in a run
+    that left too few out, images of the clients other than ``settings.client``: see
+    :func:`load_or_train_evaluator`) and is cached in ``evaluator_cache`` (default ``RUN/attacks/``).
+    A complete attack with these settings is skipped, unless it has no evaluator's labels and an
+    evaluator can now be had (it was scored before that fallback existed): then it runs again.
+    ``log`` receives a line per observation (gradient attacks) with the time left in the attack;
+    ``status``, if given, an in-progress line every :data:`STATUS_EVERY` seconds while the attack
+    iterates (the iteration, the time left), e.g. :meth:`rvepfl.progress.ProgressStream.status`.
     """
     digest = settings.digest()
     previous = _read_summary(out / "summary.json")
-    if previous.get("status") == "complete" and previous.get("settings_digest") == digest:
+    complete = previous.get("status") == "complete" and previous.get("settings_digest") == digest
+    if complete and previous.get("evaluator_test_accuracy") is not None:
         log(f"{settings.attack}: complete with these settings, skipped ({out})")
         return previous
+    evaluator, evaluator_note = load_or_train_evaluator(target, settings.evaluator_images, log, evaluator_cache,
+                                                        victim=settings.client)
+    if complete:
+        if evaluator is None:
+            log(f"{settings.attack}: complete with these settings, skipped ({out})")
+            return previous
+        log(f"{settings.attack}: complete but scored without an evaluator; again, with one ({out})")
     out.mkdir(parents=True, exist_ok=True)
-    evaluator, evaluator_note = load_or_train_evaluator(target, settings.evaluator_images, log, evaluator_cache)
     started = time.perf_counter()
     if settings.attack == "miface":
         rows, truth, recon, titles = _run_miface(target, settings, evaluator, log, status)
@@ -357,7 +386,12 @@ def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out:
                 truth = list(saved["truth"][: start_draw * s.batch_size])
                 recon = list(saved["reconstruction"][: start_draw * s.batch_size])
                 elapsed = float(old.get("seconds", 0.0))
-                log(f"resuming after {start_draw}/{draws} observations")
+                if evaluator is not None and any(r["evaluator_label"] == "" for r in rows):
+                    # stopped before an evaluator could be had (a run that used every image)
+                    log("starting afresh: the stopped attack was scored without an evaluator")
+                    start_draw, rows, truth, recon, elapsed = 0, [], [], [], 0.0
+                else:
+                    log(f"resuming after {start_draw}/{draws} observations")
         except (OSError, ValueError, KeyError, CheckpointError):
             start_draw, rows, truth, recon, elapsed = 0, [], [], [], 0.0
     per_draw = s.iterations * s.restarts

@@ -104,6 +104,12 @@ class GroundTruth:
     """Positions in the client's training split."""
 
 
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, H, W, C) as float [0, 1] pixels (N, C, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous()
+
+
 def _pixel_bounds(dataset: str) -> tuple[float, float]:
     mean, std = NORMALISATION[dataset]
     return min((0.0 - m) / s for m, s in zip(mean, std)), max((1.0 - m) / s for m, s in zip(mean, std))
@@ -255,8 +261,25 @@ class Target:
             used[pool[split.test]] = True
         images = np.concatenate([full.train_x, full.test_x])[~used]
         labels = np.concatenate([full.train_y, full.test_y])[~used]
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.contiguous(), torch.from_numpy(labels).long()
+        return _pixels(images), torch.from_numpy(labels).long()
+
+    def images_without(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of every client but ``client`` (their training and test splits), as [0, 1]
+        pixels, and their labels, in pool order: none of them is ``client``'s.
+
+        What the evaluator trains on when the run left too few images out (the README's main run
+        uses every image): an attack on ``client`` reconstructs that client's images, which the
+        evaluator then never saw.
+        """
+        self.check_client(client)
+        clients = self.fed.partition.clients
+        victim = np.concatenate([clients[client].train, clients[client].test])
+        others = np.concatenate([np.concatenate([c.train, c.test]) for i, c in enumerate(clients) if i != client])
+        idx = np.setdiff1d(others, victim)  # sorted; a partition's clients never share an image anyway
+        d = self.fed.dataset
+        images = np.concatenate([d.train_x, d.test_x])[idx]
+        labels = np.concatenate([d.train_y, d.test_y])[idx]
+        return _pixels(images), torch.from_numpy(labels).long()
 
     # -- the gradient threat model ----------------------------------------------------------------
     def gradient_surface(self, round_: int, client: int) -> SharedPath:

@@ -23,7 +23,6 @@ import http.client
 import os
 import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import IO, Any
 from urllib.request import urlopen
 
 from rvepfl.errors import DataError
+from rvepfl.io import create_temp_file
 
 __all__ = ["DATASETS", "Resource", "download"]
 
@@ -158,12 +158,11 @@ def _file_matches(path: Path, resource: Resource) -> bool:
 def _temp_file(dest_dir: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file in ``dest_dir``, removed unless the caller renamed it away."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+        fd, path = create_temp_file(dest_dir / name, suffix=".part")  # open()'s mode, not mkstemp's 0600
     except OSError as exc:
         raise DataError(
             f"{dest_dir}: cannot write there ({exc.strerror}); choose another directory"
         ) from None
-    path = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle, path

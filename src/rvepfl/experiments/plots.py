@@ -1,4 +1,5 @@
-"""The figures of a suite, drawn from its results alone and written atomically as PNG.
+"""The figures of a suite, drawn from its results alone and written atomically as PNG with the
+helpers of :mod:`rvepfl.figures` (which also draws a single run's ``accuracy.png``):
 
 - ``accuracy_<dataset>.png`` (every suite): mean client test accuracy per round of every method,
   the mean over seeds with the seeds' range shaded;
@@ -11,40 +12,16 @@ matplotlib is imported when a figure is drawn, not with this module.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rvepfl.experiments.results import AccuracyCell, AttackCell
 from rvepfl.experiments.spec import Suite
-from rvepfl.io import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from rvepfl.figures import agg_figure, save_png
 
 __all__ = ["accuracy_plot", "privacy_utility_plot"]
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A figure drawn without a GUI backend (and without pyplot's global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path, dpi: int) -> Path:
-    """Lay ``fig`` out tightly and write it to ``path`` as PNG, atomically."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def accuracy_plot(path: Path, suite: Suite, dataset: str, curves: Mapping[str, Sequence[float]]) -> Path:
@@ -66,7 +43,7 @@ def accuracy_plot(path: Path, suite: Suite, dataset: str, curves: Mapping[str, S
     Path
         ``path``.
     """
-    fig = _figure(7.0, 4.5)
+    fig = agg_figure(7.0, 4.5)
     ax = fig.add_subplot()
     for method in suite.methods:
         series = [curves[r.label] for r in suite.runs if r.dataset == dataset and r.method == method]
@@ -86,7 +63,7 @@ def accuracy_plot(path: Path, suite: Suite, dataset: str, curves: Mapping[str, S
     max_round = max(len(c) for c in curves.values())
     if max_round <= 20:
         ax.set_xticks(range(1, max_round + 1))
-    return _save(fig, path, dpi=120)
+    return save_png(fig, path, dpi=120)
 
 
 def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Sequence[AccuracyCell],
@@ -104,7 +81,7 @@ def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Seque
     acc = {c.key: c for c in accuracy}
     attacked = {c.key: c for c in cells}
     jobs = suite.jobs()
-    fig = _figure(3.6 * len(jobs), 3.6)
+    fig = agg_figure(3.6 * len(jobs), 3.6)
     for i, job in enumerate(jobs):
         ax = fig.add_subplot(1, len(jobs), i + 1)
         for method in suite.methods:
@@ -123,4 +100,4 @@ def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Seque
         ax.set_title(job.title, fontsize=9)
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{suite.name} / {dataset}: utility (right) vs leakage (up)", fontsize=9)
-    return _save(fig, path, dpi=110)
+    return save_png(fig, path, dpi=110)

@@ -362,6 +362,9 @@ def main(grid: Grid, context: Context) -> None:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         FlowerServer(grid, cfg, RunDir(out), wait_nodes=float(server["wait_nodes"]), log=log).run_federation()
+        from rvepfl.figures import run_accuracy_plot
+
+        log(f"accuracy plot: {run_accuracy_plot(out)}")
         write_json(_status_file(out), {"status": "complete"})
     except RvepflError as exc:
         flwr_log(logging.ERROR, "error: %s", exc)

@@ -69,8 +69,7 @@ def make_certificates(directory: str | Path, *, days: int = 7) -> Certificates:
     atomic_write_bytes(out.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     atomic_write_bytes(out.server_cert, cert.public_bytes(serialization.Encoding.PEM))
     atomic_write_bytes(out.server_key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    out.server_key.chmod(0o600)
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
     return out
 
 
@@ -96,8 +95,7 @@ def make_node_key(directory: str | Path, name: str = "node") -> NodeKey:
     private = directory / f"{name}.key"
     public = directory / f"{name}.pub"
     atomic_write_bytes(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                  serialization.NoEncryption()))
-    private.chmod(0o600)
+                                                  serialization.NoEncryption()), mode=0o600)
     atomic_write_bytes(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                              serialization.PublicFormat.OpenSSH))
     return NodeKey(private, public)
