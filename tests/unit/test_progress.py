@@ -8,7 +8,14 @@ import io
 
 import pytest
 
-from rvepfl.progress import Eta, ProgressPrinter, ProgressStream, Ticker, format_duration, time_left
+from rvepfl.progress import (
+    Eta,
+    ProgressPrinter,
+    ProgressStream,
+    Ticker,
+    format_duration,
+    time_left,
+)
 
 
 class Clock:
@@ -156,12 +163,12 @@ def test_training_lines_number_clients_plainly_and_give_the_time_left_in_the_run
     _round(printer, clock, 3, 3, [2, 3])
     assert lines[:4] == [
         "[1/2] mnist fedavg seed 0: round 1/3: 2 clients",
-        "[1/2] mnist fedavg seed 0: round 1/3, client 4 (1 of 2): test acc before local training 0.100 | "
-        "after it: train loss 1.5000 acc 0.500, test loss 1.7000 acc 0.400 | 10.0 s",
-        "[1/2] mnist fedavg seed 0: round 1/3, client 7 (2 of 2): test acc before local training 0.100 | "
-        "after it: train loss 1.5000 acc 0.500, test loss 1.7000 acc 0.400 | 10.0 s",
-        "[1/2] mnist fedavg seed 0: round 1/3 done in 20.0 s: mean client test acc 0.4000 loss 1.7000 "
-        "(0.1000 before local training); about 40 s left in the run",
+        ("[1/2] mnist fedavg seed 0: round 1/3, client 4 (1 of 2): test acc before local training 0.100 | "
+        "after it: train loss 1.5000 acc 0.500, test loss 1.7000 acc 0.400 | 10.0 s"),
+        ("[1/2] mnist fedavg seed 0: round 1/3, client 7 (2 of 2): test acc before local training 0.100 | "
+        "after it: train loss 1.5000 acc 0.500, test loss 1.7000 acc 0.400 | 10.0 s"),
+        ("[1/2] mnist fedavg seed 0: round 1/3 done in 20.0 s: mean client test acc 0.4000 loss 1.7000 "
+        "(0.1000 before local training); about 40 s left in the run"),
     ]
     assert lines[7].endswith("; about 20 s left in the run")
     assert lines[-1].startswith("[1/2] mnist fedavg seed 0: round 3/3 done in") and "left" not in lines[-1]
