@@ -200,14 +200,14 @@ def test_an_unregistered_supernode_is_refused_and_the_run_says_so(tmp_path):
     lines: list[str] = []
     try:
         fed.start()
-        code = fed.run_app(write_app(tmp_path / "app", cfg, out=tmp_path / "run", wait_nodes=15),
+        code = fed.run_app(write_app(tmp_path / "app", cfg, out=tmp_path / "run", wait_nodes=10),
                            stream=lines.append, timeout=300)
     finally:
         fed.stop()
     # The ServerApp says so in the streamed log (flwr run itself exits 0) and creates nothing.
     said = [line for line in lines if "error: Only 1 of 2 clients' SuperNodes answered" in line]
     assert code == 0 and said, "\n".join(lines[-30:])
-    assert "server.wait_nodes = 15 s (missing partition-id 1)" in said[0]
+    assert "server.wait_nodes = 10 s (missing partition-id 1)" in said[0]
     assert not (tmp_path / "run").exists()
     assert "Failed to activate SuperNode" in (fed.logs / "supernode-1.log").read_text()
     assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
