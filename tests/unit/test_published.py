@@ -77,6 +77,7 @@ def test_a_carried_adam_continues_as_one_adam_would():
         assert torch.allclose(a, b, atol=1e-7)
 
 
+@pytest.mark.slow  # several whole runs, one stopped and resumed
 def test_the_published_settings_change_the_numbers_and_the_shared_optimiser_resumes(tmp_path, monkeypatch):
     """A run stopped in round 2 (after its first client had moved the carried optimiser on) and
     resumed gives the bytes of one that ran straight through; the carried optimiser is what

@@ -42,6 +42,7 @@ class _StopAtRound2:
     def round_done(self, *args) -> None: ...
 
 
+@pytest.mark.slow  # several whole runs, one stopped and resumed
 def test_the_events_hold_the_csv_values_and_the_privacy_figures(tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
