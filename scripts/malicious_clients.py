@@ -38,13 +38,14 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tomli_w
+import tomllib
+from readme_results import write_block  # scripts/ is on sys.path when a script runs
 
 from rvepfl.io import atomic_write_text, write_csv
 
@@ -205,12 +206,7 @@ def main() -> None:
     text = write_tables(args.out, args.seeds)
     print(text)
     if args.readme is not None:
-        readme = args.readme.read_text(encoding="utf-8")
-        begin, end = "<!-- results:malicious -->", "<!-- /results:malicious -->"
-        if begin not in readme or end not in readme:
-            raise SystemExit(f"error: {args.readme} has no {begin} ... {end} block")
-        head, rest = readme.split(begin, 1)
-        atomic_write_text(args.readme, f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_block(args.readme, "malicious", text)
 
 
 if __name__ == "__main__":

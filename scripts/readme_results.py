@@ -63,6 +63,17 @@ def _first_table(text: str) -> list[str]:
     return lines[start:end]
 
 
+def write_block(readme_path: Path, block: str, text: str) -> None:
+    """Replace everything between README's ``<!-- results:BLOCK -->`` and ``<!-- /results:BLOCK -->``
+    with ``text``, atomically; a README without that block is a one-line error."""
+    readme = readme_path.read_text(encoding="utf-8")
+    begin, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"error: {readme_path} has no {begin} ... {end} block")
+    head, rest = readme.split(begin, 1)
+    atomic_write_text(readme_path, f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+
+
 def replace_table(readme: str, block: str, source: str) -> str:
     """``readme`` with the first table of its block ``block`` replaced by the first table of
     ``source``, and the block's margin lines by ``source``'s."""

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme_results import write_block  # scripts/ is on sys.path when a script runs
+
 from rvepfl.io import atomic_write_bytes, atomic_write_text, read_csv_rows, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,12 +163,7 @@ def main() -> None:
     text = write_tables(args.out)
     print(text)
     if args.readme is not None:
-        readme = args.readme.read_text(encoding="utf-8")
-        begin, end = "<!-- results:reproduce -->", "<!-- /results:reproduce -->"
-        if begin not in readme or end not in readme:
-            raise SystemExit(f"error: {args.readme} has no {begin} ... {end} block")
-        head, rest = readme.split(begin, 1)
-        atomic_write_text(args.readme, f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_block(args.readme, "reproduce", text)
 
 
 if __name__ == "__main__":
