@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -22,7 +23,13 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from rvepfl import __version__
-from rvepfl.config import Config, apply_overrides, dumps_config, load_config, published_warnings
+from rvepfl.config import (
+    Config,
+    apply_overrides,
+    dumps_config,
+    load_config,
+    published_warnings,
+)
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
 from rvepfl.perf import tune_allocator
@@ -47,7 +54,7 @@ def _plain_help_extras() -> None:
 
 _plain_help_extras()
 
-COMMAND_ORDER = ("train", "compare", "attack", "audit", "flower-local", "flower-app", "show", "methods")
+COMMAND_ORDER = ("train", "compare", "attack", "audit", "frontier", "flower-local", "flower-app", "show", "methods")
 """The order of ``rvepfl --help``'s commands, as a user meets them: training, comparing and
 attacking in-process, then Flower's deployments, then the utilities."""
 
@@ -438,10 +445,15 @@ def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
     """Run a compare or audit suite with progress on stderr; Ctrl-C ends it resumable."""
     from rvepfl.experiments.runner import run_suite
 
+    return _resumable(lambda stream: run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line,
+                                               status=None if quiet else stream.status))
+
+
+def _resumable(job: Callable[[ProgressStream], Any]) -> Any:
+    """``job(stream)`` with progress on stderr; Ctrl-C ends it with a line saying how to continue."""
     stream = ProgressStream()
     try:
-        return run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line,
-                         status=None if quiet else stream.status)
+        return job(stream)
     except KeyboardInterrupt:
         stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)
@@ -561,6 +573,29 @@ def audit(
     typer.echo(report.audit_markdown)
     typer.echo(f"results: {report.out} (audit.csv, audit.md, {', '.join(p.name for p in report.audit_plots)})")
 
+
+@app.command()
+def frontier(
+    config: Annotated[Path, typer.Option(help="Frontier file (TOML): an audit file plus [sweep.<method>] tables.")],
+    out: Annotated[Optional[Path], typer.Option(help=_default("Output directory; its finished runs and attacks are reused.", "runs/<name>"))] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
+) -> None:
+    """Sweep each method's privacy knob: who is more accurate at equal protection.
+
+    Trains every point of every sweep over the file's seeds on identical clients, attacks each
+    run, and writes frontier.csv, frontier.md (means with 95 % intervals, and the verdict) and a
+    frontier plot per data set. Run it again to continue after a stop.
+    """
+    from rvepfl.experiments.frontier import load_frontier, run_frontier
+
+    plan = load_frontier(config, smoke=smoke)
+    suite = plan.suite
+    typer.echo(f"{suite.name}: {len(suite.runs)} runs x {len(suite.jobs())} attacks", err=True)
+    report = _resumable(lambda stream: run_frontier(plan, out, progress=_prefixed(stream, quiet), log=stream.line,
+                                                    status=None if quiet else stream.status))
+    typer.echo(report.markdown)
+    typer.echo(f"results: {report.out} ({', '.join(p.name for p in report.files)})")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns user errors into one line on stderr."""

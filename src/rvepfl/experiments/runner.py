@@ -21,7 +21,7 @@ This module is the only one of the package's experiments that calls the training
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from rvepfl.experiments.results import (
     read_curve,
     read_scores,
 )
-from rvepfl.experiments.spec import AttackJob, AuditPlan, Suite, default_out
+from rvepfl.experiments.spec import AttackJob, AuditPlan, RunSpec, Suite, default_out
 from rvepfl.experiments.tables import write_accuracy_table, write_attack_table
 from rvepfl.fl.client import prepare
 from rvepfl.fl.server import Progress, check_partition
@@ -182,7 +182,7 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
     statuses: dict[str, str] = {}
     curves: dict[str, list[float]] = {}
     for finished, (r, run) in enumerate(plan, start=1):
-        prefix = f"[{r.index}/{count}] {r.dataset} {r.method} seed {r.seed}"
+        prefix = f"[{r.index}/{count}] {r.title}"
         state = states[r.label]
         rounds = r.cfg.train.rounds
         if state == "complete":
@@ -190,31 +190,40 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
             say(f"{prefix}: complete, skipped ({run.path}); {left(finished)}")
             statuses[r.label] = "skipped"
         else:
-            started = time.perf_counter()
-            fed = prepare(r.cfg)
             estimate = eta.left()
             ahead = "" if estimate is None else f" ({time_left(estimate, ' in the training')})"
-            if state == "resume":
-                check_partition(fed.partition, run)
-                done = int(run.read_progress()["completed_round"])
-                eta.skip(done)
-                say(f"{prefix}: resuming {run.path} after round {done}/{rounds}{ahead}")
-                statuses[r.label] = "resumed"
-            else:
-                done = 0
-                initialise(fed, run)
-                say(f"{prefix}: training -> {run.path}{ahead}")
-                statuses[r.label] = "trained"
-            for line in published_warnings(r.cfg):
-                say(f"{prefix}: WARNING: {line}")
-            train(fed, run, progress(prefix) if progress else None)
-            del fed
+            statuses[r.label], done, seconds = train_run(r, run, state, prefix, progress, say, ahead)
+            eta.skip(done)
             eta.advance(rounds - done)
             acc = read_curve(run, r.cfg)[-1]
-            say(f"{prefix}: final mean client test acc {100 * acc:.2f} % ({time.perf_counter() - started:.0f} s); "
-                f"{left(finished)}")
+            say(f"{prefix}: final mean client test acc {100 * acc:.2f} % ({seconds:.0f} s); {left(finished)}")
         curves[r.label] = read_curve(run, r.cfg)
     return statuses, curves
+
+
+def train_run(r: RunSpec, run: RunDir, state: str, prefix: str, progress: Callable[[str], Progress] | None,
+              say: Log, ahead: str = "") -> tuple[str, int, float]:
+    """Train (``state`` new) or resume (``state`` resume) one run of a suite to its last round.
+
+    Returns its status (``trained`` or ``resumed``), the rounds it had done before, and the
+    seconds it took here; ``ahead`` is appended to its first line (the time left, say)."""
+    started = time.perf_counter()
+    fed = prepare(r.cfg)
+    if state == "resume":
+        check_partition(fed.partition, run)
+        done = int(run.read_progress()["completed_round"])
+        say(f"{prefix}: resuming {run.path} after round {done}/{r.cfg.train.rounds}{ahead}")
+        status = "resumed"
+    else:
+        done = 0
+        initialise(fed, run)
+        say(f"{prefix}: training -> {run.path}{ahead}")
+        status = "trained"
+    for line in published_warnings(r.cfg):
+        say(f"{prefix}: WARNING: {line}")
+    train(fed, run, progress(prefix) if progress else None)
+    del fed
+    return status, done, time.perf_counter() - started
 
 
 # -- attacking -----------------------------------------------------------------------------------
@@ -244,37 +253,50 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
         return done if estimate is None else f"{done}, {time_left(estimate, ' in the attacks')}"
 
     for r in suite.runs:
-        run_dir = out / "runs" / r.label
-        if r.cfg.threads:  # the run config's thread count holds for its attacks too
-            torch.set_num_threads(r.cfg.threads)
-        target = Target(run_dir)
-        acc = curves[r.label][-1]
-        for job in plan.jobs():
-            prefix = f"[{r.label}] {job.attack} ({job.threat})"
-            miface = job.attack == "miface"
-            settings = resolve_settings(
-                target, job.attack, threat=job.threat, round_=None, client=plan.client,
-                batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
-                iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
-                local_steps=plan.local_steps if job.threat == "update" else None,
-                evaluator_images=plan.evaluator_images)
-            try:
-                _check_surface(target, job, settings.round, plan.client)
-            except NoAttackSurface as exc:
-                eta.skip(1)
-                say(f"{prefix}: no attack surface ({exc}); {left()}")
-                rows.append(no_surface_row(r, acc, job, str(exc)))
-                continue
-            dest = run_dir / "attacks" / job.key
-            timed = attack_state(dest, settings) == "new"
-            summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
-                                 evaluator_cache=out / "evaluators",
-                                 status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+        for job, row, table, timed in attack_run(r, plan, out, curves[r.label][-1], say, status):
             if timed:
                 eta.advance(1)
-            else:  # skipped, or resumed: its time here is not an attack's
+            else:  # skipped, resumed, or without a surface: its time here is not an attack's
                 eta.skip(1)
-            scores.setdefault((r.dataset, r.method, job), []).extend(read_scores(dest / "scores.csv"))
-            rows.append(attack_row(r, acc, job, summary))
-            say(f"{prefix}: done ({summary['rows']} rows); {left()}")
+            rows.append(row)
+            prefix = f"[{r.label}] {job.attack} ({job.threat})"
+            if table is None:
+                say(f"{prefix}: no attack surface ({row['note']}); {left()}")
+            else:
+                scores.setdefault((r.dataset, r.method, job), []).extend(table)
+                say(f"{prefix}: done ({row['images']} rows); {left()}")
     return rows, scores
+
+
+def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
+               status: Log | None) -> Iterator[tuple[AttackJob, dict[str, Any], ScoreTable | None, bool]]:
+    """Run every job of ``plan`` on run ``r`` (in ``out/runs/<label>``; complete ones are skipped
+    by the attack itself), one after another.
+
+    Yields, after each job, the job, its ``audit.csv`` row, its ``scores.csv`` rows (None: the
+    method exposes no surface to it: the row's ``note`` says why) and whether it ran here from
+    the start (True) rather than being skipped or resumed."""
+    run_dir = out / "runs" / r.label
+    if r.cfg.threads:  # the run config's thread count holds for its attacks too
+        torch.set_num_threads(r.cfg.threads)
+    target = Target(run_dir)
+    for job in plan.jobs():
+        prefix = f"[{r.label}] {job.attack} ({job.threat})"
+        miface = job.attack == "miface"
+        settings = resolve_settings(
+            target, job.attack, threat=job.threat, round_=None, client=plan.client,
+            batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
+            iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
+            local_steps=plan.local_steps if job.threat == "update" else None,
+            evaluator_images=plan.evaluator_images)
+        try:
+            _check_surface(target, job, settings.round, plan.client)
+        except NoAttackSurface as exc:
+            yield job, no_surface_row(r, acc, job, str(exc)), None, False
+            continue
+        dest = run_dir / "attacks" / job.key
+        timed = attack_state(dest, settings) == "new"
+        summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
+                             evaluator_cache=out / "evaluators",
+                             status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+        yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), timed

@@ -107,11 +107,28 @@ class RunSpec:
     method: str
     seed: int
     cfg: Config
+    knob: str | None = None
+    """A frontier's swept config key (``nbafl.epsilon``) when this run is a point of a sweep."""
+    value: float | None = None
+    """The swept key's value."""
+
+    @property
+    def point(self) -> str:
+        """The sweep point, ``<key's last part><value>`` (``epsilon20``), or "" outside a sweep."""
+        return "" if self.knob is None else f"{self.knob.rsplit('.', 1)[-1]}{self.value:g}"
 
     @property
     def label(self) -> str:
-        """The run directory's name, ``<dataset>-<method>-seed<k>``."""
-        return f"{self.dataset}-{self.method}-seed{self.seed}"
+        """The run directory's name, ``<dataset>-<method>-seed<k>``; a sweep point's is
+        ``<dataset>-<method>-<point>-seed<k>``."""
+        point = f"-{self.point}" if self.point else ""
+        return f"{self.dataset}-{self.method}{point}-seed{self.seed}"
+
+    @property
+    def title(self) -> str:
+        """The run in a progress line: ``mnist nbafl seed 1``, or ``mnist nbafl epsilon=20 seed 1``."""
+        point = "" if self.knob is None else f" {self.knob.rsplit('.', 1)[-1]}={self.value:g}"
+        return f"{self.dataset} {self.method}{point} seed {self.seed}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,133 @@
+"""`rvepfl frontier`: the frontier file (sweeps over identical clients), its refusals, a smoke
+run end to end and a frontier stopped part-way that continues without redoing anything."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from rvepfl.cli import main
+from rvepfl.errors import ConfigError
+from rvepfl.experiments import frontier as frontier_module
+from rvepfl.experiments.frontier import disk_use, frontier_from_dict, prune_run
+from rvepfl.rundir import RunDir
+
+BASE = """
+name = "tiny-frontier"
+methods = ["fedavg", "nbafl"]
+datasets = ["mnist"]
+seeds = [0, 1]
+[base]
+threads = 1
+workers = 1
+device = "cpu"
+[base.data]
+subset = 200
+num_clients = 2
+[base.train]
+rounds = 1
+local_epochs = 1
+batch_size = 32
+[audit]
+attacks = ["miface"]
+miface_threats = ["released", "stolen"]
+evaluator_images = 300
+[audit.iterations]
+miface = 3
+[sweep.nbafl]
+key = "nbafl.epsilon"
+values = [1.0, 100.0]
+"""
+
+
+def _values(text: str = BASE, **tables: str) -> dict:
+    extra = "\n".join(tables.values())
+    return tomllib.loads(text + "\n" + extra)
+
+
+def test_a_sweep_is_a_run_per_point_and_seed_on_the_same_clients():
+    plan = frontier_from_dict(_values())
+    labels = [r.label for r in plan.suite.runs]
+    assert labels == ["mnist-fedavg-seed0", "mnist-nbafl-epsilon1-seed0", "mnist-nbafl-epsilon100-seed0",
+                      "mnist-fedavg-seed1", "mnist-nbafl-epsilon1-seed1", "mnist-nbafl-epsilon100-seed1"]
+    eps = {r.label: r.cfg.nbafl.epsilon for r in plan.suite.runs if r.method == "nbafl"}
+    assert eps["mnist-nbafl-epsilon1-seed0"] == 1.0 and eps["mnist-nbafl-epsilon100-seed1"] == 100.0
+    for seed in (0, 1):
+        data = {r.cfg.data for r in plan.suite.runs if r.seed == seed}
+        assert len(data) == 1  # every point of every method: the same data settings, so the same clients
+    assert [r.index for r in plan.suite.runs] == list(range(1, 7))
+    assert plan.reference == "nbafl" and plan.against == ()  # no rvepfl here: the first swept method
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ('[sweep.nbafl]\nkey = "nbafl.epsilom"\nvalues = [1.0]', r"`sweep.nbafl`: Unknown config key `nbafl.epsilom`: did you mean `epsilon`\?"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = []', r"Expected `sweep.nbafl.values` to be a non-empty list of numbers, got \[\]"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = [0.0]', r"`sweep.nbafl`: Expected `nbafl.epsilon` > 0, got 0.0"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = [1.0, 1.0]', "without repeats"),
+    ('[sweep.nbafl]\nkey = "data.subset"\nvalues = [100]', "cannot be swept: every point must train on the same clients"),
+    ('[sweep.fedavg]\nkey = "nbafl.epsilon"\nvalues = [1.0, 2.0]', "does not change fedavg's runs"),
+    ('[sweep.ditto]\nkey = "ditto.lam"\nvalues = [1.0]', r"`\[sweep.ditto\]` names no entry of `methods`"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalue = [1.0]', r"Unknown key `sweep.nbafl.value`"),
+    ('[frontier]\nreference = "fedper"', "Expected `frontier.reference` to name an entry of `methods`"),
+    ('[frontier]\nagainst = ["fedavg"]', "Expected `frontier.against` to name swept methods"),
+])
+def test_bad_frontier_files_are_one_clear_line(sweep, match):
+    text = BASE.split("[sweep.nbafl]")[0] if sweep.startswith("[sweep.") else BASE
+    with pytest.raises(ConfigError, match=match):
+        frontier_from_dict(_values(text, extra=sweep))
+
+
+def test_a_frontier_without_a_sweep_is_refused():
+    with pytest.raises(ConfigError, match=r"at least one \[sweep.<method>\]"):
+        frontier_from_dict(_values(BASE.split("[sweep.nbafl]")[0]))
+
+
+def test_pruning_keeps_the_victims_states_only(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for folder in (run.path / "state" / "clients", run.path / "checkpoints" / "round_0002" / "clients"):
+        folder.mkdir(parents=True)
+    for c in range(3):
+        (run.path / "state" / "clients" / f"{c:04d}-r0002.safetensors").write_bytes(b"x" * 5000)
+        (run.path / "checkpoints" / "round_0002" / "clients" / f"{c:04d}.safetensors").write_bytes(b"y" * 5000)
+    (run.path / "checkpoints" / "round_0002" / "global.safetensors").write_bytes(b"g")
+    before = disk_use(run.path)
+    assert prune_run(run, keep_client=1) == 4
+    assert prune_run(run, keep_client=1) == 0  # idempotent
+    left = sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*.safetensors"))
+    assert left == ["checkpoints/round_0002/clients/0001.safetensors", "checkpoints/round_0002/global.safetensors",
+                    "state/clients/0001-r0002.safetensors"]
+    assert disk_use(run.path) < before
+
+
+@pytest.mark.slow
+def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "frontier.toml"
+    config.write_text(BASE)
+    out = tmp_path / "out"
+    calls = []
+    real_prune = frontier_module.prune_run
+
+    def stop_after_two(run, keep_client):  # a kill after the second run's attacks, before its pruning
+        calls.append(run.path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_prune(run, keep_client)
+
+    monkeypatch.setattr(frontier_module, "prune_run", stop_after_two)
+    assert main(["frontier", "--config", str(config), "--out", str(out), "--quiet"]) == 130
+    first = out / "runs" / "mnist-fedavg-seed0" / "attacks" / "miface-stolen" / "summary.json"
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(frontier_module, "prune_run", real_prune)
+    capsys.readouterr()
+    assert main(["frontier", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert first.stat().st_mtime_ns == stamp  # a finished attack is not redone
+    assert "[1/6] mnist fedavg seed 0: training" not in err and "[2/6] mnist nbafl epsilon=1 seed 0: training" not in err
+    assert "[3/6] mnist nbafl epsilon=100 seed 0: training" in err
+    for name in ("frontier.csv", "frontier.md", "frontier_mnist.png", "frontier.json", "frontier.toml"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "frontier.json").read_text())
+    assert record["peak_disk_bytes"] > 0 and len(record["attacked"]) == 6
