@@ -82,12 +82,6 @@ def _checked(name: str, values: np.ndarray) -> np.ndarray:
     return array
 
 
-def _draw_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """``size`` resamples of ``n`` units with replacement, as counts: shape (size, n), rows sum to n."""
-    picks = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
-    return np.bincount(picks.ravel(), minlength=size * n).reshape(size, n)
-
-
 # -- per-seed samples ----------------------------------------------------------------------------
 @runtime_checkable
 class SeedSample(Protocol):
@@ -174,16 +168,21 @@ class AucSample:
         return roc_auc(self.members, self.nonmembers)
 
     def resample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        # The same pairwise count as roc_auc, weighted by how often each score was drawn: a member
-        # drawn w times contributes w times (drawn non-members below it + half those equal to it).
+        # The pairwise count of roc_auc over the drawn scores, from counts alone: with the
+        # non-members sorted, a member whose score has `lo` non-members strictly below it and `hi`
+        # at or below beats the drawn non-members of sorted index < lo, and ties those in [lo, hi).
+        m, n = self.members.size, self.nonmembers.size
         neg = np.sort(self.nonmembers)
         lo = np.searchsorted(neg, self.members, side="left")
         hi = np.searchsorted(neg, self.members, side="right")
-        w_pos = _draw_counts(rng, self.members.size, size)
-        w_neg = _draw_counts(rng, neg.size, size)  # by the sorted order: which score it is does not matter
-        below = np.concatenate([np.zeros((size, 1), dtype=np.int64), np.cumsum(w_neg, axis=1)], axis=1)
-        beaten = below[:, lo] + 0.5 * (below[:, hi] - below[:, lo])
-        return (w_pos * beaten).sum(axis=1) / (self.members.size * neg.size)
+        pos_draw = rng.integers(0, m, size=(size, m))
+        neg_draw = rng.integers(0, n, size=(size, n))  # indices into the sorted scores
+        rows = (n + 1) * np.arange(size)[:, None]
+        at_lo = np.bincount((lo[pos_draw] + rows).ravel(), minlength=size * (n + 1)).reshape(size, n + 1)
+        at_hi = np.bincount((hi[pos_draw] + rows).ravel(), minlength=size * (n + 1)).reshape(size, n + 1)
+        drawn = np.bincount((neg_draw + n * np.arange(size)[:, None]).ravel(), minlength=size * n).reshape(size, n)
+        below = np.concatenate([np.zeros((size, 1), dtype=np.int64), np.cumsum(drawn, axis=1)], axis=1)
+        return ((at_lo + at_hi) * below).sum(axis=1) / (2.0 * m * n)
 
 
 # -- the bootstrap -------------------------------------------------------------------------------
