@@ -335,9 +335,11 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         say(f"{prefix}: trained and attacked; {left(done)}; disk peak {peak / 2**30:.2f} GiB")
 
     from rvepfl.experiments.frontier_report import write_frontier
+    from rvepfl.experiments.stats import SeedDraw
 
     points = frontier_points(plan, out)
-    files = write_frontier(out, suite, points, panels(jobs), reference=plan.reference, against=plan.against)
+    draw = SeedDraw(len(suite.seeds), seed=suite.audit.seed)
+    files = write_frontier(out, points, panels(jobs), draw, reference=plan.reference, against=plan.against)
     if suite.source:
         atomic_write_text(out / "frontier.toml", suite.source)
     markdown = (out / "frontier.md").read_text(encoding="utf-8")
