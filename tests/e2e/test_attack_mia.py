@@ -75,14 +75,14 @@ def test_mia_writes_scores_summary_and_roc_and_skips_when_complete(subset_run, c
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--references", "1"], "error: Expected --references >= 2 (LiRA fits a Gaussian to the reference models' "
-                            "confidences), got 1"),
-    (["--images", "19"], "error: Expected --images between 1 and 18 (client 0's training images, the members), "
-                         "got 19"),
-    (["--threat-model", "gradient"], "error: mia queries a model: use --threat-model released (the default) or "
-                                     "stolen, got gradient"),
-    (["--iterations", "5"], "error: mia trains its reference models for the run's own train.rounds x "
-                            "train.local_epochs epochs: drop --iterations"),
+    (["--references", "1"], ("error: Expected --references >= 2 (LiRA fits a Gaussian to the reference models' "
+                             "confidences), got 1")),
+    (["--images", "19"], ("error: Expected --images between 1 and 18 (client 0's training images, the members), "
+                          "got 19")),
+    (["--threat-model", "gradient"], ("error: mia queries a model: use --threat-model released (the default) or "
+                                      "stolen, got gradient")),
+    (["--iterations", "5"], ("error: mia trains its reference models for the run's own train.rounds x "
+                             "train.local_epochs epochs: drop --iterations")),
 ], ids=["references", "images", "threat", "iterations"])
 def test_bad_mia_input_is_one_line_and_writes_nothing(subset_run, capsys, args, message):
     before = snapshot(subset_run.parent)
@@ -96,10 +96,10 @@ def test_mia_on_a_run_that_kept_too_few_images_out_is_one_line(subset_run, monke
     monkeypatch.setattr(Target, "heldout", lambda self: (x[:30], y[:30]))  # as if it had kept 30 out
     before = snapshot(subset_run.parent)
     assert main(["attack", "mia", "--run", str(subset_run), "--images", "13"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert capsys.readouterr().err.splitlines() == [(
         "error: mia needs 31 images no client has (13 non-members, as many as --images, and 18 to train each reference "
         "model on, client 0's training-set size), and the run kept 30 out: lower --images, or train with a smaller "
-        "data.subset"]
+        "data.subset")]
     assert snapshot(subset_run.parent) == before
     assert main(["attack", "mia", "--run", str(subset_run), "--images", "12", "--references", "2", "--out",
                  str(subset_run.parent / "fits"), "--quiet"]) == 0  # 12 + 18 <= 30
@@ -110,9 +110,9 @@ def test_mia_on_a_run_that_kept_no_images_out_is_one_line(tmp_path_factory, data
     before = snapshot(run.parent)
     capsys.readouterr()
     assert main(["attack", "mia", "--run", str(run)]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert capsys.readouterr().err.splitlines() == [(
         "error: mia needs images no client has (the non-members, and the reference models' training images), and the "
-        "run kept none out: train with data.subset so that some exist"]
+        "run kept none out: train with data.subset so that some exist")]
     assert snapshot(run.parent) == before
 
 

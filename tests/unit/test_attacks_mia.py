@@ -146,7 +146,7 @@ def test_train_reference_is_seeded_and_leaves_the_global_generator_alone(digits)
 
 def test_reference_models_are_cached_by_what_determines_them(digits, tmp_path):
     x, y = digits[0][:20], digits[1][:20]
-    kw = dict(dataset="mnist", epochs=1, lr=1e-2, batch_size=8, seed=1, cache=tmp_path)
+    kw = {"dataset": "mnist", "epochs": 1, "lr": 1e-2, "batch_size": 8, "seed": 1, "cache": tmp_path}
     first, path, cached = load_or_train_reference(mlp, x, y, **kw)
     assert not cached and path.parent == tmp_path and path.name.startswith("mia-reference-mnist-")
     again, path2, cached2 = load_or_train_reference(mlp, x, y, **kw)
