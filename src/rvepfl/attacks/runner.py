@@ -11,7 +11,8 @@ directory (default ``RUN_DIR/attacks/<attack>-<threat>``):
 - ``reconstructions.safetensors``: the reconstructions in [0, 1] pixel space.
 
 Membership inference (``mia``, threat models ``released`` and ``stolen``) writes ``scores.csv``
-(one row per evaluated image), ``summary.json`` and ``roc.png`` instead: see :func:`run_mia`.
+(one row per evaluated image), ``summary.json`` and ``roc.png`` instead: see
+:func:`rvepfl.attacks.mia_run.run_mia`.
 
 Gradient attacks (threat model ``gradient``: one local step; ``update``: a client's whole local
 round) process ``images / batch_size`` observations one after another; after each, the files are
