@@ -487,26 +487,28 @@ def compare(
 
 @app.command()
 def attack(
-    name: Annotated[str, typer.Argument(metavar="ATTACK", help="dlg | idlg | ig | miface")],
+    name: Annotated[str, typer.Argument(metavar="ATTACK", help="dlg | idlg | ig | miface | mia")],
     run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
     round_: Annotated[Optional[int], typer.Option("--round", help=_default("Round whose saved states are attacked.", "the last with client states"))] = None,
     client: Annotated[int, typer.Option(help="The victim client.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
-    images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size.", "4 batches; miface: one per class"))] = None,
-    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (dlg, idlg, ig) | released | stolen (miface).", "gradient; miface: released"))] = None,
+    images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size (mia: members, and as many non-members).", "4 batches; miface: one per class; mia: all the client's training images"))] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (dlg, idlg, ig) | released | stolen (miface, mia).", "gradient; miface, mia: released"))] = None,
     local_steps: Annotated[Optional[int], typer.Option(help=_default("update: local steps of the observed round, each on the whole batch.", "the run's train.local_epochs"))] = None,
     iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "dlg/idlg 300, ig 1000, miface 1000"))] = None,
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
+    references: Annotated[Optional[int], typer.Option(help=_default("mia: LiRA's reference models, trained on images no client has (at least 2; cached in RUN/attacks).", 4))] = None,
     evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has, or, in a run that used every image, of the clients other than --client (at least 100; cached per N in RUN/attacks).")] = 5000,
     out: Annotated[Optional[Path], typer.Option(help=_default("Output directory (where the audit writes).", "RUN/attacks/<attack>-<threat model>"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Attack a trained run and score its reconstructions.
 
-    Writes scores.csv, summary.json and grid.png (truth above reconstruction). An interrupted
-    gradient attack resumes when the same command is run again.
+    Writes scores.csv, summary.json and grid.png (truth above reconstruction); mia, membership
+    inference, writes roc.png instead of grid.png. An interrupted gradient attack resumes when the
+    same command is run again.
     """
     import torch
 
@@ -526,9 +528,12 @@ def attack(
     target = Target(run)
     settings = resolve_settings(target, name, threat=threat_model, round_=round_, client=client,
                                 batch_size=batch_size, images=images, iterations=iterations, seed=seed,
-                                restarts=restarts, local_steps=local_steps, evaluator_images=evaluator_images)
+                                restarts=restarts, local_steps=local_steps, evaluator_images=evaluator_images,
+                                references=references)
     # Open the checkpoints the attack reads before anything is written: a corrupt one fails here.
-    if settings.attack == "miface":
+    if settings.attack == "mia":
+        target.membership_model(settings.threat, settings.round, settings.client)
+    elif settings.attack == "miface":
         target.inversion_model(settings.threat, settings.round, settings.client)
     else:
         target.gradient_surface(settings.round, settings.client)
@@ -543,6 +548,13 @@ def attack(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         stream.clear()
+    if settings.attack == "mia":
+        for key, m in summary["metrics"].items():
+            typer.echo(f"{key:>5}: AUC {m['auc']:.3f}, TPR {100 * m['tpr_at_0.1pct_fpr']:.1f} % at 0.1 % FPR, "
+                       f"{100 * m['tpr_at_1pct_fpr']:.1f} % at 1 % FPR, balanced accuracy "
+                       f"{100 * m['balanced_accuracy']:.1f} % ({m['n_members']} members, {m['n_nonmembers']} non-members)")
+        typer.echo(f"results: {dest} (scores.csv, summary.json, roc.png)")
+        return
     for key, value in summary["scores"].items():
         if value["mean"] is not None:
             typer.echo(f"{key:>14}: {value['mean']:.4g} ± {value['std']:.2g} (n = {value['n']})")

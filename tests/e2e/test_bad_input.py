@@ -76,7 +76,7 @@ def test_the_table_covers_the_bad_inputs_it_should() -> None:
     for needle in ("bad.toml", "typo.toml", "nbafl.epsilon=0", "--clients", "missing", "locked",
                    "truncated", "wrong-magic", "cifar", "corrupt-run", "foreign-run", "edited-run", "pickled-run",
                    "--round", "--method", "--dataset", "attack xyz", "name=../", "--evaluator-images",
-                   "show infinite-run", "show malformed-run", "--tensorboard"):
+                   "show infinite-run", "show malformed-run", "--tensorboard", "attack mia --run full-run"):
         assert needle in commands, needle
     assert all(r.message.startswith("error: ") and "\n" not in r.message for r in ROWS)
 
@@ -148,6 +148,15 @@ def _pickle_as_global(run: Path) -> None:
     path.write_bytes(pickle.dumps({"classifier.weight": CreatesFile(run.parent / "pwned")}, protocol=4))
 
 
+def _full_run(directory: Path, trained: Path) -> None:
+    """A finished FedAvg run that used every image of its data set (80 random IDX digits), so
+    that no image is left out for a membership attack."""
+    data = write_mnist_dir(directory.parent / "full-run-data")
+    assert main(["train", "--method", "fedavg", "--data-dir", str(data), "--clients", "2", "--rounds", "1",
+                 "--local-epochs", "1", "--batch-size", "32", "--threads", "1", "--workers", "1", "--quiet",
+                 "--out", str(directory)]) == 0
+
+
 def _edit_seed(run: Path) -> None:
     path = run / "config.toml"
     path.write_text(path.read_text().replace("seed = 0", "seed = 5"))
@@ -179,6 +188,7 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "wrong-magic": _idx(lambda data: b"\x89PNG" + data[4:]),
     "cifar": _cifar,
     "finished-run": _run(),
+    "full-run": _full_run,
     "corrupt-run": _run(_truncate_global),
     "pickled-run": _run(_pickle_as_global),
     "foreign-run": _run(_client_state_as_global),

@@ -10,6 +10,10 @@ directory (default ``RUN_DIR/attacks/<attack>-<threat>``):
   reconstruction;
 - ``reconstructions.safetensors``: the reconstructions in [0, 1] pixel space.
 
+Membership inference (``mia``, threat models ``released`` and ``stolen``) writes ``scores.csv``
+(one row per evaluated image), ``summary.json`` and ``roc.png`` instead: see
+:func:`rvepfl.attacks.mia_run.run_mia`.
+
 Gradient attacks (threat model ``gradient``: one local step; ``update``: a client's whole local
 round) process ``images / batch_size`` observations one after another; after each, the files are
 rewritten atomically, so an interrupted attack resumes where it stopped when the same command is
@@ -41,15 +45,18 @@ from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv,
 from rvepfl.progress import Eta, Ticker, time_left
 from rvepfl.seeding import derive_seed
 
-__all__ = ["ATTACK_NAMES", "AttackSettings", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "UPLOAD_THREATS", "attack_state",
-           "run_attack"]
+__all__ = ["ATTACK_NAMES", "DEFAULT_REFERENCES", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "MIA_THREATS", "UPLOAD_THREATS",
+           "AttackSettings", "attack_state", "run_attack"]
 
-ATTACK_NAMES = ("dlg", "idlg", "ig", "miface")
+ATTACK_NAMES = ("dlg", "idlg", "ig", "miface", "mia")
 UPLOAD_THREATS = ("gradient", "update")
-"""The threat models the gradient attacks (dlg, idlg, ig) serve; miface serves the others."""
+"""The threat models the gradient attacks (dlg, idlg, ig) serve; miface and mia serve the others."""
+MIA_THREATS = ("released", "stolen")
 GRADIENT_ATTACKS: dict[str, Callable[..., Reconstruction]] = {"dlg": dlg, "idlg": idlg, "ig": inverting_gradients}
 """The gradient attacks by name (the CLI's ``rvepfl attack NAME``)."""
-DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released"}
+DEFAULT_THREAT = {"dlg": "gradient", "idlg": "gradient", "ig": "gradient", "miface": "released", "mia": "released"}
+DEFAULT_REFERENCES = 4
+"""Reference models of mia's LiRA (``--references``)."""
 DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "miface": 1000}
 MIN_EVALUATOR_IMAGES = 500
 """The fewest images an evaluator is trained on at all: held out (unused by every client), or,
@@ -79,27 +86,41 @@ class AttackSettings:
     local_steps: int = 0
     """Local steps of the observed round (threat model ``update``; 0 otherwise)."""
     evaluator_images: int = 5000
-    """Held-out images the evaluator may train on (it labels every reconstruction)."""
+    """Held-out images the evaluator may train on (it labels every reconstruction; 0 for mia,
+    which has none)."""
+    references: int = 0
+    """mia: LiRA's reference models (0 for the other attacks). For mia, ``images`` is the number
+    of members, and as many non-members are evaluated."""
 
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if fields["references"] == 0:  # left out, so the digests of the attacks before mia stay as they were
+            del fields["references"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def resolve_settings(target: Target, attack: str, *, threat: str | None, round_: int | None, client: int,
                      batch_size: int, images: int | None, iterations: int | None, seed: int,
                      restarts: int, local_steps: int | None = None,
-                     evaluator_images: int = 5000) -> AttackSettings:
+                     evaluator_images: int = 5000, references: int | None = None) -> AttackSettings:
     """Validate the CLI's choices against the run; raise a one-line error for each bad one.
 
     ``local_steps`` (threat model ``update`` only) defaults to the run's ``train.local_epochs``:
-    the steps a client holding only the attacked batch would take.
+    the steps a client holding only the attacked batch would take. ``references`` (mia only)
+    defaults to :data:`DEFAULT_REFERENCES`.
     """
     if attack not in ATTACK_NAMES:
         raise ConfigError(f"Unknown attack {attack!r}: choose one of {', '.join(ATTACK_NAMES)}")
     threat = threat or DEFAULT_THREAT[attack]
     if threat not in THREAT_MODELS:
         raise ConfigError(f"Unknown threat model {threat!r}: choose one of {', '.join(THREAT_MODELS)}")
+    if attack == "mia":
+        if local_steps is not None:
+            raise ConfigError(f"--local-steps applies to --threat-model update only, got mia (threat model {threat})")
+        return _resolve_mia(target, threat, round_, client, images, iterations, seed, references)
+    if references is not None:
+        raise ConfigError(f"--references applies to mia only, got {attack}")
     if attack == "miface" and threat in UPLOAD_THREATS:
         raise ConfigError(f"miface inverts a model, not an upload: use --threat-model released or stolen, got {threat}")
     if attack != "miface" and threat not in UPLOAD_THREATS:
@@ -133,6 +154,33 @@ def resolve_settings(target: Target, attack: str, *, threat: str | None, round_:
         n_images = target.num_classes
     return AttackSettings(attack, threat, r, client, batch_size if attack != "miface" else 1, n_images, its,
                           seed, restarts if attack != "miface" else 1, steps, evaluator_images)
+
+
+def _resolve_mia(target: Target, threat: str, round_: int | None, client: int, images: int | None,
+                 iterations: int | None, seed: int, references: int | None) -> AttackSettings:
+    """mia's settings: ``images`` members (default: all of the victim's training images), as
+    many non-members, ``references`` reference models; checks that the run kept enough images
+    out for the non-members and the reference models (:func:`rvepfl.attacks.mia_run.check_heldout`)."""
+    from rvepfl.attacks.mia_run import check_heldout
+
+    if threat not in MIA_THREATS:
+        raise ConfigError(f"mia queries a model: use --threat-model released (the default) or stolen, got {threat}")
+    if iterations is not None:
+        raise ConfigError("mia trains its reference models for the run's own train.rounds x train.local_epochs "
+                          "epochs: drop --iterations")
+    k = DEFAULT_REFERENCES if references is None else references
+    if k < 2:
+        raise ConfigError(f"Expected --references >= 2 (LiRA fits a Gaussian to the reference models' "
+                          f"confidences), got {k}")
+    r = target.check_round(round_)
+    target.check_client(client)
+    n_train = len(target.fed.partition.clients[client].train)
+    n = n_train if images is None else images
+    if not 1 <= n <= n_train:
+        raise ConfigError(f"Expected --images between 1 and {n_train} (client {client}'s training images, the "
+                          f"members), got {n}")
+    check_heldout(target, client, n)
+    return AttackSettings("mia", threat, r, client, 1, n, 0, seed, evaluator_images=0, references=k)
 
 
 # -- the evaluator -------------------------------------------------------------------------------
@@ -241,6 +289,9 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
                evaluator_cache: Path | None = None, status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``settings`` against ``target``; write (or complete) ``out``; return the summary.
 
+    mia (membership inference) goes to :func:`rvepfl.attacks.mia_run.run_mia`, which caches its
+    reference models in ``evaluator_cache`` too (beside the evaluators; default ``RUN/attacks/``).
+
     The evaluator trains on up to ``settings.evaluator_images`` held-out images (or, in a run
     that left too few out, images of the clients other than ``settings.client``: see
     :func:`load_or_train_evaluator`) and is cached in ``evaluator_cache`` (default ``RUN/attacks/``).
@@ -250,6 +301,10 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
     ``status``, if given, an in-progress line every :data:`STATUS_EVERY` seconds while the attack
     iterates (the iteration, the time left), e.g. :meth:`rvepfl.progress.ProgressStream.status`.
     """
+    if settings.attack == "mia":
+        from rvepfl.attacks.mia_run import run_mia
+
+        return run_mia(target, settings, out, log, cache=evaluator_cache, status=status)
     digest = settings.digest()
     previous = _read_summary(out / "summary.json")
     complete = previous.get("status") == "complete" and previous.get("settings_digest") == digest

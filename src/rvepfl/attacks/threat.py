@@ -365,3 +365,41 @@ class Target:
                 "private): use --threat-model stolen"
             )
         return path.module, (_pixel_bounds(self.dataset) if path.reads_images else None)
+
+    # -- the membership threat models ------------------------------------------------------------
+    def membership_model(self, threat: str, round_: int, client: int) -> nn.Module:
+        """The model a membership attacker queries under ``threat``: a module from normalised
+        images x to logits, in eval mode.
+
+        ``stolen``: ``client``'s full personal model. ``released``: the global shared model of
+        ``round_``. Where that reads a private encoder's sample z instead of the image (RVE-PFL),
+        the attacker lacks the victim's encoder; its best public stand-in for the map from x to
+        z is the encoder every client started from, the one :meth:`model` builds under the run's
+        ``init`` seed before any training (it is what :meth:`model` holds for ``client=None``,
+        whose private state is never loaded). A released shared part that cannot classify on its
+        own (a private head: FedPer, FedRep) raises :class:`NoAttackSurface`.
+        """
+        if threat == "stolen":
+            return self.model(round_, client)
+        if threat != "released":
+            raise ConfigError(f"Membership inference queries a model: use --threat-model released or stolen, got {threat}")
+        path = self.method.shared_path(self.model(round_, None))
+        if path is None:
+            raise NoAttackSurface(
+                f"Method {self.method.name}'s released shared part cannot classify on its own (its head is "
+                "private): use --threat-model stolen"
+            )
+        return path.module if path.reads_images else _ThroughStandIn(path)
+
+
+class _ThroughStandIn(nn.Module):
+    """A shared path's module fed by its map from x to the module's input: with the initial
+    encoder's ``to_input`` (see :meth:`Target.membership_model`), x -> z -> logits."""
+
+    def __init__(self, path: SharedPath) -> None:
+        super().__init__()
+        self.module = path.module
+        self._to_input = path.to_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self._to_input(x))

@@ -1,0 +1,263 @@
+"""Membership inference against a run directory: ``rvepfl attack mia`` (:func:`run_mia`).
+
+The maths (the two attacks, the metrics, the reference models) is in :mod:`rvepfl.attacks.mia`;
+this module picks the images, the attacked model and the reference models' data from a
+:class:`~rvepfl.attacks.threat.Target` and writes the results.
+
+- **Members**: the victim client's training images (``settings.images`` of them, a seeded draw
+  when fewer than all).
+- **Non-members**: as many images no client has (:meth:`Target.heldout`; same data set and
+  distribution), a seeded draw.
+- **Reference models** (LiRA): ``settings.references`` models of the run's architecture
+  (``target.method.build_model()``), each trained centrally on its own seeded draw of as many
+  images as the victim trains on, from the images no client has *less the non-members*, so no
+  reference model ever saw an evaluated image. The recipe follows the victim's: cross-entropy
+  and Adam at the run's ``train.lr`` and ``train.batch_size``, for ``train.rounds x
+  train.local_epochs`` epochs (the passes the victim's data got in federated training).
+- **The attacked model** (:meth:`Target.membership_model`): ``stolen``, the victim's full
+  personal model; ``released``, the global shared model, fed by the initial encoder where the
+  method has a private one.
+
+Outputs in ``out``: ``scores.csv`` (one row per evaluated image, members first), ``roc.png``
+(both attacks' ROC curves on log-log axes) and ``summary.json`` last, each written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from rvepfl.attacks.mia import (
+    LIRA_VARIANCES,
+    lira_offline,
+    load_or_train_reference,
+    logit_confidence,
+    loss_scores,
+    membership_metrics,
+    model_logits,
+    roc_curve,
+)
+from rvepfl.attacks.threat import THREAT_MODELS, Target
+from rvepfl.data.datasets import NORMALISATION
+from rvepfl.errors import ConfigError
+from rvepfl.io import atomic_write_bytes, write_csv, write_json
+from rvepfl.seeding import derive_seed, numpy_rng
+
+if TYPE_CHECKING:
+    from rvepfl.attacks.runner import AttackSettings
+
+__all__ = ["MIA_COLUMNS", "MiaImages", "check_heldout", "mia_images", "run_mia"]
+
+MIA_COLUMNS = ["image", "member", "label", "loss", "loss_score", "phi", "lira_mean", "lira_std", "lira_score"]
+"""``scores.csv``'s columns. ``image``: the image's position in the victim's training split
+(members) or in :meth:`Target.heldout` (non-members); ``loss``: the attacked model's
+cross-entropy; ``loss_score = -loss``; ``phi``: its logit-scaled confidence; ``lira_mean`` and
+``lira_std``: the reference models' Gaussian of ``phi``; ``lira_score``: LiRA's score."""
+VARIANCE = LIRA_VARIANCES[0]
+"""LiRA's variance: global (one for every image), as the paper advises for few reference models."""
+_MIA = 9300  # mia's key within the "attack" stream of its seed
+
+
+@dataclass(frozen=True)
+class MiaImages:
+    """The evaluated images (normalised, members first) and the reference models' pool."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    member: torch.Tensor
+    """(2N,) bool."""
+    index: tuple[int, ...]
+    """Position of each image in the victim's training split (members) or in ``Target.heldout()``."""
+    pool: np.ndarray
+    """Positions in ``Target.heldout()`` of the images the reference models draw from."""
+    reference_size: int
+    """Images each reference model trains on: the victim's training-set size."""
+
+
+def _normalise(pixels: torch.Tensor, dataset: str) -> torch.Tensor:
+    """[0, 1] pixels as the clients' inputs are (the data set's mean and std, in the same order
+    of operations as :func:`rvepfl.data.datasets.to_tensor`)."""
+    mean, std = NORMALISATION[dataset]
+    return pixels.sub(torch.tensor(mean).view(1, -1, 1, 1)).div_(torch.tensor(std).view(1, -1, 1, 1)).contiguous()
+
+
+def check_heldout(target: Target, client: int, members: int) -> None:
+    """Raise a one-line :class:`ConfigError` unless the run kept out enough images for
+    ``members`` non-members and a reference model's training set (the victim's training-set size)."""
+    n_train = len(target.fed.partition.clients[client].train)
+    kept = len(target.heldout()[1])
+    if kept == 0:
+        raise ConfigError("mia needs images no client has (the non-members, and the reference models' training "
+                          "images), and the run kept none out: train with data.subset so that some exist")
+    if kept < members + n_train:
+        raise ConfigError(f"mia needs {members + n_train} images no client has ({members} non-members, as many as "
+                          f"--images, and {n_train} to train each reference model on, client {client}'s training-set "
+                          f"size), and the run kept {kept} out: lower --images, or train with a smaller data.subset")
+
+
+def mia_images(target: Target, client: int, members: int, seed: int) -> MiaImages:
+    """``members`` of ``client``'s training images (all of them, or a seeded draw), as many
+    images no client has (a seeded draw), and the rest of those as the reference models' pool."""
+    check_heldout(target, client, members)
+    data = target.fed.client_data(client)
+    train_x, train_y = data.train_x.cpu(), data.train_y.cpu()
+    n_train = len(train_y)
+    pick = np.arange(n_train)
+    if members < n_train:
+        pick = np.sort(numpy_rng(seed, "attack", _MIA, client, 0).choice(n_train, size=members, replace=False))
+    heldout_x, heldout_y = target.heldout()
+    order = numpy_rng(seed, "attack", _MIA, 1).permutation(len(heldout_y))
+    outside, pool = np.sort(order[:members]), np.sort(order[members:])
+    t_in, t_out = torch.from_numpy(pick), torch.from_numpy(outside)
+    x = torch.cat([train_x[t_in], _normalise(heldout_x[t_out], target.dataset)])
+    y = torch.cat([train_y[t_in], heldout_y[t_out]]).long()
+    member = torch.cat([torch.ones(members, dtype=torch.bool), torch.zeros(members, dtype=torch.bool)])
+    index = tuple(int(i) for i in np.concatenate([pick, outside]))
+    return MiaImages(x, y, member, index, pool, n_train)
+
+
+def _reference_data(target: Target, images: MiaImages, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference model ``k``'s training images: a seeded draw from the pool (never an evaluated image)."""
+    rng = numpy_rng(seed, "attack", _MIA, 2, k)
+    pick = np.sort(images.pool[rng.choice(len(images.pool), size=images.reference_size, replace=False)])
+    x, y = target.heldout()
+    t = torch.from_numpy(pick)
+    return _normalise(x[t], target.dataset), y[t].long()
+
+
+def _attacker_model(target: Target, threat: str, round_: int) -> str:
+    """What the attacker queries, in words."""
+    if threat == "stolen":
+        return "the victim client's full personal model (private and shared parts), images in, logits out"
+    path = target.method.shared_path(target.model(round_, None))
+    if path is not None and not path.reads_images:
+        return ("the released shared model, fed with the encoder every client started from (the run's initial "
+                "encoder, before any training): the attacker lacks the victim's private encoder, and that is its "
+                "best public stand-in for the map from x to z")
+    return "the released global shared model, images in, logits out"
+
+
+def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[str], None] = lambda line: None, *,
+            cache: Path | None = None, status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run membership inference (``settings.attack == "mia"``) against ``target``; write ``out``;
+    return the summary. A complete attack with the same settings is skipped.
+
+    The reference models are cached in ``cache`` (default ``RUN/attacks/``), shared by every
+    attack with the same architecture, images, recipe and seed. ``log`` gets a line per
+    reference model; ``status``, if given, an in-progress line (epoch, time left) while one trains.
+    """
+    from rvepfl.attacks.runner import _read_summary, _Tracker
+
+    s = settings
+    digest = s.digest()
+    previous = _read_summary(out / "summary.json")
+    if previous.get("status") == "complete" and previous.get("settings_digest") == digest:
+        log(f"mia: complete with these settings, skipped ({out})")
+        return previous
+    started = time.perf_counter()
+    images = mia_images(target, s.client, s.images, s.seed)
+    model = target.membership_model(s.threat, s.round, s.client)
+    logits = model_logits(model, images.x, seed=derive_seed(s.seed, "attack", _MIA, 4))
+    loss = -loss_scores(logits, images.y)
+    phi = logit_confidence(logits, images.y)
+
+    t = target.cfg.train
+    epochs = t.rounds * t.local_epochs
+    cache = cache or target.run.path / "attacks"
+    log(f"mia: {s.images} members (client {s.client}'s training images), {s.images} non-members; LiRA with "
+        f"{s.references} reference models, each {epochs} epochs on {images.reference_size} images no client has")
+    tracker = _Tracker(s.references * epochs, status)
+    reference_phi, files, trained_seconds = [], [], []
+    for k in range(s.references):
+        t0 = time.perf_counter()
+        x_ref, y_ref = _reference_data(target, images, k, s.seed)
+        progress = tracker.progress(k * epochs, lambda done, total, k=k: (
+            f"mia: reference model {k + 1}/{s.references}, epoch {done}/{total}"))
+        reference, path, cached = load_or_train_reference(
+            target.method.build_model, x_ref, y_ref, dataset=target.dataset, epochs=epochs, lr=t.lr,
+            batch_size=t.batch_size, seed=derive_seed(s.seed, "attack", _MIA, 3, k), cache=cache, progress=progress)
+        files.append(path.name)
+        ref_logits = model_logits(reference, images.x, seed=derive_seed(s.seed, "attack", _MIA, 5, k))
+        reference_phi.append(logit_confidence(ref_logits, images.y))
+        seconds = time.perf_counter() - t0
+        if not cached:
+            trained_seconds.append(seconds)
+        left = f"; {tracker.left((k + 1) * epochs)}" if k + 1 < s.references and not cached else ""
+        how = "read from the cache" if cached else f"trained in {seconds:.1f} s"
+        log(f"mia: reference model {k + 1}/{s.references} {how} ({path.name}){left}")
+    lira = lira_offline(phi.numpy(), torch.stack(reference_phi).numpy(), variance=VARIANCE)
+
+    member = images.member.numpy()
+    loss_score = -loss.numpy()
+    metrics = {"loss": membership_metrics(loss_score, member), "lira": membership_metrics(lira.scores, member)}
+    rows = [[images.index[i], int(member[i]), int(images.y[i]), float(loss[i]), float(loss_score[i]), float(phi[i]),
+             float(lira.mean[i]), float(lira.std[i]), float(lira.scores[i])] for i in range(len(member))]
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "scores.csv", MIA_COLUMNS, rows)
+    caption = (f"{target.method.name} / mia / {s.threat}: round {s.round}, client {s.client}, "
+               f"{s.images} members, {s.images} non-members")
+    _roc_png(out / "roc.png", {"loss": loss_score, "LiRA (offline)": lira.scores}, member, metrics, caption)
+    summary = {
+        "status": "complete",
+        "settings": asdict(s),
+        "settings_digest": digest,
+        "run": str(target.run.path),
+        "method": target.method.name,
+        "dataset": target.dataset,
+        "threat_model": asdict(THREAT_MODELS[s.threat]),
+        "attacker_model": _attacker_model(target, s.threat, s.round),
+        "members": f"{s.images} of client {s.client}'s {images.reference_size} training images",
+        "nonmembers": f"{s.images} images no client has (of the {len(target.heldout()[1])} the run kept out)",
+        "rows": len(rows),
+        "metrics": metrics,
+        "references": {
+            "count": s.references, "epochs": epochs, "lr": t.lr, "batch_size": t.batch_size,
+            "images_each": images.reference_size, "pool": len(images.pool), "variance": VARIANCE,
+            "trained": len(trained_seconds), "cached": s.references - len(trained_seconds),
+            "seconds_per_trained": (sum(trained_seconds) / len(trained_seconds)) if trained_seconds else None,
+            "cache": str(cache), "files": files,
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    # The summary last: "complete" in it means every other file is written.
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _roc_png(path: Path, curves: dict[str, np.ndarray], member: np.ndarray, metrics: dict[str, dict[str, Any]],
+             caption: str) -> None:
+    """Each attack's ROC on log-log axes with the chance diagonal; a rate of 0, which a log axis
+    cannot show, is drawn at half the smallest nonzero one (1 / (2 n))."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_out, n_in = int((~member.astype(bool)).sum()), int(member.astype(bool).sum())
+    low_x, low_y = 0.5 / n_out, 0.5 / n_in
+    fig = Figure(figsize=(4.8, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for (name, scores), m in zip(curves.items(), metrics.values()):
+        fpr, tpr, _ = roc_curve(scores, member)
+        ax.plot(np.maximum(fpr, low_x), np.maximum(tpr, low_y),
+                label=f"{name}: AUC {m['auc']:.3f}, TPR {100 * m['tpr_at_1pct_fpr']:.1f} % at 1 % FPR")
+    low = min(low_x, low_y)
+    ax.plot([low, 1], [low, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low_x, 1)
+    ax.set_ylim(low_y, 1.05)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(caption, fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
