@@ -71,7 +71,7 @@ def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Seque
     """One panel per attack job: each method's accuracy (x) against what the attack recovers (y).
 
     y is the evaluator's accuracy on the reconstructions in percent, or their mean PSNR where no
-    evaluator labelled them; a method without a surface to the job is left out of its panel.
+    evaluator labelled them (mia: the ROC AUC of LiRA, mean over seeds); a method without a surface to the job is left out of its panel.
 
     Returns
     -------
@@ -88,7 +88,9 @@ def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Seque
             cell = attacked[(dataset, method, job)]
             if not cell.available:
                 continue
-            if not cell.evaluator.n:
+            if cell.membership is not None:
+                y, ylabel = cell.membership["auc_lira"].mean, "membership inference ROC AUC (LiRA)"
+            elif not cell.evaluator.n:
                 y, ylabel = cell.psnr.mean, "PSNR (dB)"
             else:
                 y, ylabel = 100.0 * cell.evaluator.mean, "evaluator accuracy on reconstructions (%)"

@@ -113,6 +113,9 @@ class AttackCell:
     """SSIM of each reconstruction, scored as the PSNR is."""
     evaluator: Estimate
     """1 or 0 per reconstruction: whether the evaluator labels it as its true class; none without an evaluator."""
+    membership: dict[str, Estimate] | None = None
+    """mia only: per seed, ``auc_lira``, ``auc_loss`` and ``tpr_at_1pct_fpr_lira`` (its psnr, ssim and
+    evaluator are empty)."""
 
     @property
     def key(self) -> tuple[str, str, AttackJob]:
@@ -159,7 +162,13 @@ def read_scores(path: Path) -> ScoreTable:
 
 
 def attack_row(run: RunSpec, accuracy: float, job: AttackJob, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``audit.csv`` row of a job that ran: the mean of each score from its ``summary.json``."""
+    """The ``audit.csv`` row of a job that ran: the mean of each score from its ``summary.json``
+    (mia: each attack's ROC AUC, TPR at 0.1 % and 1 % FPR and balanced accuracy)."""
+    if job.attack == "mia":
+        metrics = {f"{key}_{attack}": value for attack, values in summary["metrics"].items()
+                   for key, value in values.items() if not key.startswith("n_")}
+        return {"dataset": run.dataset, "method": run.method, "seed": run.seed, "accuracy": accuracy,
+                "attack": job.attack, "threat": job.threat, "images": summary["rows"], **metrics, "note": ""}
     return {
         "dataset": run.dataset, "method": run.method, "seed": run.seed, "accuracy": accuracy,
         "attack": job.attack, "threat": job.threat, "images": summary["rows"],
@@ -179,14 +188,35 @@ def _column(table: ScoreTable, key: str) -> Estimate:
     return Estimate(tuple(float(row[key]) for row in table if row.get(key, "") != ""))
 
 
+def _membership(table: ScoreTable) -> dict[str, Estimate]:
+    """Per seed (the rows' ``seed``), the ROC AUC of the LiRA and loss scores and LiRA's TPR at 1 % FPR."""
+    from rvepfl.attacks.mia import roc_auc, tpr_at_fpr
+
+    out: dict[str, list[float]] = {"auc_lira": [], "auc_loss": [], "tpr_at_1pct_fpr_lira": []}
+    for seed in dict.fromkeys(row["seed"] for row in table):
+        rows = [row for row in table if row["seed"] == seed]
+        member = np.array([int(row["member"]) for row in rows]) == 1
+        lira = np.array([float(row["lira_score"]) for row in rows])
+        out["auc_lira"].append(roc_auc(lira, member))
+        out["auc_loss"].append(roc_auc(np.array([float(row["loss_score"]) for row in rows]), member))
+        out["tpr_at_1pct_fpr_lira"].append(tpr_at_fpr(lira, member, 0.01))
+    return {k: Estimate(tuple(v)) for k, v in out.items()}
+
+
 def attack_cells(suite: Suite, scores: Mapping[tuple[str, str, AttackJob], ScoreTable]) -> list[AttackCell]:
     """One cell per data set, method and job (in that order), from the pooled ``scores.csv`` rows
-    of every seed; a key missing from ``scores`` gives a cell without images."""
+    of every seed (each row with its run's ``seed``); a key missing from ``scores`` gives a cell
+    without images."""
     cells = []
     for dataset in suite.datasets:
         for method in suite.methods:
             for job in suite.jobs():
                 table = scores.get((dataset, method, job), [])
+                if job.attack == "mia":
+                    empty = Estimate(())
+                    cells.append(AttackCell(dataset, method, job, len(table), empty, empty, empty,
+                                            _membership(table) if table else None))
+                    continue
                 psnr, ssim = ("nearest_psnr", "nearest_ssim") if job.attack == "miface" else ("psnr", "ssim")
                 cells.append(AttackCell(dataset, method, job, len(table), _column(table, psnr),
                                         _column(table, ssim), _column(table, "evaluator_correct")))

@@ -231,6 +231,8 @@ def _check_surface(target: Target, job: AttackJob, round_: int, client: int) -> 
     """Open what the job attacks; raises :class:`NoAttackSurface` if the method exposes none."""
     if job.attack == "miface":
         target.inversion_model(job.threat, round_, client)
+    elif job.attack == "mia":
+        target.membership_model(job.threat, round_, client)
     else:
         target.gradient_surface(round_, client)
 
@@ -263,7 +265,7 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
             if table is None:
                 say(f"{prefix}: no attack surface ({row['note']}); {left()}")
             else:
-                scores.setdefault((r.dataset, r.method, job), []).extend(table)
+                scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
                 say(f"{prefix}: done ({row['images']} rows); {left()}")
     return rows, scores
 
@@ -282,13 +284,15 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
     target = Target(run_dir)
     for job in plan.jobs():
         prefix = f"[{r.label}] {job.attack} ({job.threat})"
-        miface = job.attack == "miface"
+        model_attack = job.attack in ("miface", "mia")
+        mia = job.attack == "mia"
         settings = resolve_settings(
             target, job.attack, threat=job.threat, round_=None, client=plan.client,
-            batch_size=1 if miface else plan.batch_size, images=None if miface else plan.images,
-            iterations=plan.iterations_of(job), seed=plan.seed, restarts=plan.restarts_of(job),
+            batch_size=1 if model_attack else plan.batch_size, images=None if model_attack else plan.images,
+            iterations=None if mia else plan.iterations_of(job), seed=plan.seed,
+            restarts=1 if model_attack else plan.restarts_of(job),
             local_steps=plan.local_steps if job.threat == "update" else None,
-            evaluator_images=plan.evaluator_images)
+            evaluator_images=plan.evaluator_images, references=plan.references if mia else None)
         try:
             _check_surface(target, job, settings.round, plan.client)
         except NoAttackSurface as exc:

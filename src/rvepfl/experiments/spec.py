@@ -31,8 +31,10 @@ A run is named ``<dataset>-<method>-seed<k>``.
 An audit file is a suite file with one more table (``rvepfl compare`` ignores it)::
 
     [audit]
-    attacks = ["dlg", "idlg", "ig", "miface"]   # any of dlg, idlg, ig, miface
+    attacks = ["dlg", "idlg", "ig", "miface"]   # any of dlg, idlg, ig, miface, mia
     miface_threats = ["released", "stolen"]     # the model-inversion threat models to run
+    mia_threats = ["released", "stolen"]        # membership inference's threat models
+    references = 4                              # mia: LiRA's reference models (at least 2)
     update_attacks = ["ig"]                     # gradient attacks also run on the whole local
                                                 # update (threat model `update`; default none)
     local_steps = 2                             # its local steps (default: train.local_epochs)
@@ -48,10 +50,12 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
     dlg = 2
 
 The jobs of a run are every attack under its threat models: ``gradient`` for dlg, idlg and ig,
-and ``update`` too for those in ``update_attacks``; ``miface_threats`` for miface.
+and ``update`` too for those in ``update_attacks``; ``miface_threats`` for miface;
+``mia_threats`` for mia, which attacks all of the victim's training images (members) against as
+many images no client has, so its runs must keep images out (``data.subset``).
 
 ``--smoke`` shrinks every run (:data:`SMOKE_OVERRIDES`, equal for all methods) and every attack
-(3 iterations, one batch of images, no restarts, at most 600 evaluator images).
+(3 iterations, one batch of images, no restarts, at most 600 evaluator images, 2 reference models).
 """
 
 from __future__ import annotations
@@ -92,10 +96,14 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 
 _TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
 _SET_BY_SUITE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
-_AUDIT_KEYS = ("attacks", "miface_threats", "update_attacks", "local_steps", "client", "images", "batch_size",
-               "evaluator_images", "seed", "iterations", "restarts")
-_GRADIENT_ATTACKS = tuple(a for a in ATTACK_NAMES if a != "miface")
+_AUDIT_KEYS = ("attacks", "miface_threats", "mia_threats", "update_attacks", "local_steps", "client", "images",
+               "batch_size", "evaluator_images", "references", "seed", "iterations", "restarts")
+_MODEL_ATTACKS = ("miface", "mia")
+"""The attacks of a model (threat models released and stolen); the others invert an upload."""
+_GRADIENT_ATTACKS = tuple(a for a in ATTACK_NAMES if a not in _MODEL_ATTACKS)
 _MIFACE_THREATS = ("released", "stolen")
+DEFAULT_REFERENCES = 4
+"""mia's reference models in an audit unless ``audit.references`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,9 @@ class AuditPlan:
     local_steps: int | None = None
     """Local steps of the observed round (threat model ``update``); None: each run's train.local_epochs."""
     restarts: dict[str, int] = field(default_factory=dict)
+    mia_threats: tuple[str, ...] = _MIFACE_THREATS
+    references: int = DEFAULT_REFERENCES
+    """mia: LiRA's reference models (trained once per data set, seed and model, and shared)."""
 
     def jobs(self) -> tuple[AttackJob, ...]:
         """Every (attack, threat) job, in the order of ``attacks``."""
@@ -177,6 +188,8 @@ class AuditPlan:
         for attack in self.attacks:
             if attack == "miface":
                 threats: tuple[str, ...] = self.miface_threats
+            elif attack == "mia":
+                threats = self.mia_threats
             else:
                 threats = ("gradient", "update") if attack in self.update_attacks else ("gradient",)
             out.extend(AttackJob(attack, t) for t in threats)
@@ -386,6 +399,8 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
     """Validate the values of an ``[audit]`` table against the suite's runs."""
     attacks = _audit_names(audit, "attacks", ATTACK_NAMES, list(ATTACK_NAMES))
     threats = _audit_names(audit, "miface_threats", _MIFACE_THREATS, list(_MIFACE_THREATS))
+    mia_threats = _audit_names(audit, "mia_threats", _MIFACE_THREATS, list(_MIFACE_THREATS))
+    references = _audit_integer(audit, "references", DEFAULT_REFERENCES, 2)
     update_attacks = (_audit_names(audit, "update_attacks", _GRADIENT_ATTACKS, [])
                       if audit.get("update_attacks", []) != [] else ())
     for a in update_attacks:
@@ -394,8 +409,8 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
                               f"({', '.join(attacks)}), got {a!r}")
     local_steps = _audit_integer(audit, "local_steps", 1, 1) if "local_steps" in audit else None
     pairs = tuple(f"{a}-{t}" for a in _GRADIENT_ATTACKS for t in UPLOAD_THREATS)
-    iterations = _audit_per_job(audit, "iterations",
-                                ATTACK_NAMES + pairs + tuple(f"miface-{t}" for t in _MIFACE_THREATS))
+    iterations = _audit_per_job(audit, "iterations", tuple(a for a in ATTACK_NAMES if a != "mia") + pairs
+                                + tuple(f"miface-{t}" for t in _MIFACE_THREATS))
     restarts = _audit_per_job(audit, "restarts", _GRADIENT_ATTACKS + pairs)
     batch = _audit_integer(audit, "batch_size", 1, 1)
     images = _audit_integer(audit, "images", 4, 1)
@@ -409,12 +424,13 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
             raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
     evaluator_images = _audit_integer(audit, "evaluator_images", 3000, MIN_EVALUATOR_DRAW)
     if smoke:
-        iterations = {a: 3 for a in ATTACK_NAMES}
+        iterations = {a: 3 for a in ATTACK_NAMES if a != "mia"}
         restarts = {}
         images = batch
         evaluator_images = min(evaluator_images, 600)
+        references = 2
     return AuditPlan(attacks, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
-                     iterations, update_attacks, local_steps, restarts)
+                     iterations, update_attacks, local_steps, restarts, mia_threats, references)
 
 
 # -- loading -------------------------------------------------------------------------------------

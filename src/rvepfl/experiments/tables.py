@@ -162,6 +162,9 @@ def attack_markdown(suite: Suite, accuracy: Sequence[AccuracyCell], cells: Seque
         lines += [f"## {dataset}", ""]
         header = ["method", "accuracy (%)"]
         for job in jobs:
+            if job.attack == "mia":
+                header += [f"{job.title} AUC (LiRA)", f"{job.title} AUC (loss)", f"{job.title} TPR at 1 % FPR (LiRA, %)"]
+                continue
             header += [f"{job.title} PSNR (dB)", f"{job.title} SSIM", f"{job.title} evaluator acc (%)"]
         rows = []
         for method in suite.methods:
@@ -170,6 +173,11 @@ def attack_markdown(suite: Suite, accuracy: Sequence[AccuracyCell], cells: Seque
                 cell = attacked[(dataset, method, job)]
                 if not cell.available:
                     row += ["n/a", "n/a", "n/a"]
+                    continue
+                if cell.membership is not None:
+                    m = cell.membership
+                    row += [plus_minus(m["auc_lira"], digits=3), plus_minus(m["auc_loss"], digits=3),
+                            plus_minus(m["tpr_at_1pct_fpr_lira"].scaled(100.0), digits=1)]
                     continue
                 row += [plus_minus(cell.psnr.finite()), plus_minus(cell.ssim.finite(), digits=3),
                         plus_minus(cell.evaluator.finite().scaled(100.0), digits=0)]
@@ -182,7 +190,9 @@ def attack_markdown(suite: Suite, accuracy: Sequence[AccuracyCell], cells: Seque
          "(gradient attacks) or class (MI-Face) of every seed, in [0, 1] pixel space; MI-Face is scored "
          "against the nearest real training image of its class. Evaluator acc: share of reconstructions an "
          "independent classifier, trained on images no client has, labels as the true class (chance is "
-         "10 %). n/a: the method exposes no such attack surface (see audit.csv's note)."),
+         "10 %). mia: ROC AUC of membership inference (0.5 is chance) and its true-positive rate at 1 % "
+         "false positives, mean ± std over seeds (members: the victim's training images; non-members: as many "
+         "images no client has). n/a: the method exposes no such attack surface (see audit.csv's note)."),
         f"Victim client {plan.client}; {plan.images} images per gradient attack, batch {plan.batch_size}.",
     ]
     if plan.update_attacks:
