@@ -178,11 +178,27 @@ def _short_metrics_row(run: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+FRONTIER = """name = "f"
+methods = ["fedavg", "nbafl"]
+datasets = ["mnist"]
+seeds = [0]
+[audit]
+attacks = ["miface"]
+[sweep.nbafl]
+key = "%s"
+values = %s
+"""
+"""A frontier file sweeping NbAFL: the key and the values are the rows' bad input."""
+
+
 SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "bad.toml": _text("[train\nrounds = 3\n"),
     "typo.toml": _text("[train]\nlcoal_epochs = 3\n"),
     "nul-name.toml": _text('name = "quick\\u0000"\n'),
     "escape.toml": _text('name = "../escape"\nmethods = ["fedavg"]\ndatasets = ["mnist"]\nseeds = [0]\n'),
+    "sweep-typo.toml": _text(FRONTIER % ("nbafl.epsilom", "[1.0, 10.0]")),
+    "empty-grid.toml": _text(FRONTIER % ("nbafl.epsilon", "[]")),
+    "eps-zero.toml": _text(FRONTIER % ("nbafl.epsilon", "[0.0, 10.0]")),
     "locked": lambda path, trained: path.mkdir(mode=0),
     "truncated": _idx(lambda data: data[:-40]),
     "wrong-magic": _idx(lambda data: b"\x89PNG" + data[4:]),
