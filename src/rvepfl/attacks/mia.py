@@ -175,7 +175,7 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
 def model_logits(model: nn.Module, images: torch.Tensor, *, seed: int, batch_size: int = 512) -> torch.Tensor:
     """``model``'s logits of ``images`` in evaluation mode, without gradients, on the CPU.
 
-    A model that samples at evaluation (RVE-PFL's encoder draws z) draws from torch's global
+    A model that samples at evaluation (a variational encoder that draws z) draws from torch's global
     generator seeded from ``seed`` inside a fork, so the caller's generator is left as it was and
     the same seed gives the same logits. The model's modes are restored on return.
     """
@@ -355,7 +355,7 @@ def load_or_train_reference(build: Callable[[], nn.Module], images: torch.Tensor
 
     It is saved there as ``mia-reference-<dataset>-<digest>.safetensors`` (:func:`reference_digest`),
     so every attack with the same architecture, images, recipe and seed shares it, whatever run
-    it attacks (FedAvg and NbAFL build the same model). Returns the model (eval mode), its file
+    it attacks (methods that build the same model share them). Returns the model (eval mode), its file
     and whether it was read from the cache.
     """
     with torch.random.fork_rng(devices=[]):

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rvepfl.attacks.common import Tracker as _Tracker
+from rvepfl.attacks.common import read_summary as _read_summary
 from rvepfl.attacks.mia import (
     LIRA_VARIANCES,
     lira_offline,
@@ -153,7 +155,6 @@ def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[
     attack with the same architecture, images, recipe and seed. ``log`` gets a line per
     reference model; ``status``, if given, an in-progress line (epoch, time left) while one trains.
     """
-    from rvepfl.attacks.runner import _read_summary, _Tracker
 
     s = settings
     digest = s.digest()

@@ -35,14 +35,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from rvepfl.attacks.common import Tracker as _Tracker
+from rvepfl.attacks.common import read_summary as _read_summary
 from rvepfl.attacks.dlg import dlg, idlg
 from rvepfl.attacks.inverting import inverting_gradients
 from rvepfl.attacks.observation import Reconstruction
 from rvepfl.attacks.scores import class_scores, image_scores, to_pixels
 from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
-from rvepfl.io import atomic_write_bytes, load_tensors, save_tensors, write_csv, write_json
-from rvepfl.progress import Eta, Ticker, time_left
+from rvepfl.io import (
+    atomic_write_bytes,
+    load_tensors,
+    save_tensors,
+    write_csv,
+    write_json,
+)
 from rvepfl.seeding import derive_seed
 
 __all__ = ["ATTACK_NAMES", "DEFAULT_REFERENCES", "DEFAULT_THREAT", "GRADIENT_ATTACKS", "MIA_THREATS", "UPLOAD_THREATS",
@@ -66,8 +73,6 @@ MIN_EVALUATOR_DRAW = 100
 the other 20 %, so fewer leave it (and its reported accuracy) next to guessing; below 3 it cannot
 be split at all."""
 _KIND = "rvepfl-attack-reconstructions"
-STATUS_EVERY = 1.0
-"""Seconds between two in-progress lines of an attack (``run_attack``'s ``status``)."""
 
 
 @dataclass(frozen=True)
@@ -240,9 +245,10 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 def _grid(path: Path, top: torch.Tensor, bottom: torch.Tensor, titles: list[str], caption: str) -> None:
     """A PNG: ``top`` images above ``bottom`` images, column titles, one caption."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import io
 
     n = len(top)
     cols = min(n, 16)
@@ -298,7 +304,8 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
     A complete attack with these settings is skipped, unless it has no evaluator's labels and an
     evaluator can now be had (it was scored before that fallback existed): then it runs again.
     ``log`` receives a line per observation (gradient attacks) with the time left in the attack;
-    ``status``, if given, an in-progress line every :data:`STATUS_EVERY` seconds while the attack
+    ``status``, if given, an in-progress line every
+    :data:`rvepfl.attacks.common.STATUS_EVERY` seconds while the attack
     iterates (the iteration, the time left), e.g. :meth:`rvepfl.progress.ProgressStream.status`.
     """
     if settings.attack == "mia":
@@ -335,14 +342,6 @@ def run_attack(target: Target, settings: AttackSettings, out: Path,
     summary = _summary(target, settings, rows, evaluator, evaluator_note, seconds, digest, status="complete")
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _summary(target: Target, settings: AttackSettings, rows: list[dict[str, Any]], evaluator: Any | None,
@@ -390,34 +389,6 @@ def _label(evaluator: Any | None, images: torch.Tensor) -> list[int | str]:
     if evaluator is None:
         return [""] * len(images)
     return [int(v) for v in evaluator.predict(images)]
-
-
-class _Tracker:
-    """The time left in an attack, in iterations: ``eta`` is timed from the first iteration
-    reported (the set-up before it, and the observations of a resumed attack, are left out of
-    the pace), and ``status`` is told at most every :data:`STATUS_EVERY` seconds."""
-
-    def __init__(self, total: int, status: Callable[[str], None] | None) -> None:
-        self.eta = Eta(total)
-        self.status = status
-        self._begun = False
-        self._tick = Ticker(STATUS_EVERY)
-
-    def progress(self, base: int, head: Callable[[int, int], str]) -> Callable[[int, int], None]:
-        """The attack's ``progress(done, total)`` for a piece of it starting after ``base``
-        iterations; ``head(done, total)`` says where it stands."""
-
-        def tell(done: int, total: int) -> None:
-            if not self._begun:
-                self.eta.begin(base + done)
-                self._begun = True
-            if self.status is not None and self._tick.due():
-                self.status(f"{head(done, total)}; {self.left(base + done)}")
-
-        return tell
-
-    def left(self, done: int | None = None) -> str:
-        return time_left(self.eta.left(done), " in the attack")
 
 
 def _run_gradient(target: Target, s: AttackSettings, evaluator: Any | None, out: Path, digest: str,

@@ -372,12 +372,12 @@ class Target:
         images x to logits, in eval mode.
 
         ``stolen``: ``client``'s full personal model. ``released``: the global shared model of
-        ``round_``. Where that reads a private encoder's sample z instead of the image (RVE-PFL),
+        ``round_``. Where that reads a private encoder's sample z instead of the image,
         the attacker lacks the victim's encoder; its best public stand-in for the map from x to
         z is the encoder every client started from, the one :meth:`model` builds under the run's
         ``init`` seed before any training (it is what :meth:`model` holds for ``client=None``,
         whose private state is never loaded). A released shared part that cannot classify on its
-        own (a private head: FedPer, FedRep) raises :class:`NoAttackSurface`.
+        own (a private head) raises :class:`NoAttackSurface`.
         """
         if threat == "stolen":
             return self.model(round_, client)
