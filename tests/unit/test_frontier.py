@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -15,24 +14,9 @@ from rvepfl.errors import ConfigError
 from rvepfl.experiments import frontier as frontier_module
 from rvepfl.experiments.frontier import disk_use, frontier_from_dict, prune_run
 from rvepfl.rundir import RunDir
+from tests.helpers.suites import toml_text
 
-BASE = """
-name = "tiny-frontier"
-methods = ["fedavg", "nbafl"]
-datasets = ["mnist"]
-seeds = [0, 1]
-[base]
-threads = 1
-workers = 1
-device = "cpu"
-[base.data]
-subset = 200
-num_clients = 2
-[base.train]
-rounds = 1
-local_epochs = 1
-batch_size = 32
-[audit]
+BASE = toml_text(["fedavg", "nbafl"], [0, 1], name="tiny-frontier") + """[audit]
 attacks = ["miface"]
 miface_threats = ["released", "stolen"]
 evaluator_images = 300

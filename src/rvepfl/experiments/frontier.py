@@ -33,7 +33,6 @@ its 95 % bootstrap interval, and the verdict.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from rvepfl.attacks.common import read_summary
 from rvepfl.config import apply_overrides, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.experiments.results import read_curve
@@ -253,14 +253,6 @@ def _final_client_accuracies(run: RunDir, rounds: int) -> np.ndarray:
     return np.array([float(row["ACC"]) for row in rows])
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
                  progress: Callable[[str], Progress] | None = None, log: Log | None = None,
                  status: Log | None = None) -> FrontierReport:
@@ -296,7 +288,7 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         check_tensorboard(r.cfg, run.path)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "frontier.json"
-    record = _read_state(record_path)
+    record = read_summary(record_path)
     peak = int(record.get("peak_disk_bytes", 0))
     attacked = set(record.get("attacked", []))
     eta = Eta(count)

@@ -46,6 +46,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from rvepfl.attacks.mia import auc_of
+
 __all__ = [
     "AucSample",
     "Interval",
@@ -135,12 +137,7 @@ def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     >>> roc_auc(np.array([2.0]), np.array([2.0, 1.0]))
     0.75
     """
-    pos, neg = _checked("members", members), _checked("nonmembers", nonmembers)
-    _, inverse, counts = np.unique(np.concatenate([pos, neg]), return_inverse=True, return_counts=True)
-    below = np.cumsum(counts) - counts
-    average_rank = below + (counts + 1) / 2.0  # ranks start at 1; a tie shares the mean of its ranks
-    rank_sum = average_rank[inverse[: pos.size]].sum()
-    return float((rank_sum - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+    return auc_of(_checked("members", members), _checked("nonmembers", nonmembers))
 
 
 @dataclass(frozen=True, eq=False)
