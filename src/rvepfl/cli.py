@@ -37,6 +37,7 @@ from rvepfl.progress import ProgressPrinter, ProgressStream
 
 if TYPE_CHECKING:
     from rvepfl.experiments.runner import SuiteReport
+    from rvepfl.fl.client import Federation
     from rvepfl.experiments.spec import Suite
 
 
@@ -217,7 +218,7 @@ def train(
     """
     from rvepfl.fl.client import prepare
     from rvepfl.fl.server import check_partition
-    from rvepfl.fl.simulation import initialise
+    from rvepfl.fl.simulation import initialise, keep_precision
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
     from rvepfl.tensorboard import check_tensorboard
@@ -255,6 +256,7 @@ def train(
                                       "state/progress.json")
             fed = prepare(cfg)
             check_partition(fed.partition, run)
+            keep_precision(fed, run)
             if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
                 atomic_write_text(run.config, dumps_config(cfg))
             typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
@@ -272,6 +274,7 @@ def train(
             f"{cfg.train.rounds} rounds, {cfg.train.local_epochs} local epochs, batch {cfg.train.batch_size}, "
             f"seed {cfg.seed} -> {run.path}", err=True)
     _warn_published(cfg)
+    _say_precision(fed)
     started = time.perf_counter()
     stream = ProgressStream()
     try:
@@ -292,6 +295,15 @@ def train(
     typer.echo(f"accuracy plot: {plot}")
     typer.echo(f"run directory: {run.path}")
     _warn_published(cfg)
+
+
+def _say_precision(fed: Federation) -> None:
+    """A line when the run trains in a mixed precision: which, and why (a warning where it is emulated)."""
+    p = fed.method.precision
+    if p.mixed:
+        slow = "emulated" in p.reason
+        typer.secho(f"{'WARNING: ' if slow else ''}precision {p.name}: {p.reason}", err=True,
+                    fg=typer.colors.YELLOW if slow else None)
 
 
 def _warn_published(cfg: Config) -> None:

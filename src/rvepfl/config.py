@@ -42,6 +42,7 @@ import tomli_w
 from rvepfl import registry
 from rvepfl.errors import ConfigError, short_repr
 from rvepfl.params import check_params, need
+from rvepfl.precision import PrecisionName
 
 __all__ = [
     "Config",
@@ -140,6 +141,13 @@ class TrainConfig:
     """Save every client's private state every N rounds (0: only at the end); global states are saved every round."""
     eval_batch_size: int = 1024
     """Batch size for evaluation (no effect on results)."""
+    precision: PrecisionName = "auto"
+    """Number format of training and evaluation: "32" (float32); "bf16-mixed" (bfloat16 autocast
+    for the forward pass and loss, float32 weights, optimiser, uploads, aggregation, noise and
+    checkpoints; fast only on a CPU with AMX-BF16 or AVX512-BF16 or a GPU with bfloat16 tensor
+    cores, emulated and slower elsewhere); "16-mixed" (float16 with loss scaling, CUDA only);
+    "auto": bf16-mixed where the hardware has native bfloat16 and the method's parity with
+    float32 is measured, else 32. The run's summary.json records what ran and why (`precision`)."""
 
 
 @dataclass(frozen=True)
@@ -235,10 +243,13 @@ def _describe(tp: Any) -> str:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotated type ``tp``; ints are accepted for floats."""
+    """Check ``value`` against the annotated type ``tp``; ints are accepted for floats, and for a
+    choice spelt in digits (``train.precision = 32`` means ``"32"``)."""
     ok: bool
     tp = _optional(tp)  # TOML has no null: a value given is never None
     if get_origin(tp) is Literal:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in get_args(tp):
+            value = str(value)
         ok = value in get_args(tp)
     elif tp is bool:
         ok = isinstance(value, bool)
@@ -497,7 +508,7 @@ _UNHASHED = {"": ("name", "threads", "workers", "device", "tensorboard"), "train
 #: Engine keys added after the current hash scheme began: left out of the hash while they hold
 #: their default (which keeps the earlier behaviour), so that runs made before they existed keep
 #: their hash.
-_LATER_KEYS = {"data": ("test_split",), "train": ("trim_fraction", "max_update_norm", "optimiser")}
+_LATER_KEYS = {"data": ("test_split",), "train": ("trim_fraction", "max_update_norm", "optimiser", "precision")}
 
 
 def config_hash(cfg: Config) -> str:

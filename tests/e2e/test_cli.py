@@ -113,3 +113,29 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, case, messag
     assert message in lines[0]
     assert "Traceback" not in result.stderr
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_bf16_mixed_end_to_end_and_a_resume_that_would_change_precision(tmp_path, reference_run):
+    assert json.loads((reference_run / "summary.json").read_text())["precision"]["requested"] == "auto"
+    small = ["--subset", "60", "--clients", "2", "--rounds", "1", "--local-epochs", "1", "--batch-size", "32",
+             "--threads", "1", "--workers", "1", "--method", "fedavg", "--quiet", "--set", "train.precision=bf16-mixed"]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        result = rvepfl("train", *small, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert "precision bf16-mixed: bfloat16 mixed precision asked for" in result.stderr
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["precision"]["ran"] == "bf16-mixed"
+    assert json.loads((runs[0] / "state" / "precision.json").read_text())["ran"] == "bf16-mixed"
+    for name in set(CSV_HEADERS) - {"round_timing.csv"}:  # same config, seed and precision: the same numbers
+        assert (runs[0] / "metrics" / name).read_bytes() == (runs[1] / "metrics" / name).read_bytes(), name
+    # a run that trained in another precision (as "auto" may resolve on other hardware) is not continued
+    record = runs[0] / "state" / "precision.json"
+    record.write_text(json.dumps({"requested": "auto", "ran": "32", "reason": "elsewhere"}))
+    before = {p: p.read_bytes() for p in runs[0].rglob("*") if p.is_file()}
+    result = rvepfl("train", "--resume", str(runs[0]), "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {runs[0]} trained in precision 32, but train.precision = 'bf16-mixed' resolves to bf16-mixed here "
+        f"({summary['precision']['reason']}): resume it where it resolves to 32"]
+    assert {p: p.read_bytes() for p in runs[0].rglob("*") if p.is_file()} == before

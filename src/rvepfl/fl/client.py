@@ -21,11 +21,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvepfl.config import Config
-from rvepfl.data import Dataset, Partition, load_dataset, make_partition, subset_dataset, to_tensor
+from rvepfl.data import (
+    Dataset,
+    Partition,
+    load_dataset,
+    make_partition,
+    subset_dataset,
+    to_tensor,
+)
 from rvepfl.errors import ConfigError
 from rvepfl.fl.store import ClientStore
 from rvepfl.methods import ClientData, DataSpec, Method, RoundContext, Upload
 from rvepfl.metrics import classification_metrics
+from rvepfl.precision import FLOAT32, Precision
+from rvepfl.precision import resolve as resolve_precision
 from rvepfl.registry import build_method
 from rvepfl.seeding import numpy_rng, seed_torch
 
@@ -128,11 +137,14 @@ def prepare(cfg: Config) -> Federation:
         num_classes=dataset.num_classes,
     )
     device = resolve_device(cfg.device)
-    pool_x = to_tensor(np.concatenate([dataset.train_x, dataset.test_x]), dataset.name).to(device)
-    pool_y = torch.from_numpy(np.concatenate([dataset.train_y, dataset.test_y])).long().to(device)
     spec = DataSpec(dataset.channels, dataset.image_size, dataset.num_classes,
                     tuple(len(c.train) for c in partition.clients))
-    return Federation(cfg, dataset, partition, build_method(cfg, spec), pool_x, pool_y, device)
+    method = build_method(cfg, spec)
+    method.precision = resolve_precision(cfg.train.precision, device,
+                                         parity=vars(type(method)).get("bf16_parity", False), method=cfg.method)
+    pool_x = to_tensor(np.concatenate([dataset.train_x, dataset.test_x]), dataset.name).to(device)
+    pool_y = torch.from_numpy(np.concatenate([dataset.train_y, dataset.test_y])).long().to(device)
+    return Federation(cfg, dataset, partition, method, pool_x, pool_y, device)
 
 
 def partition_summary(*, dataset: str, source: str, num_train: int, num_test: int, partition: Partition,
@@ -155,13 +167,16 @@ def partition_summary(*, dataset: str, source: str, num_train: int, num_test: in
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-             batch_size: int = 1024) -> dict[str, float]:
-    """Mean cross-entropy, accuracy and macro precision/recall/F1 of ``model`` on (x, y)."""
+             batch_size: int = 1024, precision: Precision = FLOAT32) -> dict[str, float]:
+    """Mean cross-entropy, accuracy and macro precision/recall/F1 of ``model`` on (x, y), its
+    forward pass under ``precision`` (the loss and metrics in float32)."""
     model.eval()
     total_loss = 0.0
     preds = []
     for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
+        with precision.autocast():
+            logits = model(x[start : start + batch_size])
+        logits = logits.float()
         total_loss += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").item()
         preds.append(logits.argmax(1))
     metrics = classification_metrics(torch.cat(preds), y, num_classes)
@@ -188,12 +203,13 @@ def client_round(fed: Federation, model: nn.Module, ctx: RoundContext, clock: in
     data = fed.client_data(ctx.client, ctx.round)
     seed_torch(ctx.seed, "train", ctx.round, ctx.client, 0)  # dropout and z-sampling
     e0 = time.perf_counter()
-    general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+    p = method.precision
+    general = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size, p)
     e1 = time.perf_counter()
     steps = method.local_train(model, data, ctx, clock) - clock
     e2 = time.perf_counter()
-    m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size)
-    m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size)
+    m_train = evaluate(model, data.train_x, data.train_y, num_classes, t.eval_batch_size, p)
+    m_test = evaluate(model, data.test_x, data.test_y, num_classes, t.eval_batch_size, p)
     e3 = time.perf_counter()
     return ClientOutcome(
         upload=method.upload(model, ctx, len(data.train_y), received),

@@ -14,6 +14,7 @@ otherwise the round fails and nothing of it is kept.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,12 +25,19 @@ from typing import Any
 import torch
 
 from rvepfl.config import Config, config_hash
+from rvepfl.errors import CheckpointError
 from rvepfl.fl import client as client_side
-from rvepfl.fl.client import ClientFailure, Federation, describe_exception, initial_model, partition_summary
+from rvepfl.fl.client import (
+    ClientFailure,
+    Federation,
+    describe_exception,
+    initial_model,
+    partition_summary,
+)
 from rvepfl.fl.server import Progress, Result, ServerSetup, run_rounds, write_run_start
 from rvepfl.fl.store import ClientStore
 from rvepfl.fl.workers import ClientPool, ClientTask
-from rvepfl.io import load_tensors, save_tensors
+from rvepfl.io import load_tensors, save_tensors, write_json
 from rvepfl.methods.shared_adam import initial_carrier
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
@@ -46,6 +54,25 @@ def initialise(fed: Federation, run: RunDir) -> None:
     summary = partition_summary(dataset=d.name, source=d.source, num_train=len(d.train_y), num_test=len(d.test_y),
                                 partition=fed.partition, label_counts=fed.label_counts())
     write_run_start(run, fed.cfg, summary, fed.partition)
+
+
+def keep_precision(fed: Federation, run: RunDir) -> None:
+    """Record the precision a run trains in (``state/precision.json``), or check that a resumed
+    run resolves to the one it started with: ``train.precision = "auto"`` may resolve to another
+    on other hardware, and a run is not continued in a precision it did not start with."""
+    path = run.state / "precision.json"
+    now = fed.method.precision
+    if not path.is_file():
+        write_json(path, now.summary())
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))["ran"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"Cannot read {path}: {exc}") from None
+    if before != now.name:
+        raise CheckpointError(
+            f"{run.path} trained in precision {before}, but train.precision = {now.requested!r} resolves to "
+            f"{now.name} here ({now.reason}): resume it where it resolves to {before}")
 
 
 def _cores() -> int:
@@ -170,7 +197,7 @@ class InProcess:
     def details(self) -> dict[str, Any]:
         return {"engine": "in-process", "device": str(self.fed.device),
                 "threads": torch.get_num_threads() if self.workers == 1 else self.threads,
-                "workers": self.workers}
+                "workers": self.workers, "precision": self.fed.method.precision.summary()}
 
     def close(self) -> None:
         self.flusher.shutdown(wait=True, cancel_futures=True)
@@ -182,6 +209,7 @@ def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dic
     """Run (or continue) the federation in ``run``; return the summary written to summary.json.
     With ``tensorboard = true`` the progress events also go to ``run``'s TensorBoard events."""
     run.remove_temp_files()  # uncommitted writes of a stopped run
+    keep_precision(fed, run)
     tune_allocator()
     if fed.cfg.threads:
         torch.set_num_threads(fed.cfg.threads)

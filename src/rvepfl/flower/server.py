@@ -320,7 +320,9 @@ class FlowerServer:
 
     def details(self) -> dict[str, Any]:
         return {"engine": "flower", "device": "cpu", "threads": None, "workers": len(self.nodes),
-                "nodes": {str(c): n for c, n in sorted(self.nodes.items())}}
+                "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
+                "precision": {"requested": self.cfg.train.precision, "ran": None,
+                              "reason": "each client node resolves train.precision on its own device"}}
 
     def _outcome(self, reply: Message, client: int) -> ClientOutcome:
         content = reply.content

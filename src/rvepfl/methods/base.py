@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from rvepfl.fl.aggregate import RunningMean, median_state, trimmed_mean_state
 from rvepfl.methods.shared_adam import load_carrier, store_carrier
 from rvepfl.methods.wire import SharedPath, observed_gradient
+from rvepfl.precision import FLOAT32, Precision
 from rvepfl.privacy import clip_by_l2
 from rvepfl.seeding import torch_generator
 
@@ -115,6 +116,11 @@ class Method(ABC):
     uploads_update
         Whether :meth:`upload` sends the update (new minus received shared state) rather than the
         new shared state itself.
+    bf16_parity
+        Whether this class's bf16-mixed accuracy has been measured to match float32's
+        (BENCHMARKS.md's parity table): only then does ``train.precision = "auto"`` choose
+        bf16-mixed for it. Read off the class itself, not inherited; a composition has it when
+        both its method and its mechanism do.
     """
 
     name: ClassVar[str]
@@ -123,10 +129,14 @@ class Method(ABC):
     Params: ClassVar[type | None] = None
     section: ClassVar[str | None] = None
     uploads_update: ClassVar[bool] = False
+    bf16_parity: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         self.cfg = cfg
         self.spec = spec
+        self.precision: Precision = FLOAT32
+        """The number format of local training (:mod:`rvepfl.precision`); the engine sets it from
+        ``train.precision`` and the device."""
         self.carried_optimiser: dict[str, torch.Tensor] | None = None
         """With ``train.optimiser = "published-shared"``, the Adam state the previous client's
         training left (:mod:`rvepfl.methods.shared_adam`); the engine sets and saves it."""
@@ -246,6 +256,8 @@ class Method(ABC):
         if epochs <= 0:
             return step
         objective = loss or self.loss
+        precision = self.precision
+        scaler = precision.grad_scaler()  # loss scaling for 16-mixed; a pass-through otherwise
         chosen = {id(p) for p in params}
         frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
         for p in frozen:
@@ -255,8 +267,15 @@ class Method(ABC):
                 for batch in self.local_batches(len(data.train_y), epochs, generator, data.train_x.device):
                     self.set_learning_rate(optimizer, step)
                     optimizer.zero_grad(set_to_none=True)
-                    objective(module, data.train_x[batch], data.train_y[batch]).backward()
-                    optimizer.step()
+                    with precision.autocast():
+                        value = objective(module, data.train_x[batch], data.train_y[batch])
+                    if scaler.is_enabled():
+                        scaler.scale(value).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        value.backward()
+                        optimizer.step()
                     step += 1
         finally:
             for p in frozen:
