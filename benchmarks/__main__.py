@@ -13,11 +13,19 @@ rss_growth_150_vs_10       <= 1.10   peak RSS with 150 clients / with 10 (:mod:`
 miface_speedup_vs_art      >= 5      IBM ART's MIFace time / ours (:mod:`benchmarks.attacks`)
 round_seconds_quick        <= 38 s   one round of the published code's quick setting (its code:
                                      about 114 s on this machine kind)
+bf16_round_speedup         >= 2.5x   the quick round in float32 / in bf16-mixed, on a CPU with native
+                                     bfloat16 (:mod:`benchmarks.precision`; without it the part says
+                                     so and times training steps instead)
+round_seconds_quick_bf16   <= 15 s   the quick round in bf16-mixed (native bfloat16)
 =========================  ========  ==============================================================
+
+``python -m benchmarks.parity`` trains the quick config in both precisions, three seeds of three
+methods, for the parity table of BENCHMARKS.md (:mod:`benchmarks.parity`).
 
 The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
 when asked for: ``--only paper --device cuda`` times a paper-scale round (150 clients, 10 local
-epochs, 70,000 MNIST-size images) on a GPU (:mod:`benchmarks.paper`).
+epochs, 70,000 MNIST-size images) on a GPU (:mod:`benchmarks.paper`), with ``--precision`` its
+``train.precision``.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import rvepfl
 from rvepfl.errors import RvepflError
 from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
+from rvepfl.precision import cpu_bf16_flags
 
-PARTS = ("training", "allocator", "memory", "attacks")
+PARTS = ("training", "allocator", "memory", "attacks", "precision")
 EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
@@ -54,6 +63,11 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("miface_speedup_vs_art", ">= 5", lambda v: v >= 5.0, "{:.1f}x"),
     ("dlg_iterations_per_second", "", None, "{:.1f}/s"),
     ("ig_iterations_per_second", "", None, "{:.1f}/s"),
+    ("bf16_round_speedup", ">= 2.5x (native bf16)", lambda v: v >= 2.5, "{:.2f}x"),
+    ("round_seconds_quick_bf16", "<= 15 s (native bf16)", lambda v: v <= 15.0, "{:.1f} s"),
+    ("bf16_matmul_gflops", "", None, "{:.1f} GFLOP/s"),
+    ("bf16_round_matmul_fraction", "", None, "{:.2f}"),
+    ("bf16_step_speedup", "", None, "{:.3f}x"),
     ("paper_round_seconds", "", None, "{:.1f} s"),
     ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
@@ -69,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="client worker processes of the engine's round (the config key `workers`; 0: one per CPU)")
     p.add_argument("--device", default="auto", help="the paper part's device: auto, cpu or cuda")
+    p.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed", "auto"),
+                   help="the paper part's train.precision")
     p.add_argument("--paper-clients", type=int, default=150, metavar="N",
                    help="the paper part trains N of its 150 clients a round (150: the full round)")
     return p
@@ -119,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
+        "machine": {"cpu": _cpu_name(), "cpu_bf16_flags": list(cpu_bf16_flags()), "cores": os.cpu_count(),
+                    "threads": threads,
                     "python": platform.python_version(), "torch": torch.__version__,
                     "rvepfl": rvepfl.__version__, "platform": platform.platform()},
         "parts": parts,
@@ -149,11 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["attacks"] = attack_benchmark(threads=threads, log=log)
         for key in ("dlg_iterations_per_second", "ig_iterations_per_second", "miface_speedup_vs_art"):
             results[key] = results["attacks"][key]
+    if "precision" in parts:
+        from benchmarks.precision import precision_benchmark
+        log("precision: bf16-mixed against float32")
+        results["precision"] = precision_benchmark(args.workers, log=log)
+        for key in ("bf16_round_speedup", "round_seconds_quick_bf16", "bf16_matmul_gflops",
+                    "bf16_round_matmul_fraction", "bf16_step_speedup"):
+            if key in results["precision"]:
+                results[key] = results["precision"][key]
+        if not results["precision"]["native_bf16"]:
+            results["notes"] = [*results.get("notes", []), results["precision"]["why"]]
     if "paper" in parts:
         from benchmarks.paper import paper_benchmark
         log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")
         try:
-            results["paper"] = paper_benchmark(args.device, args.paper_clients, log=log)
+            results["paper"] = paper_benchmark(args.device, args.paper_clients, precision=args.precision, log=log)
         except RvepflError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -162,9 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[key] = results["paper"][key]
     results["seconds"] = time.perf_counter() - started
     m = results["machine"]
-    print(f"rvepfl {m['rvepfl']} benchmarks, {results['date']}: {m['cpu']}, {m['cores']} cores, "
+    flags = ", ".join(m["cpu_bf16_flags"]) or "no native bf16"
+    print(f"rvepfl {m['rvepfl']} benchmarks, {results['date']}: {m['cpu']} ({flags}), {m['cores']} cores, "
           f"{threads} torch threads, torch {m['torch']} ({results['seconds']:.0f} s)\n")
     print(table(results))
+    for note in results.get("notes", []):
+        print(f"\nnote: {note}")
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")

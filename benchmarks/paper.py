@@ -71,11 +71,11 @@ def _device_name(device: torch.device) -> str:
 
 
 def paper_benchmark(device: str = "auto", clients: int = PAPER_CLIENTS, *, local_epochs: int = 10,
-                    log: Any = print) -> dict[str, Any]:
+                    precision: str = "32", log: Any = print) -> dict[str, Any]:
     """Train two paper-scale rounds of RVE-PFL on ``device`` and return the second's figures.
 
     ``clients`` (1..150) of the 150 clients train each round; ``local_epochs`` other than the
-    paper's 10 is for checking this code quickly.
+    paper's 10 is for checking this code quickly; ``precision`` is ``train.precision``.
     """
     if not 1 <= clients <= PAPER_CLIENTS:
         raise ValueError(f"expected 1 <= clients <= {PAPER_CLIENTS}, got {clients}")
@@ -86,7 +86,7 @@ def paper_benchmark(device: str = "auto", clients: int = PAPER_CLIENTS, *, local
             "method": "rvepfl", "device": device, "data.dataset": "mnist", "data.data_dir": str(data_dir),
             "data.split": "combined", "data.partition": "iid", "data.num_clients": PAPER_CLIENTS,
             "train.local_epochs": local_epochs, "train.batch_size": 256, "train.rounds": 2,
-            "train.client_fraction": clients / PAPER_CLIENTS,
+            "train.client_fraction": clients / PAPER_CLIENTS, "train.precision": precision,
         })
         fed = prepare(cfg)
         trained = round_clients(cfg, 2)
@@ -103,6 +103,7 @@ def paper_benchmark(device: str = "auto", clients: int = PAPER_CLIENTS, *, local
         sizes = [len(fed.partition.clients[c].train) for c in range(PAPER_CLIENTS)]
         return {
             "device": _device_name(fed.device),
+            "precision": fed.method.precision.summary(),
             "setting": {"clients": PAPER_CLIENTS, "clients_trained": len(trained), "local_epochs": local_epochs,
                         "batch_size": 256, "images": _TRAIN + _TEST, "train_images_per_client": [min(sizes), max(sizes)],
                         "workers": resolve_workers(cfg, fed.device)[0]},

@@ -80,3 +80,22 @@ def test_paper_part_refuses_a_bad_client_count(capsys):
 
     assert main(["--only", "paper", "--paper-clients", "151"]) == 2
     assert capsys.readouterr().err.strip() == "error: expected 1 <= --paper-clients <= 150, got 151"
+
+
+def test_parity_table_pairs_seeds_and_marks_the_tolerance():
+    from benchmarks.parity import parity_table
+
+    rows = {"fedavg": {"mean": {"32": 0.90, "bf16-mixed": 0.895}, "differences": [-0.01, 0.0, -0.005],
+                       "mean_difference": -0.005, "within": True},
+            "nbafl": {"mean": {"32": 0.80, "bf16-mixed": 0.78}, "differences": [-0.02, -0.03, -0.01],
+                      "mean_difference": -0.02, "within": False}}
+    lines = parity_table({"methods": rows}).splitlines()
+    assert lines[2] == "| fedavg | 90.00 % | 89.50 % | -0.50 (-1.0, +0.0, -0.5) | yes |"
+    assert lines[3] == "| nbafl | 80.00 % | 78.00 % | -2.00 (-2.0, -3.0, -1.0) | **no** |"
+
+
+def test_parity_refuses_to_be_told_the_precision(capsys):
+    from benchmarks.parity import main
+
+    assert main(["--set", "train.precision=32"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --set train.precision is what the table varies: leave it out"
