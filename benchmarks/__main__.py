@@ -13,9 +13,12 @@ rss_growth_150_vs_10       <= 1.10   peak RSS with 150 clients / with 10 (:mod:`
 miface_speedup_vs_art      >= 5      IBM ART's MIFace time / ours (:mod:`benchmarks.attacks`)
 round_seconds_quick        <= 38 s   one round of the published code's quick setting (its code:
                                      about 114 s on this machine kind)
+contended_attack_slowdown  <= 2.5x   an attack's seconds beside a 2-thread competing process / alone,
+                                     with `rvepfl attack`'s default threads
+                                     (:mod:`benchmarks.contention`)
 =========================  ========  ==============================================================
 
-The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
+The run takes about 12-18 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
 when asked for: ``--only paper --device cuda`` times a paper-scale round (150 clients, 10 local
 epochs, 70,000 MNIST-size images) on a GPU (:mod:`benchmarks.paper`).
 """
@@ -38,7 +41,7 @@ from rvepfl.errors import RvepflError
 from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
 
-PARTS = ("training", "allocator", "memory", "attacks")
+PARTS = ("training", "allocator", "memory", "attacks", "contention")
 EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
@@ -54,6 +57,9 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("miface_speedup_vs_art", ">= 5", lambda v: v >= 5.0, "{:.1f}x"),
     ("dlg_iterations_per_second", "", None, "{:.1f}/s"),
     ("ig_iterations_per_second", "", None, "{:.1f}/s"),
+    ("contended_attack_slowdown", "<= 2.5x", lambda v: v <= 2.5, "{:.2f}x"),
+    ("contended_attack_slowdown_torch_threads", "", None, "{:.2f}x"),
+    ("contended_attack_slowdown_torch_threads_passive", "", None, "{:.2f}x"),
     ("paper_round_seconds", "", None, "{:.1f} s"),
     ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
@@ -65,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="PART", action="append", choices=PARTS + EXTRA_PARTS,
                    help=f"run only this part (repeatable): {', '.join(PARTS + EXTRA_PARTS)} "
                         "(paper: only when named)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default; the contention part runs the command's own)")
     p.add_argument("--workers", type=int, default=0,
                    help="client worker processes of the engine's round (the config key `workers`; 0: one per CPU)")
     p.add_argument("--device", default="auto", help="the paper part's device: auto, cpu or cuda")
@@ -149,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["attacks"] = attack_benchmark(threads=threads, log=log)
         for key in ("dlg_iterations_per_second", "ig_iterations_per_second", "miface_speedup_vs_art"):
             results[key] = results["attacks"][key]
+    if "contention" in parts:
+        from benchmarks.contention import contention_benchmark
+        log("contention: an attack alone and beside a 2-thread competing process")
+        results["contention"] = contention_benchmark(log=log)
+        for key in ("contended_attack_slowdown", "contended_attack_slowdown_torch_threads",
+                    "contended_attack_slowdown_torch_threads_passive"):
+            results[key] = results["contention"][key]
     if "paper" in parts:
         from benchmarks.paper import paper_benchmark
         log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")
