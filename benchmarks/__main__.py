@@ -17,12 +17,15 @@ bf16_round_speedup         >= 2.5x   the quick round in float32 / in bf16-mixed,
                                      bfloat16 (:mod:`benchmarks.precision`; without it the part says
                                      so and times training steps instead)
 round_seconds_quick_bf16   <= 15 s   the quick round in bf16-mixed (native bfloat16)
+contended_attack_slowdown  <= 2.5x   an attack's seconds beside a 2-thread competing process / alone,
+                                     with `rvepfl attack`'s default threads
+                                     (:mod:`benchmarks.contention`)
 =========================  ========  ==============================================================
 
 ``python -m benchmarks.parity`` trains the quick config in both precisions, three seeds of three
 methods, for the parity table of BENCHMARKS.md (:mod:`benchmarks.parity`).
 
-The run takes about 10-15 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
+The run takes about 15-20 minutes on a 2-core machine; ``--only`` picks parts. One part runs only
 when asked for: ``--only paper --device cuda`` times a paper-scale round (150 clients, 10 local
 epochs, 70,000 MNIST-size images) on a GPU (:mod:`benchmarks.paper`), with ``--precision`` its
 ``train.precision``.
@@ -47,7 +50,7 @@ from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
 from rvepfl.precision import cpu_bf16_flags
 
-PARTS = ("training", "allocator", "memory", "attacks", "precision")
+PARTS = ("training", "allocator", "memory", "attacks", "contention", "precision")
 EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
@@ -68,6 +71,9 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("bf16_matmul_gflops", "", None, "{:.1f} GFLOP/s"),
     ("bf16_round_matmul_fraction", "", None, "{:.2f}"),
     ("bf16_step_speedup", "", None, "{:.3f}x"),
+    ("contended_attack_slowdown", "<= 2.5x", lambda v: v <= 2.5, "{:.2f}x"),
+    ("contended_attack_slowdown_torch_threads", "", None, "{:.2f}x"),
+    ("contended_attack_slowdown_torch_threads_passive", "", None, "{:.2f}x"),
     ("paper_round_seconds", "", None, "{:.1f} s"),
     ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
@@ -79,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="PART", action="append", choices=PARTS + EXTRA_PARTS,
                    help=f"run only this part (repeatable): {', '.join(PARTS + EXTRA_PARTS)} "
                         "(paper: only when named)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default; the contention part runs the command's own)")
     p.add_argument("--workers", type=int, default=0,
                    help="client worker processes of the engine's round (the config key `workers`; 0: one per CPU)")
     p.add_argument("--device", default="auto", help="the paper part's device: auto, cpu or cuda")
@@ -176,6 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[key] = results["precision"][key]
         if not results["precision"]["native_bf16"]:
             results["notes"] = [*results.get("notes", []), results["precision"]["why"]]
+    if "contention" in parts:
+        from benchmarks.contention import contention_benchmark
+        log("contention: an attack alone and beside a 2-thread competing process")
+        results["contention"] = contention_benchmark(log=log)
+        for key in ("contended_attack_slowdown", "contended_attack_slowdown_torch_threads",
+                    "contended_attack_slowdown_torch_threads_passive"):
+            results[key] = results["contention"][key]
     if "paper" in parts:
         from benchmarks.paper import paper_benchmark
         log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")

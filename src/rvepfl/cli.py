@@ -32,7 +32,7 @@ from rvepfl.config import (
 )
 from rvepfl.errors import CheckpointError, ConfigError, RvepflError
 from rvepfl.io import atomic_write_text
-from rvepfl.perf import tune_allocator
+from rvepfl.perf import ATTACK_THREADS, attack_threads, tune_allocator
 from rvepfl.progress import ProgressPrinter, ProgressStream
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ def attack(
     iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "dlg/idlg 300, ig 1000, miface 1000"))] = None,
     restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default; 1 is fastest on a busy machine).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help=_default("Torch CPU threads of the attack and of what it trains (0: torch's default, one per core; one stays fast when another job shares the cores).", ATTACK_THREADS))] = None,
     references: Annotated[Optional[int], typer.Option(help=_default("mia: LiRA's reference models, trained on images no client has (at least 2; cached in RUN/attacks).", 4))] = None,
     evaluator_images: Annotated[int, typer.Option(help="Train the evaluator on up to N images no client has, or, in a run that used every image, of the clients other than --client (at least 100; cached per N in RUN/attacks).")] = 5000,
     out: Annotated[Optional[Path], typer.Option(help=_default("Output directory (where the audit writes).", "RUN/attacks/<attack>-<threat model>"))] = None,
@@ -522,8 +522,6 @@ def attack(
     inference, writes roc.png instead of grid.png. An interrupted gradient attack resumes when the
     same command is run again.
     """
-    import torch
-
     from rvepfl.attacks.runner import resolve_settings, run_attack
     from rvepfl.attacks.threat import Target
 
@@ -533,10 +531,8 @@ def attack(
         if not quiet:
             stream.line(line)
 
-    if threads < 0:
+    if threads is not None and threads < 0:
         raise ConfigError(f"Expected --threads >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
     target = Target(run)
     settings = resolve_settings(target, name, threat=threat_model, round_=round_, client=client,
                                 batch_size=batch_size, images=images, iterations=iterations, seed=seed,
@@ -553,7 +549,8 @@ def attack(
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
         f"round {settings.round}, client {settings.client}")
     try:
-        summary = run_attack(target, settings, dest, log, status=None if quiet else stream.status)
+        with attack_threads(threads):
+            summary = run_attack(target, settings, dest, log, status=None if quiet else stream.status)
     except KeyboardInterrupt:
         stream.clear()
         typer.echo("\ninterrupted: run the same command again to continue", err=True)

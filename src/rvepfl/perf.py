@@ -1,4 +1,5 @@
-"""Process-wide settings that make CPU training faster, each justified by a benchmark.
+"""Process-wide CPU settings, each justified by a benchmark: the allocator's thresholds, which make
+training faster, and the torch threads of an attack, which keep it fast on a shared machine.
 
 Training the RVE-PFL encoder allocates and frees the same large buffers every step (the dense
 layer's 75 MB weight gradient, the 9 MB conv activations). glibc serves blocks above its mmap
@@ -10,6 +11,10 @@ measures the effect as ``allocator_speedup`` (the figure is in BENCHMARKS.md). T
 reused instead of returned and requested again, so freed memory stays with the process.
 
 Set ``RVEPFL_TUNE_ALLOCATOR=0`` to leave the allocator alone.
+
+:func:`attack_threads` runs an attack (its evaluator's and reference models' training included)
+with one torch thread unless more are asked for, and :func:`passive_openmp` keeps OpenMP's idle
+threads from spinning when more are: the reasons are in their docstrings.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["tune_allocator"]
+__all__ = ["ATTACK_THREADS", "attack_threads", "passive_openmp", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -53,3 +61,71 @@ def tune_allocator() -> bool:
                 tuned = False
     _state["tuned"] = tuned
     return tuned
+
+
+ATTACK_THREADS = 1
+"""The torch intra-op threads of an attack unless more are asked for (:func:`attack_threads`)."""
+
+
+@contextmanager
+def attack_threads(requested: int | None = None) -> Iterator[int]:
+    """Run the block with the torch intra-op threads of an attack; restore the process's count after.
+
+    ``None`` (`rvepfl attack` without ``--threads``; an audit's, compare's or frontier's attacks of a
+    run whose config has ``threads = 0``) gives :data:`ATTACK_THREADS`, one thread; ``N`` >= 1
+    gives N; ``0`` keeps the count the process has (torch's default, one per core, unless something
+    in the process changed it). Yields the count in use. The count holds for everything the block
+    runs in this process: the attack, and the evaluator and LiRA reference models it trains.
+
+    Why one thread by default: with torch's default, one thread per core, an attack slows down by
+    an order of magnitude as soon as another process shares the cores. With one other 2-thread job
+    on a 2-core machine, `rvepfl attack ig` took 157-237 s per observation against 6.8 s alone
+    (issue #16): every parallel operation ends when its slowest thread does, with more runnable
+    threads than cores one of them is often waiting for a core, and OpenMP's threads spin while
+    they wait (:func:`passive_openmp`), taking core time from the late one. A single thread waits
+    for nobody and loses only the share of a core the other job takes. ``python -m benchmarks
+    --only contention`` measures the defaults side by side (``contended_attack_slowdown``,
+    BENCHMARKS.md). Training has its own setting, the config's ``threads`` and ``workers``
+    (several single-threaded worker processes by default).
+
+    Raises ``ValueError`` if ``requested`` is negative.
+    """
+    if requested is not None and requested < 0:
+        raise ValueError(f"Expected threads >= 0, got {requested}")
+    import torch
+
+    before = torch.get_num_threads()
+    threads = ATTACK_THREADS if requested is None else requested or before
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def passive_openmp() -> bool:
+    """Make OpenMP's idle threads sleep instead of spinning: set ``OMP_WAIT_POLICY=PASSIVE`` in
+    this process's environment (and so its children's) unless it is set; return whether it was.
+
+    OpenMP reads the variable once, when torch loads it, so this must run before ``import torch``:
+    the `rvepfl` command calls it first thing (:mod:`rvepfl.__main__`), and it does nothing (False)
+    once torch is imported. It matters only with several threads in one process (`rvepfl attack
+    --threads N`, a config's ``threads``): by default GNU OpenMP's threads spin for a while at every
+    barrier, which on a machine shared with another job takes the cores from the threads that have
+    work. On the 2-core development machine, shared with other jobs, a 2-thread `rvepfl attack ig`
+    beside a 2-thread competing process took 5.0 and 6.3 s with the passive policy against 14.4 and
+    18.6 s without (30 iterations, alternating runs), and the competitor did more work too.
+    ``python -m benchmarks --only contention`` measures it on the machine at hand, alone too (a
+    sleeping thread takes longer to wake up than a spinning one). A single-threaded process, the
+    default of `rvepfl attack` and of the training workers, has no barrier to wait at.
+
+    Set ``RVEPFL_PASSIVE_OPENMP=0`` to leave OpenMP's policy alone.
+    """
+    if "torch" in sys.modules or os.environ.get("RVEPFL_PASSIVE_OPENMP", "1") == "0":
+        return False
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

@@ -355,3 +355,27 @@ def test_attack_on_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["attack", "dlg", "--run", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Run directory not found") and "\n" not in err
+
+
+def test_attack_runs_single_threaded_unless_asked(fedavg_run, tmp_path, monkeypatch):
+    """One torch thread by default, --threads N for N; the count comes back afterwards."""
+    from rvepfl.attacks import runner
+
+    seen: list[int] = []
+    real = runner.run_attack
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_attack", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not what either command gives
+    args = ["attack", "idlg", "--run", str(fedavg_run), "--images", "1", "--out", str(tmp_path / "idlg"), *FAST]
+    try:
+        assert main(args) == 0
+        assert main([*args, "--threads", "2"]) == 0  # complete: skipped, with two threads
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]

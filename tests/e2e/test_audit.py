@@ -138,3 +138,35 @@ def test_missing_audit_table_is_refused():
     del values["audit"]
     with pytest.raises(ConfigError, match=r"Expected an \[audit\] table"):
         suite_from_dict(values, audit=True)
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(0, 1), (2, 2)])
+def test_audit_attacks_run_single_threaded_unless_the_config_asks(audited, monkeypatch, threads, expected):
+    """The run config's 0 (torch's default for training) gives its attacks one thread; the
+    process's count comes back after each attack (the attacks are complete: each is skipped)."""
+    import dataclasses
+    import tomllib
+
+    import torch
+
+    from rvepfl.experiments import runner
+
+    seen: list[int] = []
+    real = runner.run_attack
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_attack", spy)
+    suite = suite_from_dict(tomllib.loads(TINY), audit=True)
+    r = next(r for r in suite.runs if r.method == "fedavg")
+    r = dataclasses.replace(r, cfg=dataclasses.replace(r.cfg, threads=threads))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not what either case gives
+    try:
+        jobs = list(runner.attack_run(r, suite.audit, audited, 0.5, lambda line: None, None))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert len(jobs) == len(JOBS) and seen == [expected] * len(JOBS)

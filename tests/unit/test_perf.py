@@ -1,4 +1,5 @@
-"""The allocator setting, the benchmark report's table and the paper part's set-up (no timing is tested)."""
+"""The allocator setting, the attacks' threads and OpenMP's wait policy, the benchmark report's table,
+the paper part's set-up and the contention part's environment (no timing is tested)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +101,105 @@ def test_parity_refuses_to_be_told_the_precision(capsys):
 
     assert main(["--set", "train.precision=32"]) == 2
     assert capsys.readouterr().err.strip() == "error: --set train.precision is what the table varies: leave it out"
+
+
+# -- threads -------------------------------------------------------------------------------------
+def test_attack_threads_default_to_one_and_restore_the_count():
+    import torch
+
+    from rvepfl.perf import ATTACK_THREADS, attack_threads
+
+    before = torch.get_num_threads()
+    assert ATTACK_THREADS == 1
+    with attack_threads() as threads:
+        assert threads == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with attack_threads(None), attack_threads(2) as threads:  # nested: each block restores its own
+        assert threads == torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), attack_threads():
+        raise KeyError("the count is restored on an error too")
+    assert torch.get_num_threads() == before
+
+
+def test_attack_threads_zero_keeps_the_process_count_and_negative_is_refused():
+    import torch
+
+    from rvepfl.perf import attack_threads
+
+    before = torch.get_num_threads()
+    with attack_threads(0) as threads:
+        assert threads == torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="Expected threads >= 0, got -1"), attack_threads(-1):
+        pass
+
+
+def test_attack_command_defaults_to_one_thread_and_says_so():
+    import click
+    import typer
+
+    from rvepfl.cli import app
+
+    command = typer.main.get_command(app).commands["attack"]
+    option = next(p for p in command.params if p.name == "threads")
+    assert option.default is None  # None: attack_threads' default, one thread
+    help_text = option.get_help_record(click.Context(command, info_name="attack"))[1]
+    assert help_text.endswith("[default: 1]") and "0: torch's default" in help_text
+
+
+def _passive_in_child(env_extra: dict[str, str], fake_torch: bool = False) -> str:
+    """``passive_openmp()``'s result and OMP_WAIT_POLICY afterwards, in a fresh process without torch."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RVEPFL_PASSIVE_OPENMP")}
+    code = ("import os, sys\n" + ("sys.modules['torch'] = object()\n" if fake_torch else "") +
+            "from rvepfl.perf import passive_openmp\n"
+            "print(passive_openmp(), os.environ.get('OMP_WAIT_POLICY'))")
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **env_extra}, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+def test_passive_openmp_sets_the_policy_only_when_it_can_and_may():
+    assert _passive_in_child({}) == "True PASSIVE"
+    assert _passive_in_child({"OMP_WAIT_POLICY": "ACTIVE"}) == "False ACTIVE"  # the user's own wins
+    assert _passive_in_child({"RVEPFL_PASSIVE_OPENMP": "0"}) == "False None"
+    assert _passive_in_child({}, fake_torch=True) == "False None"  # too late once torch is loaded
+
+
+@pytest.mark.slow
+def test_the_command_loads_torch_with_passive_openmp():
+    """GNU OpenMP shows its spin count with OMP_DISPLAY_ENV=verbose: 0 is the passive policy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RVEPFL_PASSIVE_OPENMP")}
+    code = "from rvepfl.__main__ import main; main()"
+
+    def spin_count(**extra: str) -> str | None:
+        done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, check=True,
+                              env={**env, "OMP_DISPLAY_ENV": "verbose", **extra})
+        found = [line.split("=", 1)[1].strip() for line in done.stderr.splitlines() if "GOMP_SPINCOUNT" in line]
+        return found[0] if found else None
+
+    passive = spin_count()
+    if passive is None:
+        pytest.skip("torch's OpenMP is not GNU OpenMP: no GOMP_SPINCOUNT to read")
+    assert passive == "'0'"
+    assert spin_count(RVEPFL_PASSIVE_OPENMP="0") not in (None, "'0'")  # the default spins
+
+
+def test_contention_children_get_the_commands_own_thread_settings():
+    from benchmarks.contention import child_env
+
+    env = child_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE",
+                     "RVEPFL_PASSIVE_OPENMP": "0", "PYTHONPATH": "/elsewhere", "HOME": "/home/x"})
+    assert env["HOME"] == "/home/x"
+    assert not {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "RVEPFL_PASSIVE_OPENMP"} & set(env)
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    import rvepfl
+
+    assert paths[0] == str(Path(rvepfl.__file__).resolve().parents[1]) and paths[-1] == "/elsewhere"
+    assert (Path(paths[1]) / "benchmarks" / "contention.py").is_file()
+
+
+def test_table_has_the_contention_rows():
+    lines = table({"contended_attack_slowdown": 1.8, "contended_attack_slowdown_torch_threads": 21.0}).splitlines()
+    assert "| `contended_attack_slowdown` | 1.80x | <= 2.5x | yes |" in lines
+    assert "| `contended_attack_slowdown_torch_threads` | 21.00x |  |  |" in lines
+    assert table({"contended_attack_slowdown": 2.6}).splitlines()[-1].endswith("| **no** |")

@@ -13,7 +13,10 @@ interrupted. A method/threat pair that has no attack surface (FedPer and FedRep 
 head, so they have neither a gradient surface nor a released model that classifies) is listed as
 such; any other error (a corrupt checkpoint, say) stops the audit. Evaluators are cached in
 ``<out>/evaluators/`` and shared by runs with the same held-out images. Last come the attack
-table, the privacy-utility plots and ``audit.toml``, the same copy of the suite file.
+table, the privacy-utility plots and ``audit.toml``, the same copy of the suite file. The attacks
+run with one torch thread unless the run config's ``threads`` asks for more
+(:func:`rvepfl.perf.attack_threads`: torch's default slows an attack by an order of magnitude when
+another process shares the cores); the process's thread count is restored after each.
 
 This module is the only one of the package's experiments that calls the training engine.
 """
@@ -25,8 +28,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from rvepfl.attacks.runner import attack_state, resolve_settings, run_attack
 from rvepfl.attacks.threat import Target
@@ -50,6 +51,7 @@ from rvepfl.fl.client import prepare
 from rvepfl.fl.server import Progress, check_partition
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.io import atomic_write_text, remove_temp_files
+from rvepfl.perf import attack_threads
 from rvepfl.progress import Eta, time_left
 from rvepfl.rundir import RunDir
 from rvepfl.tensorboard import check_tensorboard
@@ -279,8 +281,6 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
     method exposes no surface to it: the row's ``note`` says why) and whether it ran here from
     the start (True) rather than being skipped or resumed."""
     run_dir = out / "runs" / r.label
-    if r.cfg.threads:  # the run config's thread count holds for its attacks too
-        torch.set_num_threads(r.cfg.threads)
     target = Target(run_dir)
     for job in plan.jobs():
         prefix = f"[{r.label}] {job.attack} ({job.threat})"
@@ -300,7 +300,9 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
             continue
         dest = run_dir / "attacks" / job.key
         timed = attack_state(dest, settings) == "new"
-        summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
-                             evaluator_cache=out / "evaluators",
-                             status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+        # One thread unless the run config asks for more (its 0, torch's default, is training's).
+        with attack_threads(r.cfg.threads or None):
+            summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
+                                 evaluator_cache=out / "evaluators",
+                                 status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
         yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), timed
