@@ -177,7 +177,9 @@ class EngineConfig:
     """Master seed; every source of randomness derives from it."""
     threads: int = 0
     """Torch CPU threads (0: torch's default); with ``workers`` > 1, the threads of each worker
-    (0: torch's default divided among the workers)."""
+    (0: torch's default divided among the workers). The attacks that audit, compare and frontier
+    run on a run use this many threads, one when it is 0 (an attack with torch's default threads
+    slows down by an order of magnitude when another process shares the cores)."""
     workers: int = 0
     """Client processes that train a round's clients side by side (1: every client in the
     engine's process, one after another; 0: one per core torch would use, at most one per client
