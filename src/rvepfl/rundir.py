@@ -214,7 +214,8 @@ class RunDir:
         if self.progress.exists():
             return False
         files = [p for p in self.path.rglob("*") if not p.is_dir() and not is_temp_file(p)]
-        return all(p.parent == self.path and p.name in INIT_FILES for p in files)
+        return all((p.parent == self.path and p.name in INIT_FILES) or p == self.state / "precision.json"
+                   for p in files)
 
     def remove_temp_files(self) -> list[Path]:
         """Remove the temporary files of writes that a stopped process left in the run directory."""

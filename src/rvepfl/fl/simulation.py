@@ -62,8 +62,8 @@ def keep_precision(fed: Federation, run: RunDir) -> None:
     on other hardware, and a run is not continued in a precision it did not start with."""
     path = run.state / "precision.json"
     now = fed.method.precision
-    if not path.is_file():
-        write_json(path, now.summary())
+    if not path.is_file() or not run.progress.is_file() or run.read_progress()["completed_round"] == 0:
+        write_json(path, now.summary())  # nothing trained yet: the run takes this precision
         return
     try:
         before = json.loads(path.read_text(encoding="utf-8"))["ran"]
