@@ -23,29 +23,19 @@ from typing import Any
 
 import torch
 
-from benchmarks.training import flops_per_image, quick_config, round_timing
+from benchmarks.training import (
+    flops_per_image,
+    matmul_gflops,
+    quick_config,
+    round_timing,
+)
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
-from rvepfl.methods import RoundContext
 from rvepfl.precision import cpu_bf16_flags, native_bf16
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import seed_torch
 
-__all__ = ["precision_benchmark", "product_rate"]
-
-
-def product_rate(size: int, bf16: bool, repeats: int = 3) -> float:
-    """The best rate (GFLOP/s) of a ``size`` x ``size`` product of float32 matrices, under
-    bfloat16 autocast when ``bf16``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+__all__ = ["precision_benchmark"]
 
 
 def _round(precision: str, workers: int) -> tuple[float, float, int]:
@@ -91,8 +81,8 @@ def precision_benchmark(workers: int = 0, log: Any = print) -> dict[str, Any]:
     native, evidence = native_bf16(torch.device("cpu"))
     out: dict[str, Any] = {"native_bf16": native, "evidence": evidence, "cpu_bf16_flags": list(cpu_bf16_flags())}
     log(f"  {evidence}; matrix-product rates ...")
-    out["matmul_gflops_fp32"] = product_rate(2048, bf16=False)
-    out["bf16_matmul_gflops"] = product_rate(2048 if native else 1024, bf16=True, repeats=3 if native else 1)
+    out["matmul_gflops_fp32"] = matmul_gflops(2048, 3)
+    out["bf16_matmul_gflops"] = matmul_gflops(2048 if native else 1024, 3 if native else 1, bf16=True)
     if native:
         log("  the quick round in float32 ...")
         s32, gflop, used = _round("32", workers)

@@ -60,16 +60,18 @@ def quick_config(*, batch_size: int = 256, rounds: int = 2, **overrides: Any) ->
     return apply_overrides(load_config(None), values)
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
-    """The best rate (GFLOP/s) of a ``size`` x ``size`` float32 matrix product in this process."""
+def matmul_gflops(size: int = 4096, repeats: int = 5, *, bf16: bool = False) -> float:
+    """The best rate (GFLOP/s) of a ``size`` x ``size`` float32 matrix product in this process,
+    under bfloat16 autocast when ``bf16`` (as mixed-precision training sees its products)."""
     a = torch.randn(size, size)
     b = torch.randn(size, size)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
 
