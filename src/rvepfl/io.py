@@ -18,7 +18,8 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "create_temp_file",
+    "file_lock",
     "flush_to_disk",
     "is_temp_file",
     "remove_temp_files",
@@ -139,6 +141,31 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o666) -> N
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` + ``.lock`` (created if missing) while the block runs.
+
+    For a cache file several processes may build at once (an evaluator, a LiRA reference model,
+    when ``[audit] workers`` runs a run's attacks side by side): the first builds it under the lock,
+    the others wait and then find it built. The lock is released when the block ends or its process
+    dies; the empty lock file stays. Where ``fcntl`` is missing (Windows) the block runs unlocked,
+    which only costs a duplicate build: the file itself is written atomically.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -120,6 +120,7 @@ def test_audit_rerun_skips_everything(audited, capsys):
         ({"attacks": ["dlg"], "update_attacks": ["ig"]},
          r"`audit.update_attacks` to name attacks that `audit.attacks` runs \(dlg\), got 'ig'"),
         ({"local_steps": 0}, "Expected `audit.local_steps` to be an integer >= 1, got 0"),
+        ({"workers": 0}, "Expected `audit.workers` to be an integer >= 1, got 0"),
     ],
 )
 def test_bad_audit_files_are_refused(audit, match):
@@ -170,3 +171,42 @@ def test_audit_attacks_run_single_threaded_unless_the_config_asks(audited, monke
     finally:
         torch.set_num_threads(before)
     assert len(jobs) == len(JOBS) and seen == [expected] * len(JOBS)
+
+
+def _without_seconds(path: Path) -> list[dict[str, str]]:
+    """A scores.csv's rows as written, less the column that times each image."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and "seconds" in rows[0]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
+    """`audit.workers = 2`: each run's jobs side by side in two processes, which share the
+    evaluator they build under a lock; every score is the in-process attack's, to the last digit."""
+    import shutil
+    import tomllib
+
+    from rvepfl.experiments import runner
+    from rvepfl.experiments.attack_pool import AttackPool
+
+    values = tomllib.loads(TINY)
+    values["audit"]["workers"] = 2
+    suite = suite_from_dict(values, audit=True)
+    assert suite.audit.workers == 2
+    out = tmp_path / "out"
+    compared = 0
+    with AttackPool(suite.audit.workers) as pool:
+        for r in suite.runs:
+            shutil.copytree(audited / "runs" / r.label, out / "runs" / r.label, ignore=shutil.ignore_patterns("attacks"))
+            jobs = list(runner.attack_run(r, suite.audit, out, 0.5, lambda line: None, None, pool))
+            assert [(j.attack, j.threat) for j, *_ in jobs] == list(JOBS)  # the plan's order, whoever ends first
+            for job, _row, table, timed in jobs:
+                if table is None:
+                    continue
+                assert timed
+                theirs = _without_seconds(audited / "runs" / r.label / "attacks" / job.key / "scores.csv")
+                assert _without_seconds(out / "runs" / r.label / "attacks" / job.key / "scores.csv") == theirs
+                compared += 1
+    assert compared >= 6
+    assert len(list((out / "evaluators").glob("evaluator-*.safetensors"))) == 1  # built once, under the lock

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.io import load_tensors, save_tensors
+from rvepfl.io import file_lock, load_tensors, save_tensors
 from rvepfl.seeding import derive_seed, torch_generator
 
 __all__ = ["LIRA_VARIANCES", "LiraScores", "auc_of", "balanced_accuracy", "lira_offline", "load_or_train_reference",
@@ -379,12 +379,13 @@ def load_or_train_reference(build: Callable[[], nn.Module], images: torch.Tensor
     digest = reference_digest(shape, images, labels, dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
                               seed=seed)
     path = Path(cache) / f"mia-reference-{dataset}-{digest}.safetensors"
-    if path.is_file():  # a damaged one raises CheckpointError, naming it
-        shape.load_state_dict(load_tensors(path, expected=shape.state_dict(), kind=_KIND))
-        return shape.eval(), path, True
-    model = train_reference(build, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            progress=progress)
-    meta = {"format": _KIND, "dataset": dataset, "epochs": str(epochs), "lr": repr(lr), "batch_size": str(batch_size),
-            "seed": str(seed), "num_images": str(len(labels))}
-    save_tensors(path, model.state_dict(), meta)
+    with file_lock(path):  # another attack process may be training the same one
+        if path.is_file():  # a damaged one raises CheckpointError, naming it
+            shape.load_state_dict(load_tensors(path, expected=shape.state_dict(), kind=_KIND))
+            return shape.eval(), path, True
+        model = train_reference(build, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                progress=progress)
+        meta = {"format": _KIND, "dataset": dataset, "epochs": str(epochs), "lr": repr(lr),
+                "batch_size": str(batch_size), "seed": str(seed), "num_images": str(len(labels))}
+        save_tensors(path, model.state_dict(), meta)
     return model, path, False

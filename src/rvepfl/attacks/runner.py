@@ -45,6 +45,7 @@ from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import (
     atomic_write_bytes,
+    file_lock,
     load_tensors,
     save_tensors,
     write_csv,
@@ -226,12 +227,13 @@ def load_or_train_evaluator(target: Target, max_images: int, log: Callable[[str]
     digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:12]
     path = (cache or target.run.path / "attacks") / f"{prefix}-{target.dataset}-{n}-{digest}.safetensors"
     note = f"{path.name}: trained on {n} {source}"
-    if path.is_file():
-        return Evaluator.load(path), note
-    log(f"training the evaluator on {n} {source}")
-    evaluator = train_evaluator(x, y, num_classes=target.num_classes, seed=target.cfg.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    evaluator.save(path)
+    with file_lock(path):  # another attack process may be training the same one
+        if path.is_file():
+            return Evaluator.load(path), note
+        log(f"training the evaluator on {n} {source}")
+        evaluator = train_evaluator(x, y, num_classes=target.num_classes, seed=target.cfg.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        evaluator.save(path)
     return evaluator, note
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from rvepfl.attacks.common import read_summary
 from rvepfl.config import apply_overrides, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
+from rvepfl.experiments.attack_pool import attack_pool
 from rvepfl.experiments.results import read_curve
 from rvepfl.experiments.runner import Log, _state, attack_run, train_run
 from rvepfl.experiments.spec import (
@@ -300,31 +301,32 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
 
     statuses: dict[str, str] = {}
     jobs = suite.audit.jobs()
-    for done, (r, run) in enumerate(dirs, start=1):
-        prefix = f"[{r.index}/{count}] {r.title}"
-        t0 = time.perf_counter()
-        if states[r.label] == "complete":
-            statuses[r.label] = "skipped"
-        else:
-            statuses[r.label], _, seconds = train_run(r, run, states[r.label], prefix, progress, say)
-            say(f"{prefix}: final mean client test acc {100 * read_curve(run, r.cfg)[-1]:.2f} % ({seconds:.0f} s)")
-        peak = max(peak, disk_use(out))
-        acc = read_curve(run, r.cfg)[-1]
-        for job, row, table, _timed in attack_run(r, suite.audit, out, acc, say, status):
-            what = "no attack surface" if table is None else f"done ({row['images']} rows)"
-            say(f"[{r.label}] {job.attack} ({job.threat}): {what}")
-        if plan.prune:
-            prune_run(run, suite.audit.client)
-        fresh = statuses[r.label] != "skipped" or r.label not in attacked
-        attacked.add(r.label)
-        record = {"peak_disk_bytes": peak, "attacked": sorted(attacked),
-                  "seconds": float(record.get("seconds", 0.0)) + (time.perf_counter() - t0)}
-        write_json(record_path, record)
-        if fresh:
-            eta.advance(1)
-        else:
-            eta.skip(1)
-        say(f"{prefix}: trained and attacked; {left(done)}; disk peak {peak / 2**30:.2f} GiB")
+    with attack_pool(suite.audit.workers) as pool:
+        for done, (r, run) in enumerate(dirs, start=1):
+            prefix = f"[{r.index}/{count}] {r.title}"
+            t0 = time.perf_counter()
+            if states[r.label] == "complete":
+                statuses[r.label] = "skipped"
+            else:
+                statuses[r.label], _, seconds = train_run(r, run, states[r.label], prefix, progress, say)
+                say(f"{prefix}: final mean client test acc {100 * read_curve(run, r.cfg)[-1]:.2f} % ({seconds:.0f} s)")
+            peak = max(peak, disk_use(out))
+            acc = read_curve(run, r.cfg)[-1]
+            for job, row, table, _timed in attack_run(r, suite.audit, out, acc, say, status, pool):
+                what = "no attack surface" if table is None else f"done ({row['images']} rows)"
+                say(f"[{r.label}] {job.attack} ({job.threat}): {what}")
+            if plan.prune:
+                prune_run(run, suite.audit.client)
+            fresh = statuses[r.label] != "skipped" or r.label not in attacked
+            attacked.add(r.label)
+            record = {"peak_disk_bytes": peak, "attacked": sorted(attacked),
+                      "seconds": float(record.get("seconds", 0.0)) + (time.perf_counter() - t0)}
+            write_json(record_path, record)
+            if fresh:
+                eta.advance(1)
+            else:
+                eta.skip(1)
+            say(f"{prefix}: trained and attacked; {left(done)}; disk peak {peak / 2**30:.2f} GiB")
 
     from rvepfl.experiments.frontier_report import write_frontier
     from rvepfl.experiments.stats import SeedDraw

@@ -33,6 +33,7 @@ from rvepfl.attacks.runner import attack_state, resolve_settings, run_attack
 from rvepfl.attacks.threat import Target
 from rvepfl.config import Config, config_hash, published_warnings
 from rvepfl.errors import CheckpointError, NoAttackSurface
+from rvepfl.experiments.attack_pool import AttackPool, attack_pool
 from rvepfl.experiments.plots import accuracy_plot, privacy_utility_plot
 from rvepfl.experiments.results import (
     AccuracyCell,
@@ -256,34 +257,38 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
         done = f"{int(eta.done)} of {count} attacks done"
         return done if estimate is None else f"{done}, {time_left(estimate, ' in the attacks')}"
 
-    for r in suite.runs:
-        for job, row, table, timed in attack_run(r, plan, out, curves[r.label][-1], say, status):
-            if timed:
-                eta.advance(1)
-            else:  # skipped, resumed, or without a surface: its time here is not an attack's
-                eta.skip(1)
-            rows.append(row)
-            prefix = f"[{r.label}] {job.attack} ({job.threat})"
-            if table is None:
-                say(f"{prefix}: no attack surface ({row['note']}); {left()}")
-            else:
-                scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
-                say(f"{prefix}: done ({row['images']} rows); {left()}")
+    with attack_pool(plan.workers) as pool:
+        for r in suite.runs:
+            for job, row, table, timed in attack_run(r, plan, out, curves[r.label][-1], say, status, pool):
+                if timed:
+                    eta.advance(1)
+                else:  # skipped, resumed, or without a surface: its time here is not an attack's
+                    eta.skip(1)
+                rows.append(row)
+                prefix = f"[{r.label}] {job.attack} ({job.threat})"
+                if table is None:
+                    say(f"{prefix}: no attack surface ({row['note']}); {left()}")
+                else:
+                    scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
+                    say(f"{prefix}: done ({row['images']} rows); {left()}")
     return rows, scores
 
 
-def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
-               status: Log | None) -> Iterator[tuple[AttackJob, dict[str, Any], ScoreTable | None, bool]]:
+def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, status: Log | None,
+               pool: AttackPool | None = None) -> Iterator[tuple[AttackJob, dict[str, Any], ScoreTable | None, bool]]:
     """Run every job of ``plan`` on run ``r`` (in ``out/runs/<label>``; complete ones are skipped
-    by the attack itself), one after another.
+    by the attack itself): one after another, or side by side in ``pool``'s processes.
 
-    Yields, after each job, the job, its ``audit.csv`` row, its ``scores.csv`` rows (None: the
-    method exposes no surface to it: the row's ``note`` says why) and whether it ran here from
-    the start (True) rather than being skipped or resumed."""
+    Yields, after each job and in the plan's order, the job, its ``audit.csv`` row, its
+    ``scores.csv`` rows (None: the method exposes no surface to it: the row's ``note`` says why)
+    and whether it ran here from the start (True) rather than being skipped or resumed. With a
+    pool, a job's log lines come when it ends, and ``status`` gets no in-progress lines."""
     run_dir = out / "runs" / r.label
     target = Target(run_dir)
+    threads = r.cfg.threads or None  # one thread unless the run config asks for more (its 0 is training's)
+    cache = out / "evaluators"
+    queue: list[tuple[AttackJob, Any, str]] = []  # (job, settings or the no-surface row, its state)
     for job in plan.jobs():
-        prefix = f"[{r.label}] {job.attack} ({job.threat})"
         model_attack = job.attack in ("miface", "mia")
         mia = job.attack == "mia"
         settings = resolve_settings(
@@ -296,13 +301,24 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log,
         try:
             _check_surface(target, job, settings.round, plan.client)
         except NoAttackSurface as exc:
-            yield job, no_surface_row(r, acc, job, str(exc)), None, False
+            queue.append((job, no_surface_row(r, acc, job, str(exc)), "none"))
             continue
+        queue.append((job, settings, attack_state(run_dir / "attacks" / job.key, settings)))
+    futures = {job: pool.submit(run_dir, settings, run_dir / "attacks" / job.key, cache, threads)
+               for job, settings, state in queue if pool is not None and state not in ("none", "complete")}
+    for job, settings, state in queue:
+        if state == "none":
+            yield job, settings, None, False
+            continue
+        prefix = f"[{r.label}] {job.attack} ({job.threat})"
         dest = run_dir / "attacks" / job.key
-        timed = attack_state(dest, settings) == "new"
-        # One thread unless the run config asks for more (its 0, torch's default, is training's).
-        with attack_threads(r.cfg.threads or None):
-            summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
-                                 evaluator_cache=out / "evaluators",
-                                 status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
-        yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), timed
+        if job in futures:
+            summary, lines = AttackPool.result(futures[job], prefix)
+            for line in lines:
+                say(f"{prefix}: {line}")
+        else:
+            with attack_threads(threads):
+                summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
+                                     evaluator_cache=cache,
+                                     status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+        yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), state == "new"

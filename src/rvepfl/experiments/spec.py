@@ -43,6 +43,8 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
     batch_size = 1                              # images per observed gradient or update
     evaluator_images = 3000                     # held-out images the evaluator trains on
     seed = 0                                    # the attacks' seed
+    workers = 2                                 # processes that run a run's attacks side by side
+                                                # (default 1; the numbers do not depend on it)
     [audit.iterations]                          # optional, per attack or per attack-threat
     ig = 1000                                   # (the more specific key wins)
     ig-update = 500
@@ -97,7 +99,7 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 _TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
 _SET_BY_SUITE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
 _AUDIT_KEYS = ("attacks", "miface_threats", "mia_threats", "update_attacks", "local_steps", "client", "images",
-               "batch_size", "evaluator_images", "references", "seed", "iterations", "restarts")
+               "batch_size", "evaluator_images", "references", "seed", "workers", "iterations", "restarts")
 _MODEL_ATTACKS = ("miface", "mia")
 """The attacks of a model (threat models released and stolen); the others invert an upload."""
 _GRADIENT_ATTACKS = tuple(a for a in ATTACK_NAMES if a not in _MODEL_ATTACKS)
@@ -181,6 +183,9 @@ class AuditPlan:
     mia_threats: tuple[str, ...] = _MIFACE_THREATS
     references: int = DEFAULT_REFERENCES
     """mia: LiRA's reference models (trained once per data set, seed and model, and shared)."""
+    workers: int = 1
+    """Processes that run the jobs of one run side by side (1: one after another, in-process);
+    :mod:`rvepfl.experiments.attack_pool`."""
 
     def jobs(self) -> tuple[AttackJob, ...]:
         """Every (attack, threat) job, in the order of ``attacks``."""
@@ -430,7 +435,8 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
         evaluator_images = min(evaluator_images, 600)
         references = 2
     return AuditPlan(attacks, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
-                     iterations, update_attacks, local_steps, restarts, mia_threats, references)
+                     iterations, update_attacks, local_steps, restarts, mia_threats, references,
+                     _audit_integer(audit, "workers", 1, 1))
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""The attacks of one run side by side, in worker processes (``[audit] workers``).
+
+An audit or a frontier attacks each run with several independent jobs (MI-Face on two threat
+models, Inverting Gradients, membership inference on two). Each job runs on one thread by
+default (:func:`rvepfl.perf.attack_threads`), so on a machine with more cores than that the
+others sit idle while a run is attacked. :class:`AttackPool` hands a run's jobs to ``workers``
+processes, each running one job at a time on the run config's attack threads.
+
+Which process runs a job does not change its numbers: every attack seeds itself from its
+settings, and a process with the same thread count does the same arithmetic. The caches the jobs
+share (the evaluator, LiRA's reference models) are built under a file lock
+(:func:`rvepfl.io.file_lock`), so the first job that needs one builds it and the others read it;
+only which job's summary says "trained" rather than "read from the cache" depends on timing.
+
+Workers run in fresh interpreters (``spawn``), ignore Ctrl-C (the parent's to handle) and, on
+Linux, die with the parent, so a frontier stopped with ``kill -9`` leaves nothing writing into
+its directory; a stopped job resumes or restarts as any attack does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from contextlib import AbstractContextManager, nullcontext
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from rvepfl.attacks.runner import AttackSettings
+from rvepfl.errors import RvepflError
+
+__all__ = ["AttackPool", "AttackWorkerDied", "attack_pool"]
+
+
+class AttackWorkerDied(RvepflError):
+    """An attack worker process died (killed, out of memory) before its job finished."""
+
+
+_targets: dict[str, Any] = {}
+
+
+def _initialise(parent: int) -> None:
+    from rvepfl.fl.workers import _die_with_parent
+    from rvepfl.perf import tune_allocator
+
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before this worker asked to die with it
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_allocator()
+
+
+def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str,
+            threads: int | None) -> tuple[dict[str, Any], list[str]]:
+    """One job in a worker: the attack's summary and the lines it logged."""
+    from rvepfl.attacks.runner import run_attack
+    from rvepfl.attacks.threat import Target
+    from rvepfl.perf import attack_threads
+
+    if run_dir not in _targets:  # the jobs of one run share its data and models
+        _targets.clear()
+        _targets[run_dir] = Target(run_dir)
+    lines: list[str] = []
+    with attack_threads(threads):
+        summary = run_attack(_targets[run_dir], settings, Path(dest), lines.append, evaluator_cache=Path(cache))
+    return summary, lines
+
+
+class AttackPool:
+    """``workers`` attack processes; use as a context manager (the processes stop at its end, and
+    are killed if it ends with an exception, Ctrl-C included)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 2:
+            raise ValueError(f"Expected at least 2 attack workers, got {workers}")
+        self.workers = workers
+        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_initialise, initargs=(os.getpid(),))
+
+    def submit(self, run_dir: Path, settings: AttackSettings, dest: Path, cache: Path,
+               threads: int | None) -> Future:
+        """Queue one job; its future gives ``(summary, logged lines)``."""
+        return self._executor.submit(_attack, str(run_dir), settings, str(dest), str(cache), threads)
+
+    @staticmethod
+    def result(future: Future, what: str) -> tuple[dict[str, Any], list[str]]:
+        """The job's result; a job's own error is raised as it is, a dead worker as
+        :class:`AttackWorkerDied` naming the job."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise AttackWorkerDied(f"{what}: the attack worker process died (out of memory or killed); run the "
+                                   "same command again to resume, or set `audit.workers = 1`") from None
+
+    def close(self, *, kill: bool = False) -> None:
+        if kill:  # do not wait for running jobs: they resume or restart on the next invocation
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                if process.is_alive():
+                    process.kill()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> AttackPool:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close(kill=exc_type is not None)
+
+
+def attack_pool(workers: int) -> AbstractContextManager[AttackPool | None]:
+    """An :class:`AttackPool` of ``workers`` processes, or None (jobs run in-process) for 1."""
+    return AttackPool(workers) if workers > 1 else nullcontext()

@@ -1,0 +1,49 @@
+"""The attack pool's parts that need no trained run: the cache lock, the dead-worker error, and
+that one worker means no pool (the e2e audit test compares pooled and in-process scores)."""
+
+from __future__ import annotations
+
+import fcntl
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+from rvepfl.errors import RvepflError
+from rvepfl.experiments.attack_pool import AttackPool, AttackWorkerDied, attack_pool
+from rvepfl.io import file_lock
+
+
+def test_the_cache_lock_is_exclusive_while_held_and_free_after(tmp_path):
+    target = tmp_path / "cache" / "evaluator.safetensors"
+    lock = tmp_path / "cache" / "evaluator.safetensors.lock"
+    with file_lock(target):
+        assert lock.is_file()
+        with open(lock, "a+b") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock, "a+b") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: taken at once
+    assert not target.exists()  # the lock never creates the file it guards
+
+
+def test_a_dead_worker_is_one_line_that_names_the_job():
+    future: Future = Future()
+    future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    with pytest.raises(AttackWorkerDied, match=r"^\[mnist-fedavg-seed0\] ig \(gradient\): the attack worker process "
+                                               r"died .*run the same command again to resume") as caught:
+        AttackPool.result(future, "[mnist-fedavg-seed0] ig (gradient)")
+    assert isinstance(caught.value, RvepflError) and "\n" not in str(caught.value)
+
+
+def test_a_jobs_own_error_comes_back_as_it_is():
+    future: Future = Future()
+    future.set_exception(RvepflError("bad checkpoint"))
+    with pytest.raises(RvepflError, match="^bad checkpoint$"):
+        AttackPool.result(future, "job")
+
+
+def test_one_worker_is_no_pool():
+    with attack_pool(1) as pool:
+        assert pool is None
+    with pytest.raises(ValueError, match="at least 2"):
+        AttackPool(1)
