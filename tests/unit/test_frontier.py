@@ -90,19 +90,22 @@ def test_pruning_keeps_the_victims_states_only(tmp_path):
 @pytest.mark.slow
 def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, monkeypatch, capsys):
     config = tmp_path / "frontier.toml"  # one seed (the bootstrap's tests cover several), membership inference too
-    config.write_text(BASE.replace("seeds = [0, 1]", "seeds = [0]").replace(
-        'attacks = ["miface"]', 'attacks = ["miface", "mia"]\nmia_threats = ["stolen"]\nreferences = 2'))
+    config.write_text(BASE.replace("seeds = [0, 1]", "seeds = [0]").replace(  # the attacks in 2 processes
+        'attacks = ["miface"]', 'attacks = ["miface", "mia"]\nmia_threats = ["stolen"]\nreferences = 2\nworkers = 2'))
     out = tmp_path / "out"
     calls = []
     real_prune = frontier_module.prune_run
 
-    def stop_after_two(run, keep_client):  # a kill after the second run's attacks, before its pruning
+    def stop_after_two(run, keep_client):  # Ctrl-C after the second run's attacks, before its pruning
         calls.append(run.path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_prune(run, keep_client)
 
     monkeypatch.setattr(frontier_module, "prune_run", stop_after_two)
+    pools: list[int] = []
+    real_pool = frontier_module.attack_pool
+    monkeypatch.setattr(frontier_module, "attack_pool", lambda n: (pools.append(n), real_pool(n))[1])
     assert main(["frontier", "--config", str(config), "--out", str(out), "--quiet"]) == 130
     first = out / "runs" / "mnist-fedavg-seed0" / "attacks" / "miface-stolen" / "summary.json"
     stamp = first.stat().st_mtime_ns
@@ -111,6 +114,7 @@ def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, mo
     assert main(["frontier", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert first.stat().st_mtime_ns == stamp  # a finished attack is not redone
+    assert pools == [2, 2]  # both invocations ran the attacks in two processes
     assert "[1/3] mnist fedavg seed 0: training" not in err and "[2/3] mnist nbafl epsilon=1 seed 0: training" not in err
     assert "[3/3] mnist nbafl epsilon=100 seed 0: training" in err
     for name in ("frontier.csv", "frontier_verdict.csv", "frontier.md", "frontier_mnist.png", "frontier.json",

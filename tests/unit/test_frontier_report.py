@@ -22,6 +22,7 @@ from rvepfl.experiments.frontier_report import (
     envelope_accuracy,
     estimate_points,
     frontier_columns,
+    frontier_markdown,
     frontier_rows,
     write_frontier,
 )
@@ -123,6 +124,16 @@ def test_verdict_without_a_surface_or_a_curve():
     assert [(c.other, c.status) for c in got] == [("dp-sgd", OTHER_NO_SURFACE), ("dp-fedavg", SINGLE_POINT),
                                                   ("fedavg", SINGLE_POINT)]
     assert all(c.delta is None for c in got)
+
+
+def test_without_a_method_to_compare_with_the_verdict_says_so_in_one_line():
+    points = [*CURVE, point("fedavg", None, 0.9, 0.8)]  # nbafl alone is swept: it is the reference
+    estimates = estimate_points(points, [MI], DRAW)
+    text = frontier_markdown(estimates, [MI], compare_at_equal_success(estimates, [MI], reference="nbafl", against=()),
+                             DRAW, reference="nbafl", against=())
+    verdict_part = text.split("### Verdict")[1].split("## How the numbers")[0]
+    assert "No swept method to compare NbAFL with (`frontier.against` is empty): no verdict." in verdict_part
+    assert "**MI-Face" not in verdict_part  # no panel heading with nothing under it
 
 
 def test_auc_panels_keep_the_auc_and_mark_chance_in_the_table():

@@ -548,6 +548,10 @@ def frontier_markdown(estimates: Sequence[PointEstimate], panels: Sequence[Panel
         absent = [_display(m) for m in against if m not in methods and m != reference]
         if absent:
             lines += [f"Not in this frontier: {', '.join(absent)}.", ""]
+        if not any(m in methods and m != reference for m in against):
+            why = "`frontier.against` is empty" if not against else "none of `frontier.against` ran"
+            lines += [f"No swept method to compare {_display(reference)} with ({why}): no verdict.", ""]
+            continue
         for panel in panels:
             mine = [c for c in comparisons if c.dataset == dataset and c.panel == panel.key]
             lines.append(f"**{panel.title}** ({panel.success_label})")
