@@ -150,8 +150,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
     For a cache file several processes may build at once (an evaluator, a LiRA reference model,
     when ``[audit] workers`` runs a run's attacks side by side): the first builds it under the lock,
     the others wait and then find it built. The lock is released when the block ends or its process
-    dies; the empty lock file stays. Where ``fcntl`` is missing (Windows) the block runs unlocked,
-    which only costs a duplicate build: the file itself is written atomically.
+    dies, and the lock file is removed as the block ends, so nothing is left beside the cache. A
+    process that opens the name after that removal locks a new file at once; it can only do so
+    once the block that built the file has ended, so it finds the file built (or, if that build
+    failed, builds it itself, perhaps beside a waiter: a duplicate build, never a wrong file, as
+    the file itself is written atomically). Where ``fcntl`` is missing (Windows) the block runs
+    unlocked, with the same worst case.
     """
     try:
         import fcntl
@@ -165,6 +169,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
         try:
             yield
         finally:
+            lock.unlink(missing_ok=True)
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 

@@ -197,7 +197,7 @@ def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
     out = tmp_path / "out"
     compared = 0
     with AttackPool(suite.audit.workers) as pool:
-        for r in suite.runs:
+        for r in [r for r in suite.runs if r.method == "fedavg"]:  # every job has a surface on FedAvg
             shutil.copytree(audited / "runs" / r.label, out / "runs" / r.label, ignore=shutil.ignore_patterns("attacks"))
             jobs = list(runner.attack_run(r, suite.audit, out, 0.5, lambda line: None, None, pool))
             assert [(j.attack, j.threat) for j, *_ in jobs] == list(JOBS)  # the plan's order, whoever ends first
@@ -208,5 +208,6 @@ def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
                 theirs = _without_seconds(audited / "runs" / r.label / "attacks" / job.key / "scores.csv")
                 assert _without_seconds(out / "runs" / r.label / "attacks" / job.key / "scores.csv") == theirs
                 compared += 1
-    assert compared >= 6
-    assert len(list((out / "evaluators").glob("evaluator-*.safetensors"))) == 1  # built once, under the lock
+    assert compared == len(JOBS)
+    built = sorted(p.name for p in (out / "evaluators").iterdir())  # the one evaluator, and no lock file left
+    assert built == sorted(p.name for p in (audited / "evaluators").iterdir()) and len(built) == 1

@@ -14,15 +14,16 @@ from rvepfl.experiments.attack_pool import AttackPool, AttackWorkerDied, attack_
 from rvepfl.io import file_lock
 
 
-def test_the_cache_lock_is_exclusive_while_held_and_free_after(tmp_path):
+def test_the_cache_lock_is_exclusive_while_held_and_leaves_nothing_after(tmp_path):
     target = tmp_path / "cache" / "evaluator.safetensors"
     lock = tmp_path / "cache" / "evaluator.safetensors.lock"
     with file_lock(target):
         assert lock.is_file()
         with open(lock, "a+b") as other, pytest.raises(BlockingIOError):
             fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(lock, "a+b") as other:
-        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: taken at once
+    assert not lock.exists()  # nothing is left beside the cache
+    with file_lock(target):  # free again: taken at once
+        assert lock.is_file()
     assert not target.exists()  # the lock never creates the file it guards
 
 
