@@ -301,9 +301,8 @@ def _say_precision(fed: Federation) -> None:
     """A line when the run trains in a mixed precision: which, and why (a warning where it is emulated)."""
     p = fed.method.precision
     if p.mixed:
-        slow = "emulated" in p.reason
-        typer.secho(f"{'WARNING: ' if slow else ''}precision {p.name}: {p.reason}", err=True,
-                    fg=typer.colors.YELLOW if slow else None)
+        typer.secho(f"{'WARNING: ' if p.emulated else ''}precision {p.name}: {p.reason}", err=True,
+                    fg=typer.colors.YELLOW if p.emulated else None)
 
 
 def _warn_published(cfg: Config) -> None:

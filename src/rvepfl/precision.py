@@ -50,12 +50,14 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 @dataclass(frozen=True)
 class Precision:
     """A resolved precision: what runs (``name``: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"``),
-    what the config asked for (``requested``) and why the one became the other (``reason``)."""
+    what the config asked for (``requested``), why the one became the other (``reason``) and
+    whether the hardware emulates the format (slower than float32)."""
 
     name: str = "32"
     requested: str = "32"
     reason: str = "float32 asked for"
     device_type: str = "cpu"
+    emulated: bool = False
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -131,7 +133,7 @@ def resolve(requested: str, device: torch.device, *, parity: bool, method: str =
     if requested == "bf16-mixed":
         why = "bfloat16 mixed precision asked for; " + (evidence if native else
                                                          f"{evidence}: it is emulated, and slower than float32")
-        return Precision("bf16-mixed", requested, why, kind)
+        return Precision("bf16-mixed", requested, why, kind, emulated=not native)
     if requested != "auto":
         raise ConfigError(f"Unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     if not native:

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from rvepfl.attacks.threat import Target
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
+from tests.helpers.threads import attack_thread_counts
 
 pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
 
@@ -361,21 +362,9 @@ def test_attack_runs_single_threaded_unless_asked(fedavg_run, tmp_path, monkeypa
     """One torch thread by default, --threads N for N; the count comes back afterwards."""
     from rvepfl.attacks import runner
 
-    seen: list[int] = []
-    real = runner.run_attack
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "run_attack", spy)
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)  # not what either command gives
     args = ["attack", "idlg", "--run", str(fedavg_run), "--images", "1", "--out", str(tmp_path / "idlg"), *FAST]
-    try:
+    with attack_thread_counts(monkeypatch, runner, start=3) as seen:  # 3: not what either command gives
         assert main(args) == 0
         assert main([*args, "--threads", "2"]) == 0  # complete: skipped, with two threads
         assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
     assert seen == [1, 2]

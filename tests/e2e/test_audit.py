@@ -12,6 +12,7 @@ from rvepfl.cli import main
 from rvepfl.errors import ConfigError
 from rvepfl.experiments.spec import suite_from_dict
 from tests.helpers.suites import finished_suite, toml_text
+from tests.helpers.threads import attack_thread_counts
 
 pytestmark = pytest.mark.slow  # the slow tier: `python -m pytest -m "not slow"` leaves it out
 
@@ -152,24 +153,12 @@ def test_audit_attacks_run_single_threaded_unless_the_config_asks(audited, monke
 
     from rvepfl.experiments import runner
 
-    seen: list[int] = []
-    real = runner.run_attack
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "run_attack", spy)
     suite = suite_from_dict(tomllib.loads(TINY), audit=True)
     r = next(r for r in suite.runs if r.method == "fedavg")
     r = dataclasses.replace(r, cfg=dataclasses.replace(r.cfg, threads=threads))
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)  # not what either case gives
-    try:
+    with attack_thread_counts(monkeypatch, runner, start=3) as seen:  # 3: not what either case gives
         jobs = list(runner.attack_run(r, suite.audit, audited, 0.5, lambda line: None, None))
         assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
     assert len(jobs) == len(JOBS) and seen == [expected] * len(JOBS)
 
 
