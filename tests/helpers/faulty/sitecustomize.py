@@ -6,12 +6,22 @@ Python imports ``sitecustomize`` at start-up, so the engine and every worker pro
 of the named round raises a ValueError, SIGKILLs its own process, or sleeps for ten minutes
 instead of training. With ``RVEPFL_TEST_ADVERSARY`` set (``CLIENT:KIND``, e.g. ``1:nan``) and
 the repository root on PYTHONPATH too, the named client sends a corrupted upload in every round
-instead (tests/helpers/adversary.py). Test code only; nothing in src/ knows about it.
+instead (tests/helpers/adversary.py). With ``RVEPFL_TEST_HEARTBEAT`` set (seconds), a SuperNode
+sends its heartbeats at that interval instead of flwr's fixed 30 s, so that the SuperLink finds a
+killed node gone in about twice that. Test code only; nothing in src/ knows about it.
 """
 
 import os
 
 _SPEC = os.environ.get("RVEPFL_TEST_FAULTS", "")
+
+if os.environ.get("RVEPFL_TEST_HEARTBEAT"):
+    # flwr's modules copy the constant when they are imported, so it is set before any of them is;
+    # importing flwr.common.constant imports none of them (flwr 1.41). The SuperLink refuses an
+    # interval under flwr's HEARTBEAT_MIN_INTERVAL (10 s).
+    import flwr.common.constant as _flwr_constant
+
+    _flwr_constant.HEARTBEAT_DEFAULT_INTERVAL = int(os.environ["RVEPFL_TEST_HEARTBEAT"])
 
 if _SPEC:
     import signal
