@@ -172,7 +172,8 @@ def _without_seconds(path: Path) -> list[dict[str, str]]:
 
 def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
     """`audit.workers = 2`: each run's jobs side by side in two processes, which share the
-    evaluator they build under a lock; every score is the in-process attack's, to the last digit."""
+    evaluator they build under a lock; every score is the in-process attack's, to the last digit,
+    and what each job logs is said while the jobs run, before the job is yielded."""
     import shutil
     import tomllib
 
@@ -188,12 +189,17 @@ def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
     with AttackPool(suite.audit.workers) as pool:
         for r in [r for r in suite.runs if r.method == "fedavg"]:  # every job has a surface on FedAvg
             shutil.copytree(audited / "runs" / r.label, out / "runs" / r.label, ignore=shutil.ignore_patterns("attacks"))
-            jobs = list(runner.attack_run(r, suite.audit, out, 0.5, lambda line: None, None, pool))
+            said: list[str] = []
+            jobs, said_by_then = [], []
+            for job in runner.attack_run(r, suite.audit, out, 0.5, said.append, None, pool):
+                jobs.append(job)
+                said_by_then.append(list(said))
             assert [(j.attack, j.threat) for j, *_ in jobs] == list(JOBS)  # the plan's order, whoever ends first
-            for job, _row, table, timed in jobs:
+            for (job, _row, table, timed), before in zip(jobs, said_by_then):
                 if table is None:
                     continue
                 assert timed
+                assert [line for line in before if line.startswith(f"[{r.label}] {job.attack} ({job.threat}): ")], before
                 theirs = _without_seconds(audited / "runs" / r.label / "attacks" / job.key / "scores.csv")
                 assert _without_seconds(out / "runs" / r.label / "attacks" / job.key / "scores.csv") == theirs
                 compared += 1

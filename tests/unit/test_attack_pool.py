@@ -30,17 +30,39 @@ def test_the_cache_lock_is_exclusive_while_held_and_leaves_nothing_after(tmp_pat
 def test_a_dead_worker_is_one_line_that_names_the_job():
     future: Future = Future()
     future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
-    with pytest.raises(AttackWorkerDied, match=r"^\[mnist-fedavg-seed0\] ig \(gradient\): the attack worker process "
-                                               r"died .*run the same command again to resume") as caught:
-        AttackPool.result(future, "[mnist-fedavg-seed0] ig (gradient)")
+    with AttackPool(2) as pool, pytest.raises(
+            AttackWorkerDied, match=r"^\[mnist-fedavg-seed0\] ig \(gradient\): the attack worker process "
+                                    r"died .*run the same command again to resume") as caught:
+        pool.result(future, "[mnist-fedavg-seed0] ig (gradient)", print)
     assert isinstance(caught.value, RvepflError) and "\n" not in str(caught.value)
 
 
 def test_a_jobs_own_error_comes_back_as_it_is():
     future: Future = Future()
     future.set_exception(RvepflError("bad checkpoint"))
-    with pytest.raises(RvepflError, match="^bad checkpoint$"):
-        AttackPool.result(future, "job")
+    with AttackPool(2) as pool, pytest.raises(RvepflError, match="^bad checkpoint$"):
+        pool.result(future, "job", print)
+
+
+def test_what_the_jobs_logged_is_said_before_the_result_returns():
+    """The workers' queue (filled here by this process: no job runs): lines go to ``say`` and
+    in-progress lines to ``status`` in the order they came, or nowhere without a ``status``."""
+    future: Future = Future()
+    future.set_result({"status": "complete"})
+    queued = [("line", "[a] ig (gradient): observation 1/2"), ("status", "[b] mia (released): reference 1/4"),
+              ("line", "[b] mia (released): evaluator read from the cache")]
+    with AttackPool(2) as pool:
+        said: list[str] = []
+        shown: list[str] = []
+        for item in queued:
+            pool._lines.put(item)
+        assert pool.result(future, "[a] ig (gradient)", said.append, shown.append) == {"status": "complete"}
+        assert said == [queued[0][1], queued[2][1]] and shown == [queued[1][1]]
+        for item in queued:
+            pool._lines.put(item)
+        said.clear()
+        pool.result(future, "[a] ig (gradient)", said.append)
+        assert said == [queued[0][1], queued[2][1]]
 
 
 def test_one_worker_is_no_pool():

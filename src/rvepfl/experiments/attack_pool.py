@@ -12,6 +12,10 @@ share (the evaluator, LiRA's reference models) are built under a file lock
 (:func:`rvepfl.io.file_lock`), so the first job that needs one builds it and the others read it;
 only which job's summary says "trained" rather than "read from the cache" depends on timing.
 
+What a job logs reaches the parent as it is logged, through one queue that every worker writes
+to: its lines and its in-progress lines are shown while the parent waits for a job, so the jobs
+that run side by side interleave their lines, each line naming its job.
+
 Workers run in fresh interpreters (``spawn``), ignore Ctrl-C (the parent's to handle) and, on
 Linux, die with the parent, so a frontier stopped with ``kill -9`` leaves nothing writing into
 its directory; a stopped job resumes or restarts as any attack does.
@@ -23,7 +27,8 @@ import multiprocessing
 import os
 import signal
 from contextlib import AbstractContextManager, nullcontext
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -38,13 +43,18 @@ class AttackWorkerDied(RvepflError):
     """An attack worker process died (killed, out of memory) before its job finished."""
 
 
+Log = Callable[[str], None]
+
 _targets: dict[str, Any] = {}
+_lines: Any = None  # in a worker: the pool's queue of ("line" or "status", text)
 
 
-def _initialise(parent: int) -> None:
+def _initialise(parent: int, lines: Any) -> None:
+    global _lines
     from rvepfl.fl.workers import _die_with_parent
     from rvepfl.perf import tune_allocator
 
+    _lines = lines
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before this worker asked to die with it
         os._exit(1)
@@ -52,9 +62,11 @@ def _initialise(parent: int) -> None:
     tune_allocator()
 
 
-def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str,
-            threads: int | None) -> tuple[dict[str, Any], list[str]]:
-    """One job in a worker: the attack's summary and the lines it logged."""
+def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str, threads: int | None,
+            prefix: str, live: bool) -> dict[str, Any]:
+    """One job in a worker: the attack's summary. Its lines (and, if ``live``, its in-progress
+    lines), ``prefix`` first, go to the pool's queue as they come; a put writes to the pipe
+    before it returns, so they are all there before the summary."""
     from rvepfl.attacks.runner import run_attack
     from rvepfl.attacks.threat import Target
     from rvepfl.perf import attack_threads
@@ -62,10 +74,10 @@ def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str,
     if run_dir not in _targets:  # the jobs of one run share its data and models
         _targets.clear()
         _targets[run_dir] = Target(run_dir)
-    lines: list[str] = []
     with attack_threads(threads):
-        summary = run_attack(_targets[run_dir], settings, Path(dest), lines.append, evaluator_cache=Path(cache))
-    return summary, lines
+        return run_attack(_targets[run_dir], settings, Path(dest), lambda line: _lines.put(("line", f"{prefix}: {line}")),
+                          evaluator_cache=Path(cache),
+                          status=(lambda line: _lines.put(("status", f"{prefix}: {line}"))) if live else None)
 
 
 class AttackPool:
@@ -76,18 +88,33 @@ class AttackPool:
         if workers < 2:
             raise ValueError(f"Expected at least 2 attack workers, got {workers}")
         self.workers = workers
-        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_initialise, initargs=(os.getpid(),))
+        context = multiprocessing.get_context("spawn")
+        self._lines = context.SimpleQueue()
+        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                             initializer=_initialise, initargs=(os.getpid(), self._lines))
 
     def submit(self, run_dir: Path, settings: AttackSettings, dest: Path, cache: Path,
-               threads: int | None) -> Future:
-        """Queue one job; its future gives ``(summary, logged lines)``."""
-        return self._executor.submit(_attack, str(run_dir), settings, str(dest), str(cache), threads)
+               threads: int | None, prefix: str, *, live: bool = False) -> Future:
+        """Queue one job; its future gives the attack's summary. Its lines start with ``prefix``;
+        ``live``: it sends in-progress lines too."""
+        return self._executor.submit(_attack, str(run_dir), settings, str(dest), str(cache), threads, prefix, live)
 
-    @staticmethod
-    def result(future: Future, what: str) -> tuple[dict[str, Any], list[str]]:
-        """The job's result; a job's own error is raised as it is, a dead worker as
-        :class:`AttackWorkerDied` naming the job."""
+    def result(self, future: Future, what: str, say: Log, status: Log | None = None) -> dict[str, Any]:
+        """The job's summary, once it ends. Meanwhile the lines of every job (this one's and those
+        running beside it) go to ``say`` and their in-progress lines to ``status``, as they come.
+        A job's own error is raised as it is, a dead worker as :class:`AttackWorkerDied` naming
+        the job."""
+        while True:
+            ended = future.done()  # read first: an ended job's lines are all in the queue by now
+            while not self._lines.empty():
+                kind, text = self._lines.get()
+                if kind == "line":
+                    say(text)
+                elif status is not None:
+                    status(text)
+            if ended:
+                break
+            wait([future], timeout=0.2)
         try:
             return future.result()
         except BrokenProcessPool:
@@ -100,6 +127,7 @@ class AttackPool:
                 if process.is_alive():
                     process.kill()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._lines.close()
 
     def __enter__(self) -> AttackPool:
         return self

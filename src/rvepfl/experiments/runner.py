@@ -282,7 +282,7 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
     Yields, after each job and in the plan's order, the job, its ``audit.csv`` row, its
     ``scores.csv`` rows (None: the method exposes no surface to it: the row's ``note`` says why)
     and whether it ran here from the start (True) rather than being skipped or resumed. With a
-    pool, a job's log lines come when it ends, and ``status`` gets no in-progress lines."""
+    pool, the lines of the jobs running side by side come as they are logged, interleaved."""
     run_dir = out / "runs" / r.label
     target = Target(run_dir)
     threads = r.cfg.threads or None  # one thread unless the run config asks for more (its 0 is training's)
@@ -304,7 +304,8 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
             queue.append((job, no_surface_row(r, acc, job, str(exc)), "none"))
             continue
         queue.append((job, settings, attack_state(run_dir / "attacks" / job.key, settings)))
-    futures = {job: pool.submit(run_dir, settings, run_dir / "attacks" / job.key, cache, threads)
+    futures = {job: pool.submit(run_dir, settings, run_dir / "attacks" / job.key, cache, threads,
+                                f"[{r.label}] {job.attack} ({job.threat})", live=status is not None)
                for job, settings, state in queue if pool is not None and state not in ("none", "complete")}
     for job, settings, state in queue:
         if state == "none":
@@ -313,9 +314,7 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
         prefix = f"[{r.label}] {job.attack} ({job.threat})"
         dest = run_dir / "attacks" / job.key
         if job in futures:
-            summary, lines = AttackPool.result(futures[job], prefix)
-            for line in lines:
-                say(f"{prefix}: {line}")
+            summary = pool.result(futures[job], prefix, say, status)
         else:
             with attack_threads(threads):
                 summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
