@@ -232,11 +232,18 @@ def train(
         "train.client_fraction": client_fraction,
     }
     # A flag that was not given must not erase the same key given with --set.
-    overrides = {**_parse_sets(set_ or []), **{k: v for k, v in flags.items() if v is not None}}
+    sets = _parse_sets(set_ or [])
+    overrides = {**sets, **{k: v for k, v in flags.items() if v is not None}}
     if resume is not None:
-        given = [k for k in overrides if k not in RESUMABLE_KEYS] + (["config"] if config else []) + (["out"] if out else [])
+        def given_as(key: str) -> str:  # how the command line gave ``key``: its option, or --set
+            if flags.get(key) is None:
+                return f"--set {key}={sets[key]}"
+            return "--clients" if key == "data.num_clients" else "--" + key.split(".")[-1].replace("_", "-")
+
+        given = [given_as(k) for k in overrides if k not in RESUMABLE_KEYS]
+        given += (["--config"] if config else []) + (["--out"] if out else [])
         if given:
-            _fail(f"--resume continues a run with its own config: drop {', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)} "
+            _fail(f"--resume continues a run with its own config: drop {', '.join(given)} "
                   f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)")
         run = RunDir(resume)
         if not run.config.is_file():
