@@ -129,7 +129,7 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         return removed
-    for path in sorted(root.rglob(".tmp*")) + sorted(root.rglob(".*.tmp")):
+    for path in sorted(root.rglob(".*")):  # one walk over the hidden names; both kinds are among them
         if is_temp_file(path) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -304,14 +304,17 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
             queue.append((job, no_surface_row(r, acc, job, str(exc)), "none"))
             continue
         queue.append((job, settings, attack_state(run_dir / "attacks" / job.key, settings)))
-    futures = {job: pool.submit(run_dir, settings, run_dir / "attacks" / job.key, cache, threads,
-                                f"[{r.label}] {job.attack} ({job.threat})", live=status is not None)
+    def prefix_of(job: AttackJob) -> str:
+        return f"[{r.label}] {job.attack} ({job.threat})"
+
+    futures = {job: pool.submit(run_dir, settings, run_dir / "attacks" / job.key, cache, threads, prefix_of(job),
+                                live=status is not None)
                for job, settings, state in queue if pool is not None and state not in ("none", "complete")}
     for job, settings, state in queue:
         if state == "none":
             yield job, settings, None, False
             continue
-        prefix = f"[{r.label}] {job.attack} ({job.threat})"
+        prefix = prefix_of(job)
         dest = run_dir / "attacks" / job.key
         if job in futures:
             summary = pool.result(futures[job], prefix, say, status)
