@@ -22,6 +22,12 @@ With ``--suites`` it also runs ``rvepfl compare --smoke`` and ``rvepfl audit --s
 compares ``table.csv``, ``table.md``, ``audit.csv`` and ``audit.md`` byte for byte (a method the
 base lacks is left out of both files first).
 
+With ``--attacks`` it also attacks one tiny FedAvg run and one tiny RVE-PFL run (made by the
+base commit, on 300 of the bundled digits: the others are kept out, the evaluator's and mia's) with
+every attack and threat model the base commit has (:data:`ATTACK_JOBS`, a few iterations each),
+once with each tree, and compares each attack's ``scores.csv`` without its ``seconds`` column
+and the scores of its ``summary.json``.
+
 Exit status 0 when everything is equal, 1 when something differs (each difference is printed).
 """
 
@@ -59,6 +65,33 @@ CASES: dict[str, list[str]] = {
     "fedavg-sampled": ["--method", "fedavg", "--client-fraction", "0.67", "--set", "train.checkpoint_every=1"],
     "rvepfl-workers": ["--method", "rvepfl", "--workers", "2"],
 }
+
+
+#: (attack, threat model, extra arguments) of ``--attacks``: every attack of the registry's first
+#: commit, under each threat model it serves, at a few iterations.
+ATTACK_JOBS: list[tuple[str, str, list[str]]] = [
+    ("dlg", "gradient", ["--iterations", "5"]),
+    ("idlg", "gradient", ["--iterations", "5"]),
+    ("ig", "gradient", ["--iterations", "20", "--restarts", "2"]),
+    ("ig", "update", ["--iterations", "20"]),
+    ("miface", "released", ["--iterations", "30"]),
+    ("miface", "stolen", ["--iterations", "30"]),
+    ("mia", "released", ["--references", "2", "--images", "40"]),
+    ("mia", "stolen", ["--references", "2", "--images", "40"]),
+]
+ATTACK_RUN = ["--subset", "300", "--clients", "3", "--rounds", "1", "--local-epochs", "1", "--batch-size", "32",
+              "--threads", "1", "--workers", "1", "--device", "cpu", "--quiet"]
+
+
+def _attack_scores(out: Path) -> tuple[list[list[str]], object]:
+    """An attack's ``scores.csv`` without its ``seconds`` column, and its summary's scores."""
+    import json
+
+    with open(out / "scores.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [i for i, name in enumerate(rows[0]) if name != "seconds"]
+    summary = json.loads((out / "summary.json").read_text())
+    return [[row[i] for i in keep] for row in rows], summary.get("scores", summary.get("metrics"))
 
 
 def _base_tree(rev: str, dest: Path) -> Path:
@@ -147,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suites", action="store_true", help="also compare the compare and audit smoke tables")
     parser.add_argument("--legacy-resume", action="store_true",
                         help="also resume, with this tree, a run the base commit made and was stopped in")
+    parser.add_argument("--attacks", action="store_true",
+                        help="also compare every attack's scores on a tiny FedAvg and a tiny RVE-PFL run")
     parser.add_argument("--keep", type=Path, help="keep the runs in this directory (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -189,6 +224,23 @@ def main(argv: list[str] | None = None) -> int:
                 same = (outs["base"] / f).read_bytes() == (outs["head"] / f).read_bytes()
                 failed |= not same
                 print(f"{command} --smoke {f}: {'same' if same else 'DIFFERENT'}", flush=True)
+    if args.attacks:
+        for method in ("fedavg", "rvepfl"):
+            run = work / "attacked" / method
+            # 300 of the 10,000 bundled digits: the rest are kept out (the evaluator's and mia's)
+            _run(trees["base"], ["train", *ATTACK_RUN, "--method", method, "--out", str(run)], work)
+            text = (run / "config.toml").read_text()
+            for attack, threat, extra in ATTACK_JOBS:
+                outs = {side: work / f"{side}-attacks" / method / f"{attack}-{threat}" for side in trees}
+                for side, src in trees.items():
+                    _run(src, ["attack", attack, "--run", str(run), "--threat-model", threat, *extra,
+                               "--evaluator-images", "500", "--threads", "1", "--quiet", "--out", str(outs[side])],
+                         work)
+                same = _attack_scores(outs["base"]) == _attack_scores(outs["head"])
+                failed |= not same
+                print(f"{method}: {attack} ({threat}): {'same' if same else 'DIFFERENT'}", flush=True)
+            if (run / "config.toml").read_text() != text:
+                raise SystemExit(f"{run}: an attack changed the run directory's config")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     print("everything equal" if not failed else "differences found")

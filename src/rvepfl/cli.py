@@ -55,7 +55,8 @@ def _plain_help_extras() -> None:
 
 _plain_help_extras()
 
-COMMAND_ORDER = ("train", "compare", "attack", "audit", "frontier", "flower-local", "flower-app", "show", "methods")
+COMMAND_ORDER = ("train", "compare", "attack", "audit", "frontier", "flower-local", "flower-app", "show", "methods",
+                 "attacks")
 """The order of ``rvepfl --help``'s commands, as a user meets them: training, comparing and
 attacking in-process, then Flower's deployments, then the utilities."""
 
@@ -424,6 +425,23 @@ def flower_local(
 
 
 @app.command()
+def attacks() -> None:
+    """List the attacks with their threat models and settings."""
+    from rvepfl.attacks.registry import attacks as every_attack
+
+    for name, a in every_attack().items():
+        threats = ", ".join(f"{t} (default)" if i == 0 else t for i, t in enumerate(a.threats))
+        typer.echo(f"{name:7s} {a.label}: {a.description}")
+        typer.echo(f"        threat models: {threats}")
+        defaults = [f"--iterations {a.default_iterations}" if a.default_iterations is not None else "",
+                    f"--restarts {a.default_restarts}" if a.default_restarts is not None else ""]
+        if any(defaults):
+            typer.echo(f"        defaults: {', '.join(d for d in defaults if d)}")
+        for key, (default, meaning) in a.settings_doc().items():
+            typer.echo(f"        --param {key}={_toml_value(default)}: {meaning}")
+
+
+@app.command()
 def methods() -> None:
     """List the methods and privacy mechanisms with their settings."""
     from rvepfl import registry
@@ -505,16 +523,17 @@ def compare(
 
 @app.command()
 def attack(
-    name: Annotated[str, typer.Argument(metavar="ATTACK", help="dlg | idlg | ig | miface | mia")],
+    name: Annotated[str, typer.Argument(metavar="ATTACK", help="An attack, as `rvepfl attacks` lists them.")],
     run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
     round_: Annotated[Optional[int], typer.Option("--round", help=_default("Round whose saved states are attacked.", "the last with client states"))] = None,
     client: Annotated[int, typer.Option(help="The victim client.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
-    images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size (mia: members, and as many non-members).", "4 batches; miface: one per class; mia: all the client's training images"))] = None,
-    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (dlg, idlg, ig) | released | stolen (miface, mia).", "gradient; miface, mia: released"))] = None,
+    images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size (mia: members, and as many non-members).", "4 batches; model inversion: one per class; mia: all the client's training images"))] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (gradient attacks) | released | stolen (model inversion, mia).", "the attack's first threat model in `rvepfl attacks`"))] = None,
     local_steps: Annotated[Optional[int], typer.Option(help=_default("update: local steps of the observed round, each on the whole batch.", "the run's train.local_epochs"))] = None,
-    iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "dlg/idlg 300, ig 1000, miface 1000"))] = None,
-    restarts: Annotated[int, typer.Option(help="dlg, idlg, ig: random restarts, the one with the lowest gradient loss kept.")] = 1,
+    iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "the attack's, in `rvepfl attacks`"))] = None,
+    restarts: Annotated[Optional[int], typer.Option(help=_default("Random restarts, the best one kept by the attack's own loss (attacks that take them).", "the attack's, in `rvepfl attacks`"))] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", metavar="KEY=VALUE", help="One of the attack's own settings (`rvepfl attacks` lists them); repeatable.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the attack (victim batches, initial guesses, noise).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help=_default("Torch CPU threads of the attack and of what it trains (0: torch's default, one per core; one stays fast when another job shares the cores).", ATTACK_THREADS))] = None,
     references: Annotated[Optional[int], typer.Option(help=_default("mia: LiRA's reference models, trained on images no client has (at least 2; cached in RUN/attacks).", 4))] = None,
@@ -528,7 +547,8 @@ def attack(
     inference, writes roc.png instead of grid.png. An interrupted gradient attack resumes when the
     same command is run again.
     """
-    from rvepfl.attacks.runner import resolve_settings, run_attack
+    from rvepfl.attacks.registry import attack as attack_named
+    from rvepfl.attacks.runner import AttackRequest, run_attack
     from rvepfl.attacks.threat import Target
 
     stream = ProgressStream()
@@ -539,18 +559,15 @@ def attack(
 
     if threads is not None and threads < 0:
         raise ConfigError(f"Expected --threads >= 0, got {threads}")
+    chosen = attack_named(name)
+    params = _key_values(param or [], "--param")
     target = Target(run)
-    settings = resolve_settings(target, name, threat=threat_model, round_=round_, client=client,
-                                batch_size=batch_size, images=images, iterations=iterations, seed=seed,
-                                restarts=restarts, local_steps=local_steps, evaluator_images=evaluator_images,
-                                references=references)
-    # Open the checkpoints the attack reads before anything is written: a corrupt one fails here.
-    if settings.attack == "mia":
-        target.membership_model(settings.threat, settings.round, settings.client)
-    elif settings.attack == "miface":
-        target.inversion_model(settings.threat, settings.round, settings.client)
-    else:
-        target.gradient_surface(settings.round, settings.client)
+    settings = chosen.resolve(target, AttackRequest(
+        threat=threat_model, round=round_, client=client, batch_size=batch_size, images=images, iterations=iterations,
+        restarts=restarts, seed=seed, local_steps=local_steps, evaluator_images=evaluator_images,
+        references=references, params=params))
+    # Open what the attack reads before anything is written: a corrupt checkpoint fails here.
+    chosen.open(target, settings)
     dest = out if out is not None else target.run.path / "attacks" / f"{settings.attack}-{settings.threat}"
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
         f"round {settings.round}, client {settings.client}")
@@ -563,20 +580,23 @@ def attack(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         stream.clear()
-    if settings.attack == "mia":
-        for key, m in summary["metrics"].items():
-            typer.echo(f"{key:>5}: AUC {m['auc']:.3f}, TPR {100 * m['tpr_at_0.1pct_fpr']:.1f} % at 0.1 % FPR, "
-                       f"{100 * m['tpr_at_1pct_fpr']:.1f} % at 1 % FPR, balanced accuracy "
-                       f"{100 * m['balanced_accuracy']:.1f} % ({m['n_members']} members, {m['n_nonmembers']} non-members)")
-        typer.echo(f"results: {dest} (scores.csv, summary.json, roc.png)")
-        return
-    for key, value in summary["scores"].items():
-        if value["mean"] is not None:
-            typer.echo(f"{key:>14}: {value['mean']:.4g} ± {value['std']:.2g} (n = {value['n']})")
-    acc = summary["evaluator_accuracy_on_attacks"]
-    typer.echo(f"evaluator labels {'n/a' if acc is None else f'{100 * acc:.0f} %'} of the reconstructions correctly "
-               f"({summary['evaluator']})")
-    typer.echo(f"results: {dest} (scores.csv, summary.json, grid.png)")
+    for line in chosen.report(summary):
+        typer.echo(line)
+    typer.echo(f"results: {dest} ({chosen.files})")
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a one-line error for one without ``=`` or a repeated key."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"Expected {flag} KEY=VALUE, got {item!r}")
+        if key in out:
+            raise ConfigError(f"{flag} {key} given twice")
+        out[key] = value
+    return out
 
 
 @app.command()

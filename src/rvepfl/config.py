@@ -4,10 +4,10 @@ A config has top-level keys, the engine's sections (``[data]``, ``[train]``, ``[
 one section per method or mechanism that has settings (``[model]`` for RVE-PFL, ``[nbafl]``,
 ``[dp_fedavg]``, ``[dp_sgd]``, ``[personal]`` for FedRep, ...). Those sections are not listed
 here: each method and mechanism declares its own dataclass (``Params``) and section beside its
-class, and :class:`Config` is made from the engine's part (:class:`EngineConfig`) plus every
-section :func:`rvepfl.registry.sections` finds. Unknown keys, wrong types and out-of-range values
-raise :class:`~rvepfl.errors.ConfigError` with a one-line message naming the key, the value
-received and what is allowed.
+class, and :class:`Config` is made from the engine's part (:class:`EngineConfig`, defined in
+:mod:`rvepfl.engine_config` and exported here) plus every section :func:`rvepfl.registry.sections`
+finds. Unknown keys, wrong types and out-of-range values raise :class:`~rvepfl.errors.ConfigError`
+with a one-line message naming the key, the value received and what is allowed.
 
 A run is identified by :func:`config_hash`, which covers the engine's settings that change
 numbers and the sections of the method and mechanism the run uses, nothing else: a new method's
@@ -33,16 +33,29 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
 from rvepfl import registry
+from rvepfl.engine_config import (  # noqa: F401 - exported here, where they have always been
+    Aggregation,
+    DataConfig,
+    DatasetName,
+    DecayClock,
+    DeviceName,
+    EngineConfig,
+    FaultsConfig,
+    OptimiserScope,
+    PartitionName,
+    SplitMode,
+    TestSplit,
+    TrainConfig,
+)
 from rvepfl.errors import ConfigError, short_repr
 from rvepfl.params import check_params, need
-from rvepfl.precision import PrecisionName
 
 __all__ = [
     "Config",
@@ -61,146 +74,6 @@ __all__ = [
     "read_toml_file",
     "used_sections",
 ]
-
-DatasetName = Literal["mnist", "fmnist", "cifar10"]
-PartitionName = Literal["iid", "shards", "dirichlet"]
-SplitMode = Literal["combined", "standard"]
-Aggregation = Literal["mean", "weighted", "median", "trimmed-mean"]
-DeviceName = Literal["auto", "cpu", "cuda"]
-DecayClock = Literal["federation", "client"]
-TestSplit = Literal["fixed", "published-leaky"]
-OptimiserScope = Literal["per-client", "published-shared"]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: DatasetName = "mnist"
-    """Data set: mnist, fmnist (Fashion-MNIST) or cifar10."""
-    data_dir: str = ""
-    """Directory with the full data set's files (IDX or CIFAR-10 batches); empty = bundled subset."""
-    download: bool = False
-    """Download the full data set into data_dir if it is missing (needs internet)."""
-    split: SplitMode = "combined"
-    """combined: train+test pooled, each client keeps test_fraction as its own test split (published);
-    standard: the train set is partitioned, the test set is shared out to match each client's labels."""
-    test_fraction: float = 0.1
-    """Share of each client's data kept as its fixed test split (split = combined)."""
-    partition: PartitionName = "iid"
-    """iid (equal random shards), shards (label-sorted, shards_per_client each) or dirichlet."""
-    num_clients: int = 10
-    """Number of clients."""
-    subset: int = 0
-    """Use only this many images, a seeded stratified draw from the data set (0: all of them)."""
-    shards_per_client: int = 2
-    """Label-sorted shards per client (partition = shards)."""
-    dirichlet_alpha: float = 0.5
-    """Concentration of the per-class Dirichlet split (partition = dirichlet); smaller = more skewed."""
-    test_split: TestSplit = "fixed"
-    """fixed: each client's test split is drawn once and kept for the whole run (an honest test);
-    published-leaky: as the published code did, each client's images are re-split every round (a
-    seeded draw here), so a round tests on images the client trained on in earlier rounds; its
-    accuracy is not a test accuracy. Only for reproducing the published figures."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    rounds: int = 7
-    """Communication rounds."""
-    local_epochs: int = 2
-    """Local epochs per client per round."""
-    batch_size: int = 64
-    """Local mini-batch size."""
-    lr: float = 1e-3
-    """Adam learning rate."""
-    adam_eps: float = 1e-7
-    """Adam epsilon (Keras's default, as published)."""
-    lr_decay: float = 1e-3
-    """Inverse-time decay: lr / (1 + lr_decay * step); 0 = off. What `step` counts: see lr_decay_clock."""
-    lr_decay_clock: DecayClock = "federation"
-    """federation: every local step of every client so far, in round and client order (the published
-    schedule, whose one optimiser served all clients); client: this client's own steps only."""
-    client_fraction: float = 1.0
-    """Share of clients that take part in each round (at least one)."""
-    aggregation: Aggregation = "mean"
-    """mean: plain mean over clients (published); weighted: weighted by local sample count; median:
-    coordinate-wise median; trimmed-mean: coordinate-wise mean without the trim_fraction largest and
-    smallest values (median and trimmed-mean resist a few malicious clients, and hold every upload
-    of a round in memory)."""
-    trim_fraction: float = 0.2
-    """trimmed-mean: the share of the values cut off at each end of every coordinate (in [0, 0.5))."""
-    max_update_norm: float | None = None
-    """L2 bound on each client's update (its upload minus the global state, all tensors as one
-    vector), applied by the server before aggregating (> 0); leave it out for no bound."""
-    optimiser: OptimiserScope = "per-client"
-    """per-client: a fresh Adam for each client's local training in each round; published-shared:
-    as the published code did, one Adam whose moments and step counts (per parameter, by name)
-    pass from each client to the next and from round to round, an information flow between
-    clients that a real federation does not have. Only for reproducing the published figures;
-    clients then train one after another in one process (workers = 1)."""
-    checkpoint_every: int = 0
-    """Save every client's private state every N rounds (0: only at the end); global states are saved every round."""
-    eval_batch_size: int = 1024
-    """Batch size for evaluation (no effect on results)."""
-    precision: PrecisionName = "auto"
-    """Number format of training and evaluation: "32" (float32); "bf16-mixed" (bfloat16 autocast
-    for the forward pass and loss, float32 weights, optimiser, uploads, aggregation, noise and
-    checkpoints; fast only on a CPU with AMX-BF16 or AVX512-BF16 or a GPU with bfloat16 tensor
-    cores, emulated and slower elsewhere); "16-mixed" (float16 with loss scaling, CUDA only);
-    "auto": bf16-mixed where the hardware has native bfloat16 and the method's parity with
-    float32 is measured, else 32. The run's summary.json records what ran and why (`precision`)."""
-
-
-@dataclass(frozen=True)
-class FaultsConfig:
-    min_clients: int = 0
-    """The fewest clients of a round that must finish it for the round to count (0: every client
-    of the round; one failure stops the run). A client fails when it raises, its process dies,
-    it passes ``client_timeout`` or the server refuses its upload (kind ``rejected``); failed clients are left out of the round's aggregation and
-    recorded in metrics/client_failures.csv. With fewer than this many finished, the round fails
-    with an error and the run resumes from the round before it. Not part of the config hash: a
-    resumed run may change it."""
-    client_timeout: float = 0.0
-    """Seconds a client may take for one round, training and evaluation (0: no limit); clients then
-    train in worker processes, which are killed and replaced when they run past it."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """The settings every run has, whatever its method: the top-level keys and the engine's
-    sections. :class:`Config` adds one section per method and mechanism with settings."""
-
-    name: str = "quick"
-    """Name of the configuration; the default run directory is runs/<name>-<time>."""
-    method: str = "rvepfl"
-    """Federated method: a method, a mechanism alone (on FedAvg) or METHOD+MECHANISM (see `rvepfl methods`)."""
-    seed: int = 0
-    """Master seed; every source of randomness derives from it."""
-    threads: int = 0
-    """Torch CPU threads (0: torch's default); with ``workers`` > 1, the threads of each worker
-    (0: torch's default divided among the workers). The attacks that audit, compare and frontier
-    run on a run use this many threads, one when it is 0 (an attack with torch's default threads
-    slows down by an order of magnitude when another process shares the cores)."""
-    workers: int = 0
-    """Client processes that train a round's clients side by side (1: every client in the
-    engine's process, one after another; 0: one per core torch would use, at most one per client
-    of a round, and 1 on a GPU). On a CPU, several single-threaded workers use the cores better
-    than one process with several threads (BENCHMARKS.md); seeds do not depend on it: the numbers
-    differ from a one-worker run only by floating-point rounding (none when every process has one
-    thread)."""
-    device: DeviceName = "auto"
-    """cpu, cuda, or auto (cuda when available, else cpu); the device used is in summary.json."""
-    tensorboard: bool = False
-    """Write each round's and each client's metrics, seconds and privacy figures as TensorBoard
-    events in <run>/tensorboard/ (`tensorboard --logdir runs`); needs `pip install
-    'rvepfl[tensorboard]'`. Not part of the config hash: a resumed run may turn it on or off."""
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    faults: FaultsConfig = field(default_factory=FaultsConfig)
-
-    @property
-    def clients_per_round(self) -> int:
-        """K: the clients that take part in each round (at least one)."""
-        return max(1, round(self.train.client_fraction * self.data.num_clients))
 
 
 def _make_config() -> type:

@@ -31,15 +31,15 @@ from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods.base import DataSpec, Method
 
 if TYPE_CHECKING:
-    from rvepfl.config import Config
+    from rvepfl.engine_config import RunConfig
 
-__all__ = ["available_methods", "build_method", "mechanisms", "method_class", "methods", "sections"]
+__all__ = ["available_methods", "build_method", "discover", "mechanisms", "method_class", "methods", "sections"]
 
 #: Config sections that belong to the engine; no method or mechanism may claim one.
 RESERVED_SECTIONS = frozenset({"data", "train", "faults"})
 
 
-def _discover(package_name: str, base: type) -> dict[str, type]:
+def discover(package_name: str, base: type) -> dict[str, type]:
     """The named subclasses of ``base`` defined in the modules of ``package_name``, by name,
     ordered by their ``rank`` then name."""
     package = importlib.import_module(package_name)
@@ -61,14 +61,14 @@ def _discover(package_name: str, base: type) -> dict[str, type]:
 @functools.cache
 def methods() -> dict[str, type[Method]]:
     """Every federated method, by name (``rvepfl methods`` lists them in this order)."""
-    found = _discover("rvepfl.methods", Method)
+    found = discover("rvepfl.methods", Method)
     return {name: cls for name, cls in found.items() if not issubclass(cls, Mechanism)}
 
 
 @functools.cache
 def mechanisms() -> dict[str, type[Mechanism]]:
     """Every privacy mechanism, by name."""
-    found = _discover("rvepfl.mechanisms", Mechanism)
+    found = discover("rvepfl.mechanisms", Mechanism)
     clash = sorted(set(found) & set(methods()))
     if clash:
         raise RuntimeError(f"Names used by both a method and a mechanism: {clash}")
@@ -143,7 +143,7 @@ def method_class(spec: str) -> type[Method]:
     return _compose(known[base_name], wrappers[rest], spec)
 
 
-def build_method(cfg: Config, spec: DataSpec) -> Method:
+def build_method(cfg: RunConfig, spec: DataSpec) -> Method:
     """The method (or composition) ``cfg.method`` names, built for ``cfg`` and the data ``spec``."""
     return method_class(cfg.method)(cfg, spec)
 

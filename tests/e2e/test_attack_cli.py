@@ -77,12 +77,12 @@ def test_a_run_that_used_every_image_gets_an_evaluator_that_never_saw_the_victim
     other clients' images instead, never on those of the attacked client, and is cached apart."""
     import numpy as np
 
+    from rvepfl.attacks import base, runner
     from rvepfl.attacks import evaluator as evaluator_module
-    from rvepfl.attacks import runner
 
     # As if the run had used every image (it used 400 of the 10,000).
     monkeypatch.setattr(Target, "heldout", lambda self: (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)))
-    monkeypatch.setattr(runner, "MIN_EVALUATOR_IMAGES", 150)  # each client holds 200 images
+    monkeypatch.setattr(base, "MIN_EVALUATOR_IMAGES", 150)  # each client holds 200 images
     trained_on: list[torch.Tensor] = []
     train = evaluator_module.train_evaluator
     monkeypatch.setattr(evaluator_module, "train_evaluator",
@@ -269,11 +269,11 @@ def test_attack_writes_scores_summary_grid_and_is_deterministic(fedavg_run, tmp_
 
 
 def test_interrupted_attack_resumes(fedavg_run, tmp_path, monkeypatch):
-    from rvepfl.attacks import runner
+    from rvepfl.attacks.registry import attack
 
     out = tmp_path / "dlg"
     calls = {"n": 0}
-    real = runner.GRADIENT_ATTACKS["dlg"]
+    real = attack("dlg").algorithm
 
     def flaky(obs, **kwargs):
         calls["n"] += 1
@@ -281,11 +281,11 @@ def test_interrupted_attack_resumes(fedavg_run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(obs, **kwargs)
 
-    monkeypatch.setitem(runner.GRADIENT_ATTACKS, "dlg", flaky)
+    monkeypatch.setattr(attack("dlg"), "algorithm", flaky)
     args = ["attack", "dlg", "--run", str(fedavg_run), "--images", "3", "--out", str(out), *FAST]
     assert main(args) == 130
     assert json.loads((out / "summary.json").read_text())["draws_done"] == 1
-    monkeypatch.setitem(runner.GRADIENT_ATTACKS, "dlg", real)
+    monkeypatch.setattr(attack("dlg"), "algorithm", real)
     assert main(args) == 0
     assert len(rows(out / "scores.csv")) == 3
     fresh = tmp_path / "fresh"
@@ -329,7 +329,7 @@ def test_miface_released_and_stolen(rvepfl_run, tmp_path):
         (["attack", "ig", "--threat-model", "nope"],
          "Unknown threat model 'nope': choose one of gradient, update, released"),
         (["attack", "miface", "--threat-model", "gradient"], "miface inverts a model"),
-        (["attack", "miface", "--threat-model", "update"], "use --threat-model released or stolen, got update"),
+        (["attack", "miface", "--threat-model", "update"], "use --threat-model released (the default) or stolen, got update"),
         (["attack", "ig", "--threat-model", "update", "--local-steps", "0"], "Expected --local-steps >= 1, got 0"),
         (["attack", "ig", "--local-steps", "2"],
          "--local-steps applies to --threat-model update only, got --threat-model gradient"),

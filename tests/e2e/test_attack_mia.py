@@ -121,7 +121,7 @@ def test_released_rvepfl_is_queried_through_the_initial_encoder(tmp_path_factory
     classifier with the encoder every client started from."""
     run = train(tmp_path_factory, data_dir, "rvepfl", "--subset", "40")
     target = Target(run)
-    released = target.membership_model("released", 1, 0)
+    released = target.image_model("released", 1, 0)
     seed_torch(target.cfg.seed, "init")
     initial = target.method.build_model()
     trained = Target(run).model(1, 0).encoder.state_dict()

@@ -23,12 +23,13 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The rvepfl modules ``module`` imports, anywhere in its body (late imports included),
-    except under ``if TYPE_CHECKING:``."""
+def _imports(module: str, path: Path, modules: dict[str, Path], *, type_only: bool) -> set[str]:
+    """The rvepfl modules ``module`` imports, anywhere in its body (late imports included); those
+    under ``if TYPE_CHECKING:`` (for type hints, never run) only with ``type_only``."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for n in ast.walk(node)}
+    skipped = set() if type_only else {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)}
     package = path.name == "__init__.py"
     found = set()
     for node in ast.walk(tree):
@@ -51,9 +52,10 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(*, type_only: bool = False) -> dict[str, set[str]]:
+    """Module -> the rvepfl modules it imports at run time (and for type hints with ``type_only``)."""
     modules = _modules()
-    return {m: _imports(m, p, modules) for m, p in modules.items()}
+    return {m: _imports(m, p, modules, type_only=type_only) for m, p in modules.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -102,7 +104,17 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 
 def test_no_import_cycle_in_src():
-    assert _cycles(_graph()) == []
+    """Imports for type hints count too: a reader, and a type checker, follow them as well."""
+    assert _cycles(_graph(type_only=True)) == []
+
+
+def test_imports_for_type_hints_count_only_when_asked(tmp_path):
+    path = tmp_path / "user.py"
+    path.write_text("from typing import TYPE_CHECKING\nimport rvepfl.errors\n"
+                    "if TYPE_CHECKING:\n    from rvepfl.config import Config\n")
+    modules = _modules()
+    assert _imports("rvepfl.user", path, modules, type_only=True) == {"rvepfl.errors", "rvepfl.config"}
+    assert _imports("rvepfl.user", path, modules, type_only=False) == {"rvepfl.errors"}
 
 
 def test_the_clients_side_imports_nothing_of_the_server():

@@ -16,13 +16,17 @@ from rvepfl.attacks.dlg import dlg, idlg, infer_labels
 from rvepfl.attacks.inverting import inverting_gradients
 from rvepfl.attacks.lenet import SigmoidLeNet
 from rvepfl.attacks.observation import GradientObservation, observed_gradient
-from rvepfl.attacks.runner import GRADIENT_ATTACKS as ATTACKS
+from rvepfl.attacks.registry import attacks
+from rvepfl.attacks.upload import UploadAttack
 from rvepfl.errors import RvepflError
 from rvepfl.models import Classifier
 from rvepfl.seeding import torch_generator
 
 from tests.helpers.gradient_attacks import classifier, lenet, mnist, one_thread  # noqa: F401 (fixtures)
 from tests.helpers.gradient_attacks import SHAPE, observe
+
+
+ATTACKS = {name: a.algorithm for name, a in attacks().items() if isinstance(a, UploadAttack)}
 
 
 # -- 1. determinism, the model untouched, the client's gradient ---------------------------------

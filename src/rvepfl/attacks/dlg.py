@@ -31,10 +31,11 @@ from rvepfl.attacks.observation import (
     check_observation,
     restart_progress,
 )
+from rvepfl.attacks.upload import UploadAttack
 from rvepfl.errors import RvepflError
 from rvepfl.seeding import torch_generator
 
-__all__ = ["dlg", "idlg", "infer_labels"]
+__all__ = ["Dlg", "IDlg", "dlg", "idlg", "infer_labels"]
 
 
 # -- label inference ----------------------------------------------------------------------------
@@ -231,3 +232,27 @@ def idlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, re
 
     (x, _, history, done), losses = best_restart(restarts, run)
     return Reconstruction(x.detach(), labels, history, done, time.perf_counter() - start, losses)
+
+
+# -- the attacks, as ``rvepfl attack dlg`` and ``rvepfl attack idlg`` run them ---------------------
+class Dlg(UploadAttack):
+    """``rvepfl attack dlg``: :func:`dlg` on each observed upload."""
+
+    name = "dlg"
+    label = "DLG"
+    description = "dummy input and soft label, L-BFGS on the squared gradient distance (Zhu et al., NeurIPS 2019)"
+    rank = 10
+    default_iterations = 300
+    algorithm = staticmethod(dlg)
+
+
+class IDlg(UploadAttack):
+    """``rvepfl attack idlg``: :func:`idlg` on each observed upload of a single image."""
+
+    name = "idlg"
+    label = "iDLG"
+    description = "the label read from the last layer's gradient, then DLG on the input (Zhao et al., 2020)"
+    rank = 20
+    default_iterations = 300
+    needs_single_image = True
+    algorithm = staticmethod(idlg)

@@ -30,10 +30,11 @@ from rvepfl.attacks.observation import (
     check_positive,
     restart_progress,
 )
+from rvepfl.attacks.upload import UploadAttack
 from rvepfl.errors import RvepflError
 from rvepfl.seeding import torch_generator
 
-__all__ = ["inverting_gradients"]
+__all__ = ["InvertingGradients", "inverting_gradients"]
 
 
 def _check_labels(labels: object, obs: GradientObservation) -> torch.Tensor:
@@ -163,3 +164,16 @@ def inverting_gradients(
 
     (x, history, done), losses = best_restart(restarts, run)
     return Reconstruction(x.detach(), labels.cpu(), history, done, time.perf_counter() - start, losses)
+
+
+# -- the attack, as ``rvepfl attack ig`` runs it ---------------------------------------------------
+class InvertingGradients(UploadAttack):
+    """``rvepfl attack ig``: :func:`inverting_gradients` on each observed upload."""
+
+    name = "ig"
+    label = "Inverting Gradients"
+    description = ("1 - cosine similarity of the gradients plus total variation, Adam (Geiping et al., NeurIPS "
+                   "2020)")
+    rank = 30
+    default_iterations = 1000
+    algorithm = staticmethod(inverting_gradients)

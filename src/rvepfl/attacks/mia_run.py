@@ -14,7 +14,7 @@ this module picks the images, the attacked model and the reference models' data 
   reference model ever saw an evaluated image. The recipe follows the victim's: cross-entropy
   and Adam at the run's ``train.lr`` and ``train.batch_size``, for ``train.rounds x
   train.local_epochs`` epochs (the passes the victim's data got in federated training).
-- **The attacked model** (:meth:`Target.membership_model`): ``stolen``, the victim's full
+- **The attacked model** (:meth:`Target.image_model`): ``stolen``, the victim's full
   personal model; ``released``, the global shared model, fed by the initial encoder where the
   method has a private one.
 
@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from rvepfl.attacks.base import Attack, AttackRequest, AttackSettings, Log, parse_params
 from rvepfl.attacks.common import Tracker as _Tracker
-from rvepfl.attacks.common import read_summary as _read_summary
 from rvepfl.attacks.mia import (
     LIRA_VARIANCES,
     lira_offline,
@@ -52,10 +52,11 @@ from rvepfl.errors import ConfigError
 from rvepfl.io import atomic_write_bytes, write_csv, write_json
 from rvepfl.seeding import derive_seed, numpy_rng
 
-if TYPE_CHECKING:
-    from rvepfl.attacks.runner import AttackSettings
+__all__ = ["DEFAULT_REFERENCES", "MIA_COLUMNS", "MembershipInference", "MiaImages", "check_heldout", "mia_images",
+           "run_mia"]
 
-__all__ = ["MIA_COLUMNS", "MiaImages", "check_heldout", "mia_images", "run_mia"]
+DEFAULT_REFERENCES = 4
+"""Reference models of mia's LiRA (``--references``)."""
 
 MIA_COLUMNS = ["image", "member", "label", "loss", "loss_score", "phi", "lira_mean", "lira_std", "lira_score"]
 """``scores.csv``'s columns. ``image``: the image's position in the victim's training split
@@ -134,21 +135,9 @@ def _reference_data(target: Target, images: MiaImages, k: int, seed: int) -> tup
     return _normalise(x[t], target.dataset), y[t].long()
 
 
-def _attacker_model(target: Target, threat: str, round_: int) -> str:
-    """What the attacker queries, in words."""
-    if threat == "stolen":
-        return "the victim client's full personal model (private and shared parts), images in, logits out"
-    path = target.method.shared_path(target.model(round_, None))
-    if path is not None and not path.reads_images:
-        return ("the released shared model, fed with the encoder every client started from (the run's initial "
-                "encoder, before any training): the attacker lacks the victim's private encoder, and that is its "
-                "best public stand-in for the map from x to z")
-    return "the released global shared model, images in, logits out"
-
-
 def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[str], None] = lambda line: None, *,
             cache: Path | None = None, status: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run membership inference (``settings.attack == "mia"``) against ``target``; write ``out``;
+    """Run membership inference against ``target``; write ``out``;
     return the summary. A complete attack with the same settings is skipped.
 
     The reference models are cached in ``cache`` (default ``RUN/attacks/``), shared by every
@@ -158,13 +147,13 @@ def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[
 
     s = settings
     digest = s.digest()
-    previous = _read_summary(out / "summary.json")
-    if previous.get("status") == "complete" and previous.get("settings_digest") == digest:
+    previous = MembershipInference().previous(out, digest)
+    if previous is not None:
         log(f"mia: complete with these settings, skipped ({out})")
         return previous
     started = time.perf_counter()
     images = mia_images(target, s.client, s.images, s.seed)
-    model = target.membership_model(s.threat, s.round, s.client)
+    model = target.image_model(s.threat, s.round, s.client)
     logits = model_logits(model, images.x, seed=derive_seed(s.seed, "attack", _MIA, 4))
     loss = -loss_scores(logits, images.y)
     phi = logit_confidence(logits, images.y)
@@ -213,7 +202,7 @@ def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[
         "method": target.method.name,
         "dataset": target.dataset,
         "threat_model": asdict(THREAT_MODELS[s.threat]),
-        "attacker_model": _attacker_model(target, s.threat, s.round),
+        "attacker_model": target.image_model_words(s.threat, s.round),
         "members": f"{s.images} of client {s.client}'s {images.reference_size} training images",
         "nonmembers": f"{s.images} images no client has (of the {len(target.heldout()[1])} the run kept out)",
         "rows": len(rows),
@@ -262,3 +251,66 @@ def _roc_png(path: Path, curves: dict[str, np.ndarray], member: np.ndarray, metr
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class MembershipInference(Attack):
+    """``rvepfl attack mia``: were these images in the victim's training set? (:func:`run_mia`)"""
+
+    name = "mia"
+    label = "Membership inference (LiRA)"
+    description = ("loss threshold (Yeom et al., 2018) and offline LiRA (Carlini et al., S&P 2022) on the victim's "
+                   "training images against as many images no client has")
+    rank = 60
+    threats = ("released", "stolen")
+    surface = "queries a model"
+    membership = True
+    audit_options = ("references", "evaluator_images")
+    success_label = "ROC AUC"
+    files = "scores.csv, summary.json, roc.png"
+
+    def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
+        """mia's settings: ``images`` members (default: all of the victim's training images), as
+        many non-members, ``references`` reference models; checks that the run kept enough images
+        out for the non-members and the reference models (:func:`check_heldout`)."""
+        if request.local_steps is not None:
+            raise ConfigError(f"--local-steps applies to --threat-model update only, got mia (threat model "
+                              f"{request.threat or self.threats[0]})")
+        threat = self.check_threat(request.threat)
+        if request.iterations is not None:
+            raise ConfigError("mia trains its reference models for the run's own train.rounds x train.local_epochs "
+                              "epochs: drop --iterations")
+        k = DEFAULT_REFERENCES if request.references is None else request.references
+        if k < 2:
+            raise ConfigError(f"Expected --references >= 2 (LiRA fits a Gaussian to the reference models' "
+                              f"confidences), got {k}")
+        r = target.check_round(request.round)
+        client = target.check_client(request.client)
+        n_train = len(target.fed.partition.clients[client].train)
+        n = n_train if request.images is None else request.images
+        if not 1 <= n <= n_train:
+            raise ConfigError(f"Expected --images between 1 and {n_train} (client {client}'s training images, the "
+                              f"members), got {n}")
+        check_heldout(target, client, n)
+        return AttackSettings(self.name, threat, r, client, 1, n, 0, request.seed, evaluator_images=0, references=k,
+                              params=parse_params(self, request.params))
+
+    def open(self, target: Target, settings: AttackSettings, cache: Path | None = None) -> None:
+        target.image_model(settings.threat, settings.round, settings.client)
+
+    def run(self, target: Target, settings: AttackSettings, out: Path, log: Log, *,
+            cache: Path | None = None, status: Log | None = None) -> dict[str, Any]:
+        return run_mia(target, settings, out, log, cache=cache, status=status)
+
+    def report(self, summary: dict[str, Any]) -> list[str]:
+        return [f"{key:>5}: AUC {m['auc']:.3f}, TPR {100 * m['tpr_at_0.1pct_fpr']:.1f} % at 0.1 % FPR, "
+                f"{100 * m['tpr_at_1pct_fpr']:.1f} % at 1 % FPR, balanced accuracy "
+                f"{100 * m['balanced_accuracy']:.1f} % ({m['n_members']} members, {m['n_nonmembers']} non-members)"
+                for key, m in summary["metrics"].items()]
+
+    def audit_scores(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Each attack's ROC AUC, TPR at 0.1 % and 1 % FPR and balanced accuracy."""
+        return {f"{key}_{attack}": value for attack, values in summary["metrics"].items()
+                for key, value in values.items() if not key.startswith("n_")}
+
+    def panel_title(self, threat: str) -> str:
+        return f"{self.label}, {threat} model"

@@ -54,9 +54,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rvepfl.attacks.common import Tracker
+from rvepfl.attacks.inversion import Inversion, InversionAttack
+from rvepfl.attacks.scores import to_pixels
 from rvepfl.seeding import derive_seed
 
-__all__ = ["MiFaceResult", "STOPPING_RULES", "mi_face"]
+__all__ = ["MiFace", "MiFaceResult", "STOPPING_RULES", "mi_face"]
 
 #: ``paper``: stop at confidence >= threshold or when stuck; ``art``: IBM ART's literal rule.
 STOPPING_RULES = ("paper", "art")
@@ -308,3 +311,34 @@ def _descend(
             if len(running) == 0:
                 break
     return iterations.cpu(), confidences.detach().cpu()
+
+
+# -- the attack, as ``rvepfl attack miface`` runs it -----------------------------------------------
+class MiFace(InversionAttack):
+    """``rvepfl attack miface``: :func:`mi_face` on the model of the threat model, in the model's
+    own input space (a released classifier that reads a private encoder's sample z is inverted in
+    z's space, and the result scored against x)."""
+
+    name = "miface"
+    label = "MI-Face"
+    description = ("per-class descent on the input to raise p(class), IBM ART's MIFace parameters, every class in "
+                   "one batch (Fredrikson et al., CCS 2015)")
+    rank = 40
+    default_iterations = 1000
+    own_columns = ("iterations", "confidence")
+
+    def open(self, target, settings, cache=None) -> None:
+        target.inversion_model(settings.threat, settings.round, settings.client)
+
+    def invert(self, target, settings, log, status, *, evaluator, cache) -> Inversion:
+        s = settings
+        model, bounds = target.inversion_model(s.threat, s.round, s.client)
+        log(f"miface: {target.num_classes} classes, up to {s.iterations} iterations ({s.threat} model)")
+        # Classes stop early, so the time left is an upper bound.
+        progress = Tracker(s.iterations, status).progress(0, lambda done, total: f"miface: iteration {done} of up to {total}")
+        result = mi_face(model, target.num_classes, target.input_shape, max_iter=s.iterations, bounds=bounds,
+                         seed=s.seed, progress=progress)  # the seed also drives a private encoder's sampled z
+        pixels = to_pixels(result.images.detach().float().cpu(), target.dataset)
+        return Inversion(pixels, torch.as_tensor(result.classes),
+                         {"iterations": [int(v) for v in result.iterations],
+                          "confidence": [float(v) for v in result.confidences]}, float(result.seconds))

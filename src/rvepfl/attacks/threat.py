@@ -366,10 +366,11 @@ class Target:
             )
         return path.module, (_pixel_bounds(self.dataset) if path.reads_images else None)
 
-    # -- the membership threat models ------------------------------------------------------------
-    def membership_model(self, threat: str, round_: int, client: int) -> nn.Module:
-        """The model a membership attacker queries under ``threat``: a module from normalised
-        images x to logits, in eval mode.
+    # -- a model from images to logits (membership inference, generative inversion) -------------
+    def image_model(self, threat: str, round_: int, client: int) -> nn.Module:
+        """The model an attacker that works in image space (membership inference, a generative
+        model inversion) queries under ``threat``: a module from normalised images x to logits,
+        in eval mode.
 
         ``stolen``: ``client``'s full personal model. ``released``: the global shared model of
         ``round_``. Where that reads a private encoder's sample z instead of the image,
@@ -382,7 +383,7 @@ class Target:
         if threat == "stolen":
             return self.model(round_, client)
         if threat != "released":
-            raise ConfigError(f"Membership inference queries a model: use --threat-model released or stolen, got {threat}")
+            raise ConfigError(f"An image-space attack queries a model: use --threat-model released or stolen, got {threat}")
         path = self.method.shared_path(self.model(round_, None))
         if path is None:
             raise NoAttackSurface(
@@ -392,9 +393,21 @@ class Target:
         return path.module if path.reads_images else _ThroughStandIn(path)
 
 
+    def image_model_words(self, threat: str, round_: int) -> str:
+        """What :meth:`image_model` gives under ``threat``, in words (for an attack's summary)."""
+        if threat == "stolen":
+            return "the victim client's full personal model (private and shared parts), images in, logits out"
+        path = self.method.shared_path(self.model(round_, None))
+        if path is not None and not path.reads_images:
+            return ("the released shared model, fed with the encoder every client started from (the run's initial "
+                    "encoder, before any training): the attacker lacks the victim's private encoder, and that is its "
+                    "best public stand-in for the map from x to z")
+        return "the released global shared model, images in, logits out"
+
+
 class _ThroughStandIn(nn.Module):
     """A shared path's module fed by its map from x to the module's input: with the initial
-    encoder's ``to_input`` (see :meth:`Target.membership_model`), x -> z -> logits."""
+    encoder's ``to_input`` (see :meth:`Target.image_model`), x -> z -> logits."""
 
     def __init__(self, path: SharedPath) -> None:
         super().__init__()

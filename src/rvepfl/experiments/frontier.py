@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from rvepfl.attacks.common import read_summary
+from rvepfl.attacks.registry import attack
 from rvepfl.config import apply_overrides, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.experiments.attack_pool import attack_pool
@@ -348,16 +349,8 @@ def panels(jobs: tuple[AttackJob, ...]):
     """One frontier panel per attack job, in the audit's order."""
     from rvepfl.experiments.frontier_report import Panel
 
-    out = []
-    for job in jobs:
-        if job.attack == "mia":
-            out.append(Panel(job.key, f"Membership inference (LiRA), {job.threat} model", "ROC AUC"))
-        elif job.attack == "miface":
-            out.append(Panel(job.key, f"MI-Face, {job.threat} model", "classes recognised (%)"))
-        else:
-            name = {"ig": "Inverting Gradients", "dlg": "DLG", "idlg": "iDLG"}[job.attack]
-            out.append(Panel(job.key, f"{name}, {job.threat}", "images recognised (%)"))
-    return tuple(out)
+    return tuple(Panel(job.key, attack(job.attack).panel_title(job.threat), attack(job.attack).success_label)
+                 for job in jobs)
 
 
 def _job_sample(job: AttackJob, scores_csv: Path):
@@ -365,7 +358,7 @@ def _job_sample(job: AttackJob, scores_csv: Path):
 
     with open(scores_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if job.attack == "mia":
+    if attack(job.attack).membership:
         member = np.array([int(r["member"]) for r in rows]) == 1
         score = np.array([float(r["lira_score"]) for r in rows])
         return AucSample(score[member], score[~member])

@@ -23,6 +23,7 @@ import numpy as np
 
 from rvepfl.config import Config
 from rvepfl.errors import CheckpointError
+from rvepfl.attacks.registry import attack
 from rvepfl.experiments.spec import AttackJob, RunSpec, Suite
 from rvepfl.rundir import MetricsLog, RunDir
 
@@ -162,20 +163,12 @@ def read_scores(path: Path) -> ScoreTable:
 
 
 def attack_row(run: RunSpec, accuracy: float, job: AttackJob, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``audit.csv`` row of a job that ran: the mean of each score from its ``summary.json``
-    (mia: each attack's ROC AUC, TPR at 0.1 % and 1 % FPR and balanced accuracy)."""
-    if job.attack == "mia":
-        metrics = {f"{key}_{attack}": value for attack, values in summary["metrics"].items()
-                   for key, value in values.items() if not key.startswith("n_")}
-        return {"dataset": run.dataset, "method": run.method, "seed": run.seed, "accuracy": accuracy,
-                "attack": job.attack, "threat": job.threat, "images": summary["rows"], **metrics, "note": ""}
-    return {
-        "dataset": run.dataset, "method": run.method, "seed": run.seed, "accuracy": accuracy,
-        "attack": job.attack, "threat": job.threat, "images": summary["rows"],
-        **{k: v["mean"] for k, v in summary["scores"].items()},
-        "evaluator_accuracy": summary["evaluator_accuracy_on_attacks"],
-        "evaluator_test_accuracy": summary["evaluator_test_accuracy"], "note": "",
-    }
+    """The ``audit.csv`` row of a job that ran: the attack's own summary of its scores
+    (:meth:`rvepfl.attacks.base.Attack.audit_scores`: the mean of each score and the evaluator's
+    share; membership inference: each attack's ROC AUC, TPR at 0.1 % and 1 % FPR and balanced accuracy)."""
+    return {"dataset": run.dataset, "method": run.method, "seed": run.seed, "accuracy": accuracy,
+            "attack": job.attack, "threat": job.threat, "images": summary["rows"],
+            **attack(job.attack).audit_scores(dict(summary)), "note": ""}
 
 
 def no_surface_row(run: RunSpec, accuracy: float, job: AttackJob, reason: str) -> dict[str, Any]:
@@ -212,12 +205,12 @@ def attack_cells(suite: Suite, scores: Mapping[tuple[str, str, AttackJob], Score
         for method in suite.methods:
             for job in suite.jobs():
                 table = scores.get((dataset, method, job), [])
-                if job.attack == "mia":
+                chosen = attack(job.attack)
+                if chosen.membership:
                     empty = Estimate(())
                     cells.append(AttackCell(dataset, method, job, len(table), empty, empty, empty,
                                             _membership(table) if table else None))
                     continue
-                psnr, ssim = ("nearest_psnr", "nearest_ssim") if job.attack == "miface" else ("psnr", "ssim")
-                cells.append(AttackCell(dataset, method, job, len(table), _column(table, psnr),
-                                        _column(table, ssim), _column(table, "evaluator_correct")))
+                cells.append(AttackCell(dataset, method, job, len(table), _column(table, chosen.scores_psnr),
+                                        _column(table, chosen.scores_ssim), _column(table, "evaluator_correct")))
     return cells

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rvepfl.attacks.runner import attack_state, resolve_settings, run_attack
+from rvepfl.attacks.registry import attack
+from rvepfl.attacks.runner import attack_state, run_attack
 from rvepfl.attacks.threat import Target
 from rvepfl.config import Config, config_hash, published_warnings
 from rvepfl.errors import CheckpointError, NoAttackSurface
@@ -230,16 +231,6 @@ def train_run(r: RunSpec, run: RunDir, state: str, prefix: str, progress: Callab
 
 
 # -- attacking -----------------------------------------------------------------------------------
-def _check_surface(target: Target, job: AttackJob, round_: int, client: int) -> None:
-    """Open what the job attacks; raises :class:`NoAttackSurface` if the method exposes none."""
-    if job.attack == "miface":
-        target.inversion_model(job.threat, round_, client)
-    elif job.attack == "mia":
-        target.membership_model(job.threat, round_, client)
-    else:
-        target.gradient_surface(round_, client)
-
-
 def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[float]],
             say: Log, status: Log | None) -> tuple[list[dict[str, Any]], dict[tuple[str, str, AttackJob], ScoreTable]]:
     """Run every job on every run (complete ones are skipped by the attack itself); the
@@ -289,17 +280,10 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
     cache = out / "evaluators"
     queue: list[tuple[AttackJob, Any, str]] = []  # (job, settings or the no-surface row, its state)
     for job in plan.jobs():
-        model_attack = job.attack in ("miface", "mia")
-        mia = job.attack == "mia"
-        settings = resolve_settings(
-            target, job.attack, threat=job.threat, round_=None, client=plan.client,
-            batch_size=1 if model_attack else plan.batch_size, images=None if model_attack else plan.images,
-            iterations=None if mia else plan.iterations_of(job), seed=plan.seed,
-            restarts=1 if model_attack else plan.restarts_of(job),
-            local_steps=plan.local_steps if job.threat == "update" else None,
-            evaluator_images=plan.evaluator_images, references=plan.references if mia else None)
-        try:
-            _check_surface(target, job, settings.round, plan.client)
+        chosen = attack(job.attack)
+        settings = chosen.resolve(target, plan.request(job))
+        try:  # open what the job attacks
+            chosen.open(target, settings, cache)
         except NoAttackSurface as exc:
             queue.append((job, no_surface_row(r, acc, job, str(exc)), "none"))
             continue

@@ -31,9 +31,9 @@ A run is named ``<dataset>-<method>-seed<k>``.
 An audit file is a suite file with one more table (``rvepfl compare`` ignores it)::
 
     [audit]
-    attacks = ["dlg", "idlg", "ig", "miface"]   # any of dlg, idlg, ig, miface, mia
-    miface_threats = ["released", "stolen"]     # the model-inversion threat models to run
-    mia_threats = ["released", "stolen"]        # membership inference's threat models
+    attacks = ["dlg", "idlg", "ig", "miface"]   # any of `rvepfl attacks` (default: every one)
+    miface_threats = ["released", "stolen"]     # <attack>_threats: the threat models an attack runs
+    mia_threats = ["released", "stolen"]        # under (default: every one it serves, but `update`)
     references = 4                              # mia: LiRA's reference models (at least 2)
     update_attacks = ["ig"]                     # gradient attacks also run on the whole local
                                                 # update (threat model `update`; default none)
@@ -48,16 +48,20 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
     [audit.iterations]                          # optional, per attack or per attack-threat
     ig = 1000                                   # (the more specific key wins)
     ig-update = 500
-    [audit.restarts]                            # optional, the same keys (default 1; not miface)
-    dlg = 2
+    [audit.restarts]                            # optional, the same keys (default: the attack's;
+    dlg = 2                                     # only attacks that take restarts)
+    [audit.params.<attack>]                     # optional: an attack's own settings
+                                                # (`rvepfl attacks` lists them)
 
-The jobs of a run are every attack under its threat models: ``gradient`` for dlg, idlg and ig,
-and ``update`` too for those in ``update_attacks``; ``miface_threats`` for miface;
-``mia_threats`` for mia, which attacks all of the victim's training images (members) against as
-many images no client has, so its runs must keep images out (``data.subset``).
+The jobs of a run are every attack under its threat models: ``gradient`` for the attacks on an
+upload, and ``update`` too for those in ``update_attacks``; ``<attack>_threats`` (default: every
+threat model the attack serves) for the others. Membership inference (mia) attacks all of the
+victim's training images (members) against as many images no client has, so its runs must keep
+images out (``data.subset``).
 
 ``--smoke`` shrinks every run (:data:`SMOKE_OVERRIDES`, equal for all methods) and every attack
-(3 iterations, one batch of images, no restarts, at most 600 evaluator images, 2 reference models).
+(3 iterations, one batch of images, no restarts, at most 600 evaluator images, 2 reference models,
+and each attack's own ``smoke`` settings).
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 
-from rvepfl.attacks.runner import ATTACK_NAMES, MIN_EVALUATOR_DRAW, UPLOAD_THREATS
+from rvepfl.attacks.base import MIN_EVALUATOR_DRAW, AttackRequest, parse_params
+from rvepfl.attacks.registry import attack, attacks
 from rvepfl.config import (
     Config,
     DatasetName,
@@ -98,12 +103,9 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 
 _TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
 _SET_BY_SUITE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
-_AUDIT_KEYS = ("attacks", "miface_threats", "mia_threats", "update_attacks", "local_steps", "client", "images",
-               "batch_size", "evaluator_images", "references", "seed", "workers", "iterations", "restarts")
-_MODEL_ATTACKS = ("miface", "mia")
-"""The attacks of a model (threat models released and stolen); the others invert an upload."""
-_GRADIENT_ATTACKS = tuple(a for a in ATTACK_NAMES if a not in _MODEL_ATTACKS)
-_MIFACE_THREATS = ("released", "stolen")
+_AUDIT_KEYS = ("attacks", "update_attacks", "local_steps", "client", "images", "batch_size", "evaluator_images",
+               "references", "seed", "workers", "iterations", "restarts", "params")
+"""The ``[audit]`` keys besides ``<attack>_threats`` (one per attack)."""
 DEFAULT_REFERENCES = 4
 """mia's reference models in an audit unless ``audit.references`` says otherwise."""
 
@@ -169,7 +171,8 @@ class AuditPlan:
     """A validated ``[audit]`` table: the attacks every run of a suite receives, and their settings."""
 
     attacks: tuple[str, ...]
-    miface_threats: tuple[str, ...]
+    threats: dict[str, tuple[str, ...]]
+    """Per attack, the threat models it runs under, in its own order."""
     client: int
     images: int
     batch_size: int
@@ -180,33 +183,38 @@ class AuditPlan:
     local_steps: int | None = None
     """Local steps of the observed round (threat model ``update``); None: each run's train.local_epochs."""
     restarts: dict[str, int] = field(default_factory=dict)
-    mia_threats: tuple[str, ...] = _MIFACE_THREATS
     references: int = DEFAULT_REFERENCES
     """mia: LiRA's reference models (trained once per data set, seed and model, and shared)."""
     workers: int = 1
     """Processes that run the jobs of one run side by side (1: one after another, in-process);
     :mod:`rvepfl.experiments.attack_pool`."""
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per attack, its own settings (``[audit.params.<attack>]``), checked against its ``Params``."""
 
     def jobs(self) -> tuple[AttackJob, ...]:
         """Every (attack, threat) job, in the order of ``attacks``."""
-        out: list[AttackJob] = []
-        for attack in self.attacks:
-            if attack == "miface":
-                threats: tuple[str, ...] = self.miface_threats
-            elif attack == "mia":
-                threats = self.mia_threats
-            else:
-                threats = ("gradient", "update") if attack in self.update_attacks else ("gradient",)
-            out.extend(AttackJob(attack, t) for t in threats)
-        return tuple(out)
+        return tuple(AttackJob(a, t) for a in self.attacks for t in self.threats[a])
 
     def iterations_of(self, job: AttackJob) -> int | None:
         """The job's iterations: its ``attack-threat`` key, else its attack's, else None (the attack's default)."""
         return self.iterations.get(job.key, self.iterations.get(job.attack))
 
-    def restarts_of(self, job: AttackJob) -> int:
-        """The job's restarts: its ``attack-threat`` key, else its attack's, else 1."""
-        return self.restarts.get(job.key, self.restarts.get(job.attack)) or 1
+    def restarts_of(self, job: AttackJob) -> int | None:
+        """The job's restarts: its ``attack-threat`` key, else its attack's, else None (the attack's default)."""
+        return self.restarts.get(job.key, self.restarts.get(job.attack))
+
+    def request(self, job: AttackJob) -> AttackRequest:
+        """What the audit asks of ``job``'s attack on a run's victim client, its last round: the
+        audit's settings that the attack takes in an audit (its ``audit_options``), its own
+        ``params``; the attack's defaults for the rest."""
+        values: dict[str, Any] = {
+            "batch_size": self.batch_size, "images": self.images, "iterations": self.iterations_of(job),
+            "restarts": self.restarts_of(job), "local_steps": self.local_steps if job.threat == "update" else None,
+            "evaluator_images": self.evaluator_images, "references": self.references,
+        }
+        taken = attack(job.attack).audit_options
+        return AttackRequest(threat=job.threat, client=self.client, seed=self.seed,
+                             params=self.params.get(job.attack, {}), **{k: v for k, v in values.items() if k in taken})
 
 
 @dataclass(frozen=True)
@@ -365,10 +373,11 @@ def _audit_table(values: dict[str, Any]) -> dict[str, Any]:
     """The ``[audit]`` table, its keys checked (before anything else of the file, as ever)."""
     audit = values.get("audit")
     if not isinstance(audit, dict):
-        raise ConfigError("Expected an [audit] table (attacks, miface_threats, client, images, ...)")
+        raise ConfigError("Expected an [audit] table (attacks, client, images, ...)")
+    allowed = (*_AUDIT_KEYS, *(f"{a}_threats" for a in attacks()))
     for key in audit:
-        if key not in _AUDIT_KEYS:
-            raise ConfigError(f"Unknown audit key `audit.{key}`: allowed: {', '.join(_AUDIT_KEYS)}")
+        if key not in allowed:
+            raise ConfigError(f"Unknown audit key `audit.{key}`: allowed: {', '.join(allowed)}")
     return audit
 
 
@@ -400,43 +409,74 @@ def _audit_per_job(audit: dict[str, Any], key: str, allowed: tuple[str, ...]) ->
     return dict(table)
 
 
+def _job_keys(names: list[str]) -> tuple[str, ...]:
+    """Each attack of ``names`` and its ``attack-threat`` keys, attack by attack."""
+    return tuple(k for a in names for k in (a, *(f"{a}-{t}" for t in attack(a).threats)))
+
+
+def _audit_params(audit: dict[str, Any], names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``[audit.params.<attack>]``: each table checked against its attack's ``Params``."""
+    table = audit.get("params", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"Expected `audit.params` to be a table of [audit.params.<attack>] tables, got {table!r}")
+    for name, values in table.items():
+        if name not in names:
+            raise ConfigError(f"`[audit.params.{name}]` names no attack of `audit.attacks` ({', '.join(names)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"Expected `audit.params.{name}` to be a table, got {values!r}")
+        parse_params(attack(name), values, f"[audit.params.{name}]")
+    return {name: dict(values) for name, values in table.items()}
+
+
 def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool) -> AuditPlan:
     """Validate the values of an ``[audit]`` table against the suite's runs."""
-    attacks = _audit_names(audit, "attacks", ATTACK_NAMES, list(ATTACK_NAMES))
-    threats = _audit_names(audit, "miface_threats", _MIFACE_THREATS, list(_MIFACE_THREATS))
-    mia_threats = _audit_names(audit, "mia_threats", _MIFACE_THREATS, list(_MIFACE_THREATS))
-    references = _audit_integer(audit, "references", DEFAULT_REFERENCES, 2)
-    update_attacks = (_audit_names(audit, "update_attacks", _GRADIENT_ATTACKS, [])
+    every = attacks()
+    names = tuple(every)
+    chosen = _audit_names(audit, "attacks", names, list(names))
+    uploads = tuple(a for a in names if "update" in every[a].threats)
+    update_attacks = (_audit_names(audit, "update_attacks", uploads, [])
                       if audit.get("update_attacks", []) != [] else ())
     for a in update_attacks:
-        if a not in attacks:
+        if a not in chosen:
             raise ConfigError(f"Expected `audit.update_attacks` to name attacks that `audit.attacks` runs "
-                              f"({', '.join(attacks)}), got {a!r}")
+                              f"({', '.join(chosen)}), got {a!r}")
+    threats: dict[str, tuple[str, ...]] = {}
+    for a in names:
+        own = every[a].threats
+        if "update" in own:  # an upload attack: the gradient, and the update where update_attacks says so
+            default = [t for t in own if t != "update" or a in update_attacks]
+        else:
+            default = list(own)
+        threats[a] = _audit_names(audit, f"{a}_threats", own, default)
+    references = _audit_integer(audit, "references", DEFAULT_REFERENCES, 2)
     local_steps = _audit_integer(audit, "local_steps", 1, 1) if "local_steps" in audit else None
-    pairs = tuple(f"{a}-{t}" for a in _GRADIENT_ATTACKS for t in UPLOAD_THREATS)
-    iterations = _audit_per_job(audit, "iterations", tuple(a for a in ATTACK_NAMES if a != "mia") + pairs
-                                + tuple(f"miface-{t}" for t in _MIFACE_THREATS))
-    restarts = _audit_per_job(audit, "restarts", _GRADIENT_ATTACKS + pairs)
+    iterations = _audit_per_job(audit, "iterations",
+                                _job_keys([a for a in names if every[a].default_iterations is not None]))
+    restarts = _audit_per_job(audit, "restarts", _job_keys([a for a in names if every[a].default_restarts is not None]))
+    params = _audit_params(audit, chosen)
     batch = _audit_integer(audit, "batch_size", 1, 1)
     images = _audit_integer(audit, "images", 4, 1)
     if images % batch:
         raise ConfigError(f"Expected `audit.images` to be a multiple of `audit.batch_size` ({batch}), got {images}")
-    if "idlg" in attacks and batch != 1:
-        raise ConfigError("iDLG reads the label of a single image: set `audit.batch_size = 1` or drop idlg")
+    for a in chosen:
+        if every[a].needs_single_image and batch != 1:
+            raise ConfigError(f"{every[a].label} reads the label of a single image: set `audit.batch_size = 1` or "
+                              f"drop {a}")
     client = _audit_integer(audit, "client", 0, 0)
     for r in runs:
         if client >= r.cfg.data.num_clients:
             raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
     evaluator_images = _audit_integer(audit, "evaluator_images", 3000, MIN_EVALUATOR_DRAW)
     if smoke:
-        iterations = {a: 3 for a in ATTACK_NAMES if a != "mia"}
-        restarts = {}
+        iterations = {a: 3 for a in names if every[a].default_iterations is not None}
+        restarts = {a: 1 for a in names if every[a].default_restarts is not None}
         images = batch
         evaluator_images = min(evaluator_images, 600)
         references = 2
-    return AuditPlan(attacks, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
-                     iterations, update_attacks, local_steps, restarts, mia_threats, references,
-                     _audit_integer(audit, "workers", 1, 1))
+        params = {a: {**params.get(a, {}), **every[a].smoke} for a in chosen if every[a].smoke or a in params}
+    return AuditPlan(chosen, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
+                     iterations, update_attacks, local_steps, restarts, references,
+                     _audit_integer(audit, "workers", 1, 1), params)
 
 
 # -- loading -------------------------------------------------------------------------------------

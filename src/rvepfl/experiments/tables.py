@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rvepfl.attacks.registry import attack
 from rvepfl.config import Config
 from rvepfl.experiments.results import AccuracyCell, AttackCell, Estimate
 from rvepfl.experiments.spec import Suite
@@ -162,10 +163,7 @@ def attack_markdown(suite: Suite, accuracy: Sequence[AccuracyCell], cells: Seque
         lines += [f"## {dataset}", ""]
         header = ["method", "accuracy (%)"]
         for job in jobs:
-            if job.attack == "mia":
-                header += [f"{job.title} AUC (LiRA)", f"{job.title} AUC (loss)", f"{job.title} TPR at 1 % FPR (LiRA, %)"]
-                continue
-            header += [f"{job.title} PSNR (dB)", f"{job.title} SSIM", f"{job.title} evaluator acc (%)"]
+            header += attack(job.attack).table_header(job.title)
         rows = []
         for method in suite.methods:
             row = [method, plus_minus(acc[(dataset, method)].acc.finite().scaled(100.0))]

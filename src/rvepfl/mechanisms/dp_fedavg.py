@@ -37,7 +37,7 @@ from rvepfl.privacy import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.seeding import SERVER, torch_generator
 
 if TYPE_CHECKING:
-    from rvepfl.config import Config
+    from rvepfl.engine_config import RunConfig
 
 __all__ = ["DpFedAvg", "DpFedAvgParams"]
 
@@ -77,7 +77,7 @@ class DpFedAvg(Mechanism):
             return "its server replaces the mean of the uploads, and this method aggregates in a way of its own"
         return None
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+    def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
         t = cfg.train
         if t.aggregation in ("median", "trimmed-mean") or t.max_update_norm is not None:

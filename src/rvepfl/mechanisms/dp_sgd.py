@@ -42,7 +42,7 @@ from rvepfl.privacy import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from rvepfl.config import Config
+    from rvepfl.engine_config import RunConfig
 
 __all__ = ["DpSgd", "DpSgdParams", "poisson_plan"]
 
@@ -95,7 +95,7 @@ class DpSgd(Mechanism):
                     "private, where noise buys no privacy: protect its shared part with nbafl or dp-fedavg")
         return None
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+    def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
         self._pending: dict[int, dict[str, Any]] = {}  # client side: the last round's accounting
         self._clients: dict[int, dict[str, Any]] = {}  # server side: what the clients reported

@@ -34,7 +34,7 @@ from rvepfl.privacy import add_gaussian_noise, clip_by_l2, nbafl_noise
 from rvepfl.seeding import SERVER, torch_generator
 
 if TYPE_CHECKING:
-    from rvepfl.config import Config
+    from rvepfl.engine_config import RunConfig
 
 __all__ = ["NbAfl", "NbaflParams"]
 
@@ -70,7 +70,7 @@ class NbAfl(Mechanism):
             return "it clips and noises the uploaded parameters, and this method uploads an update"
         return None
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+    def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
         nb = cfg.nbafl
         sizes = spec.client_train_sizes

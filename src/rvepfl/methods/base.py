@@ -47,7 +47,7 @@ from rvepfl.privacy import clip_by_l2
 from rvepfl.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from rvepfl.config import Config
+    from rvepfl.engine_config import RunConfig
 
 __all__ = ["ClientData", "DataSpec", "Loss", "Method", "RoundContext", "SharedPath", "Upload"]
 
@@ -131,8 +131,10 @@ class Method(ABC):
     uploads_update: ClassVar[bool] = False
     bf16_parity: ClassVar[bool] = False
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+    def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         self.cfg = cfg
+        """The run's :class:`rvepfl.config.Config`: the engine's keys and sections, and this class's
+        own sections by name (``self.cfg.model``; see :meth:`sections`)."""
         self.spec = spec
         self.precision: Precision = FLOAT32
         """The number format of local training (:mod:`rvepfl.precision`); the engine sets it from
