@@ -107,3 +107,25 @@ def test_the_attack_reference_is_generated_from_the_code_and_current():
     assert block == "\n" + reference.render_attacks(), "run: python scripts/config_reference.py"
     for name in attack_names():
         assert f"| `{name}` (" in block, name
+
+
+@pytest.mark.parametrize(("value", "kind", "message"), [
+    ("many", int, "Expected `x.k` to be an integer, got 'many'"),
+    ("1.5", int, "Expected `x.k` to be an integer, got '1.5'"),
+    ("yes", bool, "Expected `x.k` to be true or false, got 'yes'"),
+    ("nan?", float, "Expected `x.k` to be a number, got 'nan\\?'"),
+    (True, int, "Expected `x.k` to be an integer, got True"),
+    ([1], float, r"Expected `x.k` to be a number, got \[1\]"),
+])
+def test_a_setting_of_the_wrong_type_is_a_one_line_error(value, kind, message):
+    from rvepfl.attacks.base import _convert
+
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        _convert("x.k", value, kind)
+
+
+def test_settings_given_as_text_take_their_field_type():
+    from rvepfl.attacks.base import _convert
+
+    assert _convert("x.k", " 3 ", int) == 3 and _convert("x.k", "0.5", float) == 0.5
+    assert _convert("x.k", "TRUE", bool) is True and _convert("x.k", 2, float) == 2.0

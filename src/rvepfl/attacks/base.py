@@ -147,12 +147,13 @@ def _convert(key: str, value: Any, kind: type) -> Any:
                 return text == "true"
             return int(text) if kind is int else float(text)
         except ValueError:
-            raise ConfigError(f"Expected `{key}` to be {'true or false' if kind is bool else f'a number ({kind.__name__})'}, "
-                              f"got {short_repr(value)}") from None
+            wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
+            raise ConfigError(f"Expected `{key}` to be {wanted}, got {short_repr(value)}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"Expected `{key}` to be {kind.__name__}, got {short_repr(value)}")
+        wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"Expected `{key}` to be {wanted}, got {short_repr(value)}")
     return value
 
 
