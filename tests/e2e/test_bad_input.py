@@ -76,7 +76,8 @@ def test_the_table_covers_the_bad_inputs_it_should() -> None:
     for needle in ("bad.toml", "typo.toml", "nbafl.epsilon=0", "--clients", "missing", "locked",
                    "truncated", "wrong-magic", "cifar", "corrupt-run", "foreign-run", "edited-run", "pickled-run",
                    "--round", "--method", "--dataset", "attack xyz", "name=../", "--evaluator-images",
-                   "show infinite-run", "show malformed-run", "--tensorboard", "attack mia --run full-run"):
+                   "show infinite-run", "show malformed-run", "--tensorboard", "attack mia --run full-run",
+                   "attack gmi --run full-run", "damaged-prior-run", "--restarts 0", "--param"):
         assert needle in commands, needle
     assert all(r.message.startswith("error: ") and "\n" not in r.message for r in ROWS)
 
@@ -157,6 +158,19 @@ def _full_run(directory: Path, trained: Path) -> None:
                  "--out", str(directory)]) == 0
 
 
+def _damaged_prior(run: Path) -> None:
+    """64 zero bytes where `rvepfl attack gmi --threat-model stolen` caches its prior."""
+    from rvepfl.attacks.gmi import Gmi, prior_path, prior_source
+    from rvepfl.attacks.runner import AttackRequest
+    from rvepfl.attacks.threat import Target
+
+    target = Target(run)
+    settings = Gmi().resolve(target, AttackRequest(threat="stolen"))
+    path = prior_path(target, settings, prior_source(target, settings)[0], run / "attacks")
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"\x00" * 64)
+
+
 def _edit_seed(run: Path) -> None:
     path = run / "config.toml"
     path.write_text(path.read_text().replace("seed = 0", "seed = 5"))
@@ -209,6 +223,7 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "pickled-run": _run(_pickle_as_global),
     "foreign-run": _run(_client_state_as_global),
     "edited-run": _run(_edit_seed),
+    "damaged-prior-run": _run(_damaged_prior),
     "infinite-run": _run(_infinite_progress),
     "malformed-run": _run(_short_metrics_row),
     "tb-file-run": _run(_tensorboard_file),
