@@ -252,23 +252,28 @@ class Attack:
         return {f.name: (getattr(defaults, f.name), docs.get(f.name, "")) for f in dataclasses.fields(cls.Params)}
 
     # -- what the families share ------------------------------------------------------------------
+    def iterations_and_restarts(self, request: AttackRequest) -> tuple[int, int]:
+        """The iterations and restarts ``request`` resolves to (its own, or the attack's
+        defaults), checked; an attack that takes no restarts refuses ``--restarts``."""
+        its = request.iterations if request.iterations is not None else self.default_iterations
+        if its is None or its < 1:
+            raise ConfigError(f"Expected --iterations >= 1, got {its}")
+        if self.default_restarts is None:
+            if request.restarts is not None:
+                raise ConfigError(f"{self.name} takes no --restarts (`rvepfl attacks` lists the attacks that do): "
+                                  f"drop it")
+            return its, 1
+        n = request.restarts if request.restarts is not None else self.default_restarts
+        if n < 1:
+            raise ConfigError(f"Expected --restarts >= 1, got {n}")
+        return its, n
+
     def previous(self, out: Path, digest: str) -> dict[str, Any] | None:
         """``out``'s summary when it is complete with these settings (then the attack is skipped)."""
         summary = read_summary(out / "summary.json")
         if summary.get("status") == "complete" and summary.get("settings_digest") == digest:
             return summary
         return None
-
-
-def check_common(request: AttackRequest, *, iterations: int | None, restarts: int | None) -> tuple[int, int]:
-    """The iterations and restarts a request resolves to (its own, or the attack's defaults), checked."""
-    its = request.iterations if request.iterations is not None else iterations
-    if its is None or its < 1:
-        raise ConfigError(f"Expected --iterations >= 1, got {its}")
-    n = request.restarts if request.restarts is not None else (restarts or 1)
-    if n < 1:
-        raise ConfigError(f"Expected --restarts >= 1, got {n}")
-    return its, n
 
 
 def check_evaluator_images(n: int) -> int:

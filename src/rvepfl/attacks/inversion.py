@@ -24,7 +24,6 @@ from rvepfl.attacks.base import (
     AttackRequest,
     AttackSettings,
     Log,
-    check_common,
     check_evaluator_images,
     evaluator_labels,
     image_grid,
@@ -92,9 +91,7 @@ class InversionAttack(Attack):
         target.check_client(request.client)
         if request.batch_size < 1:
             raise ConfigError(f"Expected --batch-size >= 1, got {request.batch_size}")
-        iterations, restarts = check_common(request, iterations=self.default_iterations, restarts=self.default_restarts)
-        if self.default_restarts is None:
-            restarts = 1
+        iterations, restarts = self.iterations_and_restarts(request)
         return AttackSettings(self.name, threat, r, request.client, 1, target.num_classes, iterations, request.seed,
                               restarts, 0, request.evaluator_images, params=parse_params(self, request.params))
 

@@ -24,7 +24,6 @@ from rvepfl.attacks.base import (
     AttackRequest,
     AttackSettings,
     Log,
-    check_common,
     check_evaluator_images,
     evaluator_labels,
     image_grid,
@@ -83,7 +82,7 @@ class UploadAttack(Attack):
         n_images = request.images if request.images is not None else batch_size * 4
         if n_images < batch_size or n_images % batch_size:
             raise ConfigError(f"Expected --images to be a positive multiple of --batch-size {batch_size}, got {n_images}")
-        iterations, restarts = check_common(request, iterations=self.default_iterations, restarts=self.default_restarts)
+        iterations, restarts = self.iterations_and_restarts(request)
         return AttackSettings(self.name, threat, r, request.client, batch_size, n_images, iterations, request.seed,
                               restarts, steps, request.evaluator_images, params=parse_params(self, request.params))
 
