@@ -380,50 +380,63 @@ COMPARE_QUICK = ["--method", "fedavg", "--subset", "3000", "--clients", "5", "--
 CONTROL_SEEDS = (0, 1, 2)
 
 
+def control_chain(seed: int, run: Path) -> None:
+    """One seed of the controls, in its own process: train the FedAvg run, attack its released
+    model with GMI and MI-Face (every default), search GMI's prior again against an untrained
+    classifier of the same architecture, and write what the test reads to ``run/controls.json``."""
+    import json
+
+    from rvepfl.attacks.base import load_or_train_evaluator
+    from rvepfl.attacks.threat import Target
+    from rvepfl.cli import main
+    from rvepfl.data.datasets import NORMALISATION
+
+    assert main(["train", *COMPARE_QUICK, "--seed", str(seed), "--out", str(run)]) == 0
+    for name in ("gmi", "miface"):
+        assert main(["attack", name, "--run", str(run), "--evaluator-images", "3000", "--quiet"]) == 0
+    gmi = json.loads((run / "attacks" / "gmi-released" / "summary.json").read_text())
+    miface = json.loads((run / "attacks" / "miface-released" / "summary.json").read_text())
+    target = Target(run)
+    prior = Prior.load(run / "attacks" / gmi["prior"].split(":")[0])
+    untrained = copy.deepcopy(target.image_model("released", target.default_round(), 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1000 + seed)
+        for module in untrained.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in NORMALISATION["mnist"])
+    result = gmi_search(untrained, prior, 10, to_input=lambda x: (x - mean) / std, seed=0)
+    evaluator, _ = load_or_train_evaluator(target, 3000, print, run / "attacks", victim=0)
+    share = float((evaluator.predict(result.images) == result.classes).double().mean())
+    (run / "controls.json").write_text(json.dumps({
+        "gmi": gmi["evaluator_accuracy_on_attacks"], "miface": miface["evaluator_accuracy_on_attacks"],
+        "control": gmi["prior_only_accuracy"], "untrained": share}))
+
+
 @pytest.fixture(scope="module")
 def controls(tmp_path_factory):
     """Three FedAvg runs at configs/compare-quick.toml's size (seeds 0, 1, 2), each attacked by
     GMI and by MI-Face on its released model with every default, and GMI's search on an
-    untrained classifier of the same architecture through the same prior. The three seeds run
-    side by side in three single-threaded processes (the numbers do not depend on it)."""
+    untrained classifier of the same architecture through the same prior (:func:`control_chain`).
+    The three seeds run side by side in three single-threaded processes (the numbers do not
+    depend on it)."""
     import json
+    import os
     import subprocess
     import sys
 
-    from rvepfl.attacks.base import load_or_train_evaluator
-    from rvepfl.attacks.gmi import Prior
-    from rvepfl.attacks.threat import Target
-    from rvepfl.data.datasets import NORMALISATION
-
-    root = tmp_path_factory.mktemp("controls")
-    script = ("import sys\nfrom rvepfl.cli import main\nseed, run = sys.argv[1], sys.argv[2]\n"
-              f"assert main(['train', *{COMPARE_QUICK!r}, '--seed', seed, '--out', run]) == 0\n"
-              "for attack in ('gmi', 'miface'):\n"
-              "    assert main(['attack', attack, '--run', run, '--evaluator-images', '3000', '--quiet']) == 0\n")
-    jobs = [subprocess.Popen([sys.executable, "-c", script, str(seed), str(root / f"fedavg-{seed}")],
-                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}) for seed in CONTROL_SEEDS]
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path_factory.mktemp("controls")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = ("import sys, pathlib\nfrom tests.unit.test_attacks_gmi import control_chain\n"
+            "control_chain(int(sys.argv[1]), pathlib.Path(sys.argv[2]))\n")
+    jobs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(out / f"fedavg-{seed}")], cwd=root, env=env,
+                             stdout=subprocess.DEVNULL) for seed in CONTROL_SEEDS]
     assert [job.wait() for job in jobs] == [0] * len(jobs)
-    out = {}
-    for seed in CONTROL_SEEDS:
-        run = root / f"fedavg-{seed}"
-        gmi = json.loads((run / "attacks" / "gmi-released" / "summary.json").read_text())
-        miface = json.loads((run / "attacks" / "miface-released" / "summary.json").read_text())
-        target = Target(run)
-        prior = Prior.load(run / "attacks" / gmi["prior"].split(":")[0])
-        untrained = copy.deepcopy(target.image_model("released", target.default_round(), 0))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1000 + seed)
-            for module in untrained.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in NORMALISATION["mnist"])
-        result = gmi_search(untrained, prior, 10, to_input=lambda x: (x - mean) / std, seed=0)
-        evaluator, _ = load_or_train_evaluator(target, 3000, print, run / "attacks", victim=0)
-        share = float((evaluator.predict(result.images) == result.classes).double().mean())
-        out[seed] = {"gmi": gmi["evaluator_accuracy_on_attacks"], "miface": miface["evaluator_accuracy_on_attacks"],
-                     "control": gmi["prior_only_accuracy"], "untrained": share}
-    print("GMI controls per seed:", out)
-    return out
+    found = {seed: json.loads((out / f"fedavg-{seed}" / "controls.json").read_text()) for seed in CONTROL_SEEDS}
+    print("GMI controls per seed:", found)
+    return found
 
 
 def _mean(controls, key: str) -> float:
