@@ -20,6 +20,9 @@ round_seconds_quick_bf16   <= 15 s   the quick round in bf16-mixed (native bfloa
 contended_attack_slowdown  <= 2.5x   an attack's seconds beside a 2-thread competing process / alone,
                                      with `rvepfl attack`'s default threads
                                      (:mod:`benchmarks.contention`)
+gmi_prior_seconds          <= 600 s  GMI's image prior trained with its defaults (:mod:`benchmarks.gmi`)
+gmi_attack_seconds         <= 60 s   one GMI attack once the prior exists: 10 classes x every
+                                     restart, and its control, on one thread
 =========================  ========  ==============================================================
 
 ``python -m benchmarks.parity`` trains the quick config in both precisions, three seeds of three
@@ -50,7 +53,7 @@ from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
 from rvepfl.precision import cpu_bf16_flags
 
-PARTS = ("training", "allocator", "memory", "attacks", "contention", "precision")
+PARTS = ("training", "allocator", "memory", "attacks", "contention", "precision", "gmi")
 EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
@@ -74,6 +77,9 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("contended_attack_slowdown", "<= 2.5x", lambda v: v <= 2.5, "{:.2f}x"),
     ("contended_attack_slowdown_torch_threads", "", None, "{:.2f}x"),
     ("contended_attack_slowdown_torch_threads_passive", "", None, "{:.2f}x"),
+    ("gmi_prior_seconds", "<= 600 s", lambda v: v <= 600.0, "{:.1f} s"),
+    ("gmi_prior_seconds_one_thread", "", None, "{:.1f} s"),
+    ("gmi_attack_seconds", "<= 60 s", lambda v: v <= 60.0, "{:.1f} s"),
     ("paper_round_seconds", "", None, "{:.1f} s"),
     ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
@@ -190,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("contended_attack_slowdown", "contended_attack_slowdown_torch_threads",
                     "contended_attack_slowdown_torch_threads_passive"):
             results[key] = results["contention"][key]
+    if "gmi" in parts:
+        from benchmarks.gmi import gmi_benchmark
+        log("gmi: the image prior's training and one attack")
+        results["gmi"] = gmi_benchmark(threads=threads, log=log)
+        for key in ("gmi_prior_seconds", "gmi_prior_seconds_one_thread", "gmi_attack_seconds"):
+            results[key] = results["gmi"][key]
     if "paper" in parts:
         from benchmarks.paper import paper_benchmark
         log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")
