@@ -17,18 +17,10 @@ from rvepfl.attacks.gmi import GmiResult, Prior, gmi_search, train_prior
 from rvepfl.errors import CheckpointError
 from rvepfl.io import save_tensors
 from rvepfl.seeding import seed_torch
+from tests.helpers.gradient_attacks import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
 
 SHAPE = (1, 8, 8)
 K = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe and stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pixels(n: int = 48, seed: int = 0) -> torch.Tensor:

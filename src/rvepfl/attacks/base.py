@@ -225,12 +225,14 @@ class Attack:
         raise NotImplementedError
 
     def report(self, summary: dict[str, Any]) -> list[str]:
-        """What ``rvepfl attack`` prints of a finished attack's summary."""
-        raise NotImplementedError
+        """What ``rvepfl attack`` prints of a finished attack's summary (a reconstruction
+        attack's: each score's mean ± std and the evaluator's share)."""
+        return reconstruction_report(summary)
 
     def audit_scores(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """The score columns of the attack's row in an audit's ``audit.csv``."""
-        raise NotImplementedError
+        """The score columns of the attack's row in an audit's ``audit.csv`` (a reconstruction
+        attack's: the mean of each score, the evaluator's share and its own test accuracy)."""
+        return reconstruction_audit_scores(summary)
 
     def table_header(self, title: str) -> list[str]:
         """The attack's columns in an audit's table (``title``: the job, e.g. ``ig (update)``)."""

@@ -29,8 +29,6 @@ from rvepfl.attacks.base import (
     image_grid,
     load_or_train_evaluator,
     parse_params,
-    reconstruction_audit_scores,
-    reconstruction_report,
     reconstruction_summary,
 )
 from rvepfl.attacks.scores import class_scores, to_pixels
@@ -94,12 +92,6 @@ class InversionAttack(Attack):
         iterations, restarts = self.iterations_and_restarts(request)
         return AttackSettings(self.name, threat, r, request.client, 1, target.num_classes, iterations, request.seed,
                               restarts, 0, request.evaluator_images, params=parse_params(self, request.params))
-
-    def report(self, summary: dict[str, Any]) -> list[str]:
-        return reconstruction_report(summary)
-
-    def audit_scores(self, summary: dict[str, Any]) -> dict[str, Any]:
-        return reconstruction_audit_scores(summary)
 
     def panel_title(self, threat: str) -> str:
         return f"{self.label}, {threat} model"

@@ -29,8 +29,6 @@ from rvepfl.attacks.base import (
     image_grid,
     load_or_train_evaluator,
     parse_params,
-    reconstruction_audit_scores,
-    reconstruction_report,
     reconstruction_summary,
 )
 from rvepfl.attacks.common import Tracker, read_summary
@@ -88,12 +86,6 @@ class UploadAttack(Attack):
 
     def open(self, target: Target, settings: AttackSettings, cache: Path | None = None) -> None:
         target.gradient_surface(settings.round, settings.client)
-
-    def report(self, summary: dict[str, Any]) -> list[str]:
-        return reconstruction_report(summary)
-
-    def audit_scores(self, summary: dict[str, Any]) -> dict[str, Any]:
-        return reconstruction_audit_scores(summary)
 
     def run(self, target: Target, settings: AttackSettings, out: Path, log: Log, *,
             cache: Path | None = None, status: Log | None = None) -> dict[str, Any]:
