@@ -129,3 +129,15 @@ def test_settings_given_as_text_take_their_field_type():
 
     assert _convert("x.k", " 3 ", int) == 3 and _convert("x.k", "0.5", float) == 0.5
     assert _convert("x.k", "TRUE", bool) is True and _convert("x.k", 2, float) == 2.0
+
+
+def test_the_attacks_command_lists_every_attack_its_threat_models_and_settings(capsys):
+    from rvepfl.cli import main
+
+    assert main(["attacks"]) == 0
+    out = capsys.readouterr().out
+    for name, a in attacks().items():
+        assert any(line.startswith(f"{name} ") and a.label in line for line in out.splitlines()), name
+        assert f"threat models: {a.threats[0]} (default)" in out
+        for key, (default, _) in a.settings_doc().items():
+            assert f"--param {key}=" in out, (name, key)
