@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 ScoreTable = list[dict[str, str]]
-"""The rows of attack ``scores.csv`` files, as read (one per attacked image, or class for MI-Face)."""
+"""The rows of attack ``scores.csv`` files, as read (one per attacked image, or per class for model inversion)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class AttackCell:
     job: AttackJob
     images: int
     psnr: Estimate
-    """PSNR (dB) of each reconstruction; MI-Face: against the nearest real image of its class."""
+    """PSNR (dB) of each reconstruction; model inversion: against the nearest real image of its class."""
     ssim: Estimate
     """SSIM of each reconstruction, scored as the PSNR is."""
     evaluator: Estimate

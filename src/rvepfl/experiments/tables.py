@@ -185,10 +185,11 @@ def attack_markdown(suite: Suite, accuracy: Sequence[AccuracyCell], cells: Seque
     lines += [
         ("Accuracy: final-round mean client test accuracy, mean ± std over seeds "
          f"{', '.join(map(str, suite.seeds))}. Attack cells: mean ± std over every attacked image "
-         "(gradient attacks) or class (MI-Face) of every seed, in [0, 1] pixel space; MI-Face is scored "
-         "against the nearest real training image of its class. Evaluator acc: share of reconstructions an "
-         "independent classifier, trained on images no client has, labels as the true class (chance is "
-         "10 %). mia: ROC AUC of membership inference (0.5 is chance) and its true-positive rate at 1 % "
+         "(attacks on an upload) or class (model inversion: one image per class) of every seed, in [0, 1] pixel "
+         "space; model inversion is scored against the nearest real training image of its class. Evaluator acc: "
+         "share of reconstructions an independent classifier, trained on images no client has, labels as the "
+         "true class (chance is 10 %). mia: ROC AUC of membership inference (0.5 is chance) and its true-positive "
+         "rate at 1 % "
          "false positives, mean ± std over seeds (members: the victim's training images; non-members: as many "
          "images no client has). n/a: the method exposes no such attack surface (see audit.csv's note)."),
         f"Victim client {plan.client}; {plan.images} images per gradient attack, batch {plan.batch_size}.",
