@@ -277,6 +277,26 @@ class Attack:
             return summary
         return None
 
+    def evaluator_unless_done(self, target: Target, settings: AttackSettings, out: Path, log: Log,
+                              cache: Path | None) -> tuple[dict[str, Any] | None, Any | None, str]:
+        """A reconstruction attack's start: (the summary of a complete attack with these settings,
+        which is then skipped; else None), the evaluator and its note (:func:`load_or_train_evaluator`).
+
+        A complete attack scored without an evaluator's labels runs again when an evaluator can
+        now be had (it was scored before the fallback to the other clients' images existed)."""
+        previous = self.previous(out, settings.digest())
+        skipped = f"{settings.attack}: complete with these settings, skipped ({out})"
+        if previous is not None and previous.get("evaluator_test_accuracy") is not None:
+            log(skipped)
+            return previous, None, ""
+        evaluator, note = load_or_train_evaluator(target, settings.evaluator_images, log, cache, victim=settings.client)
+        if previous is not None:
+            if evaluator is None:
+                log(skipped)
+                return previous, None, ""
+            log(f"{settings.attack}: complete but scored without an evaluator; again, with one ({out})")
+        return None, evaluator, note
+
 
 def check_evaluator_images(n: int) -> int:
     if n < MIN_EVALUATOR_DRAW:

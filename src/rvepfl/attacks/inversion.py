@@ -27,7 +27,6 @@ from rvepfl.attacks.base import (
     check_evaluator_images,
     evaluator_labels,
     image_grid,
-    load_or_train_evaluator,
     parse_params,
     reconstruction_summary,
 )
@@ -104,18 +103,11 @@ class InversionAttack(Attack):
         an evaluator can now be had: then it runs again.
         """
         s = settings
-        digest = s.digest()
-        previous = self.previous(out, digest)
-        if previous is not None and previous.get("evaluator_test_accuracy") is not None:
-            log(f"{s.attack}: complete with these settings, skipped ({out})")
-            return previous
         cache = cache or target.run.path / "attacks"
-        evaluator, evaluator_note = load_or_train_evaluator(target, s.evaluator_images, log, cache, victim=s.client)
-        if previous is not None:
-            if evaluator is None:
-                log(f"{s.attack}: complete with these settings, skipped ({out})")
-                return previous
-            log(f"{s.attack}: complete but scored without an evaluator; again, with one ({out})")
+        done, evaluator, evaluator_note = self.evaluator_unless_done(target, s, out, log, cache)
+        if done is not None:
+            return done
+        digest = s.digest()
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         result = self.invert(target, s, log, status, evaluator=evaluator, cache=cache)

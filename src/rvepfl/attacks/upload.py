@@ -27,7 +27,6 @@ from rvepfl.attacks.base import (
     check_evaluator_images,
     evaluator_labels,
     image_grid,
-    load_or_train_evaluator,
     parse_params,
     reconstruction_summary,
 )
@@ -94,18 +93,10 @@ class UploadAttack(Attack):
         A complete attack with these settings is skipped, unless it has no evaluator's labels and
         an evaluator can now be had (it was scored before that fallback existed): then it runs again.
         """
+        done, evaluator, evaluator_note = self.evaluator_unless_done(target, settings, out, log, cache)
+        if done is not None:
+            return done
         digest = settings.digest()
-        previous = self.previous(out, digest)
-        if previous is not None and previous.get("evaluator_test_accuracy") is not None:
-            log(f"{settings.attack}: complete with these settings, skipped ({out})")
-            return previous
-        evaluator, evaluator_note = load_or_train_evaluator(target, settings.evaluator_images, log, cache,
-                                                            victim=settings.client)
-        if previous is not None:
-            if evaluator is None:
-                log(f"{settings.attack}: complete with these settings, skipped ({out})")
-                return previous
-            log(f"{settings.attack}: complete but scored without an evaluator; again, with one ({out})")
         out.mkdir(parents=True, exist_ok=True)
         rows, truth, recon, titles, seconds = self._observations(target, settings, evaluator, out, digest, log, status)
         threat = THREAT_MODELS[settings.threat]
