@@ -1,4 +1,4 @@
-"""The frontier's report: the upper envelope, the verdict (values, positions, pairing), the files."""
+"""The frontier's report: the upper concave hull, the verdict (values, positions, pairing, precision), the files."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from rvepfl.experiments.frontier_report import (
     frontier_columns,
     frontier_markdown,
     frontier_rows,
+    verdict_rows,
     write_frontier,
 )
 from rvepfl.experiments.stats import AucSample, MeanSample, SeedDraw
@@ -70,6 +71,23 @@ def test_envelope_at_equal_success_keeps_the_more_accurate_point_and_works_row_w
     assert rows == pytest.approx([5.0, 2.5])
 
 
+def test_envelope_is_the_upper_concave_hull_not_the_line_through_neighbours():
+    # (20, 55) is dominated by nothing, but lies below the chord from (10, 50) to (30, 80): alternating
+    # those two settings reaches 65 at success 20, so the point is skipped.
+    s, a = np.array([10.0, 20.0, 30.0]), np.array([50.0, 55.0, 80.0])
+    got = [float(envelope_accuracy(s, a, x)) for x in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)]
+    assert got == pytest.approx([50.0, 50.0, 57.5, 65.0, 72.5, 80.0, 80.0])
+    straight = float(np.interp(20.0, s, a))  # the straight-line envelope through the non-dominated points
+    assert straight == 55.0 < got[3]
+
+
+def test_the_verdict_uses_the_hull():
+    curve = [point("nbafl", 1.0, 0.50, 0.1), point("nbafl", 2.0, 0.55, 0.2), point("nbafl", 3.0, 0.80, 0.3)]
+    [c] = verdict([*curve, point("rvepfl", 0.0, 0.60, 0.2)])
+    assert c.delta.mean == pytest.approx(-5.0)  # 60 against the hull's 65, not +5 against the point's 55
+    assert c.reading == "less accurate"
+
+
 # -- the verdict ---------------------------------------------------------------------------------
 def test_verdict_on_the_hand_made_curve():
     refs = [point("rvepfl", 0.0, 0.80, 0.25), point("rvepfl", 0.5, 0.60, 0.30), point("rvepfl", 1.0, 0.74, 0.30),
@@ -87,7 +105,9 @@ def test_verdict_on_the_hand_made_curve():
                                  "MI-Face, released model success (25.0 %).")
     assert got[0.5].sentence.startswith("RVE-PFL (k = 0.5) is 15.0 points [15.0, 15.0] less accurate than NbAFL")
     assert "leaks more than every NbAFL point" in got[3.0].sentence and "NbAFL (k = 4)" in got[3.0].sentence
-    assert got[0.0].outside_share == 0.0
+    assert got[0.0].position_uncertain is False and got[0.0].half_width == 0.0 and got[0.0].powered
+    assert got[2.0].position_uncertain is False and got[2.0].powered is None and got[2.0].half_width is None
+    assert all(c.wide_success == () for c in got.values())  # every success exact: nothing wide
 
 
 def test_verdict_with_noise_no_difference_when_the_interval_contains_zero():
@@ -99,7 +119,7 @@ def test_verdict_with_noise_no_difference_when_the_interval_contains_zero():
     assert c.status == COMPARED and c.delta.low < 0 < c.delta.high
     assert c.reading == "no significant difference"
     assert "not significantly different from NbAFL" in c.sentence and "the interval contains 0" in c.sentence
-    assert 0.0 <= c.outside_share < 0.5
+    assert c.half_width == pytest.approx((c.delta.high - c.delta.low) / 2) and c.powered is (c.half_width <= 10)
 
 
 def test_verdict_is_paired_by_seed():
@@ -134,6 +154,53 @@ def test_without_a_method_to_compare_with_the_verdict_says_so_in_one_line():
     verdict_part = text.split("### Verdict")[1].split("## How the numbers")[0]
     assert "No swept method to compare NbAFL with (`frontier.against` is empty): no verdict." in verdict_part
     assert "**MI-Face" not in verdict_part  # no panel heading with nothing under it
+
+
+def test_every_verdict_line_says_whether_it_is_precise_and_flags_wide_success_cells():
+    one_in_ten = tuple(MeanSample(np.array([1.0] + [0.0] * 9)) for _ in SEEDS)  # 3 of 30: exact [2.1, 26.5]
+    shares = FrontierPoint("toy", "rvepfl", "k", 0.0, SEEDS, flat([0.8] * 3), {MI.key: one_in_ten, MIA.key: None})
+    wide = FrontierPoint("toy", "rvepfl", "k", 0.5, SEEDS, tuple(MeanSample(np.full(10, v)) for v in (0.5, 0.7, 0.9)),
+                         {MI.key: flat([0.25] * 3), MIA.key: None})
+    private = point("rvepfl", 1.0, 0.9, 0.05)
+    points = [*CURVE, shares, wide, private]
+    estimates = estimate_points(points, [MI], DRAW)
+    got = {c.value: c for c in compare_at_equal_success(estimates, [MI], against=("nbafl",))}
+    assert got[0.0].delta.mean == pytest.approx(30.0) and got[0.0].powered  # every seed alike: exact
+    assert got[0.0].wide_success == ("RVE-PFL (k = 0) 10.0 % [2.1, 26.5]",)  # NbAFL (k = 1) is exact: not flagged
+    assert got[0.0].position_uncertain  # its success interval reaches below NbAFL's most private point
+    assert got[0.5].half_width > 10 and got[0.5].powered is False
+    assert got[1.0].status == NOT_REACHABLE and got[1.0].powered is None
+    text = frontier_markdown(estimates, [MI], list(got.values()), DRAW, against=("nbafl",))
+    lines = [line for line in text.splitlines() if line.startswith(("- RVE-PFL", "- NbAFL"))]
+    assert len(lines) == 3
+    assert lines[0].endswith("Interval ±0.0 points, within ±10. Attack-success intervals wider than ±10 points "
+                             "under it: RVE-PFL (k = 0) 10.0 % [2.1, 26.5].")
+    assert "reaches outside NbAFL's measured range" in lines[0]
+    assert f"Interval ±{got[0.5].half_width:.1f} points: more seeds needed." in lines[1]
+    assert lines[2].endswith("No interval: not reachable.")
+    assert "- Against NbAFL: more accurate at 1 of 3 points" in text and "; 1 of 3 within ±10 points." in text
+    assert "Student's t over its\n  3 seeds' statistics" in text and "0 of 6 reads [0.0, 45.9 %]" in text
+    assert "upper concave hull" in text
+    rows = verdict_rows(list(got.values()))
+    assert [r[VERDICT_COLUMNS.index("powered")] for r in rows] == [True, False, None]
+    assert rows[0][VERDICT_COLUMNS.index("wide_success")] == "RVE-PFL (k = 0) 10.0 % [2.1, 26.5]"
+
+
+def test_one_seed_is_labelled_within_seed_only():
+    draw = SeedDraw(1, boot=200)
+    rng = np.random.default_rng(6)
+
+    def one(method, value, acc, success):
+        return FrontierPoint("toy", method, "k", value, (0,), (MeanSample(rng.normal(acc, 0.05, 10)),),
+                             {MI.key: (MeanSample((rng.random(40) < success).astype(float)),)})
+
+    points = [one("nbafl", 1.0, 0.5, 0.1), one("nbafl", 2.0, 0.8, 0.6), one("rvepfl", 0.0, 0.7, 0.3)]
+    estimates = estimate_points(points, [MI], draw)
+    comparisons = compare_at_equal_success(estimates, [MI], against=("nbafl",))
+    assert all(e.accuracy.within_seed_only for e in estimates)
+    text = frontier_markdown(estimates, [MI], comparisons, draw, against=("nbafl",))
+    assert "Seed 0; [95 % interval, within this one seed only]." in text
+    assert "**within one seed only.**" in text and "(within one seed only)" in text
 
 
 def test_auc_panels_keep_the_auc_and_mark_chance_in_the_table():
@@ -195,10 +262,15 @@ def test_write_frontier_writes_every_data_set(tmp_path):
     assert fedper["miface-released_mean"] == "" and fedper["note"] == "no surface: miface-released"
     for r in rows:
         assert float(r["accuracy_low"]) <= float(r["accuracy_high"])
-    verdict_rows = read(tmp_path / "frontier_verdict.csv")
-    assert list(verdict_rows[0]) == VERDICT_COLUMNS
-    assert len(verdict_rows) == 2 * 2 * 2  # data sets x panels x RVE-PFL points (NbAFL only; the rest absent)
-    assert {r["status"] for r in verdict_rows if r["panel"] == MIA.key} == {NO_SURFACE}
+    verdict = read(tmp_path / "frontier_verdict.csv")
+    assert list(verdict[0]) == VERDICT_COLUMNS
+    assert len(verdict) == 2 * 2 * 2  # data sets x panels x RVE-PFL points (NbAFL only; the rest absent)
+    assert {r["status"] for r in verdict if r["panel"] == MIA.key} == {NO_SURFACE}
+    for r in verdict:  # powered exactly where the half-width is at most 10 points; empty without a delta
+        if r["delta_mean"]:
+            assert r["powered"] == str(float(r["half_width"]) <= 10.0)
+        else:
+            assert r["powered"] == r["half_width"] == ""
     text = (tmp_path / "frontier.md").read_text()
     assert text.count("## mnist") == 1 and text.count("## fmnist") == 1
     assert "| NbAFL | knob = 10 |" in text and "n/a" in text
