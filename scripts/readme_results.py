@@ -51,9 +51,16 @@ def row(run: Path) -> tuple[str, dict]:
     text = (
         f"| {cfg['method']} | {d['dataset']} (bundled) | {d['num_clients']} | {t['rounds']} | "
         f"{t['local_epochs']} | {t['batch_size']} | **{100 * accs[-1]:.1f}** | {per_round} | "
-        f"{summary['seconds']['total']:.0f} |"
+        f"{_precision(summary)} | {summary['seconds']['total']:.0f} |"
     )
     return text, summary
+
+
+def _precision(summary: dict) -> str:
+    """The number format the run trained in: ``float32`` or ``bf16-mixed`` (runs from before the
+    precision setting trained in float32)."""
+    ran = summary.get("precision", {}).get("ran", "32")
+    return "float32" if ran == "32" else ran
 
 
 def _first_table(text: str) -> list[str]:
@@ -110,8 +117,8 @@ def main() -> int:
         [
             BEGIN,
             "| method | data | clients | rounds | local epochs | batch | final mean client test acc (%) "
-            "| per round (%) | seconds |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| per round (%) | precision | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
             f"Made by `rvepfl train` (and `rvepfl train --method fedavg`) with the quick configuration, "

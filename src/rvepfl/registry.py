@@ -110,7 +110,7 @@ def _compose(method: type[Method], mechanism: type[Mechanism], name: str) -> typ
     return type(f"{mechanism.__name__}On{method.__name__}", (mechanism, method), {
         "name": name,
         "description": f"{mechanism.description}; on {method.name}",
-        "bf16_parity": vars(mechanism).get("bf16_parity", False) and vars(method).get("bf16_parity", False),
+        "bf16_parity": method.name in vars(mechanism).get("bf16_parity_on", ()),
         "__module__": __name__,
         "__doc__": f"{mechanism.__name__} wrapping {method.__name__} (``{name}``).",
     })

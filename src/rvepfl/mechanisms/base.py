@@ -20,9 +20,15 @@ class Mechanism(Method):
     ----------------
     standalone
         The method the mechanism's name alone stands for (``nbafl`` means ``fedavg+nbafl``).
+    bf16_parity_on
+        The methods on which this mechanism's bf16-mixed accuracy has been measured to match
+        float32's: a composition gets :attr:`~rvepfl.methods.base.Method.bf16_parity` only for
+        those (a measurement of ``nbafl``, which is ``fedavg+nbafl``, says nothing of
+        ``rvepfl+nbafl``). Read off the class itself, not inherited.
     """
 
     standalone: ClassVar[str] = "fedavg"
+    bf16_parity_on: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def cannot_wrap(cls, method: type[Method]) -> str | None:

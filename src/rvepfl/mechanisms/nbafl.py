@@ -63,6 +63,10 @@ class NbAfl(Mechanism):
     rank = 0
     Params = NbaflParams
     section = "nbafl"
+    # Measured: ../shared/measurements/bf16-parity-2026-12-06/ (BENCHMARKS.md, "Mixed precision"):
+    # bf16-mixed within 0.1 point of float32 over 3 seeds on the quick config, 2-core AMD EPYC with
+    # avx512_bf16.
+    bf16_parity_on = ("fedavg",)
 
     @classmethod
     def cannot_wrap(cls, method: type[Method]) -> str | None:

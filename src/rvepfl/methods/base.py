@@ -118,9 +118,10 @@ class Method(ABC):
         new shared state itself.
     bf16_parity
         Whether this class's bf16-mixed accuracy has been measured to match float32's
-        (BENCHMARKS.md's parity table): only then does ``train.precision = "auto"`` choose
-        bf16-mixed for it. Read off the class itself, not inherited; a composition has it when
-        both its method and its mechanism do.
+        (``python -m benchmarks.parity``): only then does ``train.precision = "auto"`` choose
+        bf16-mixed for it. Read off the class itself, not inherited; a composition has it when its
+        mechanism was measured on its method
+        (:attr:`~rvepfl.mechanisms.base.Mechanism.bf16_parity_on`).
     """
 
     name: ClassVar[str]
