@@ -23,6 +23,8 @@ contended_attack_slowdown  <= 2.5x   an attack's seconds beside a 2-thread compe
 gmi_prior_seconds          <= 600 s  GMI's image prior trained with its defaults (:mod:`benchmarks.gmi`)
 gmi_attack_seconds         <= 60 s   one GMI attack once the prior exists: 10 classes x every
                                      restart, and its control, on one thread
+ig_batched_speedup                   Inverting Gradients' images per second batched / one at a time
+                                     (10 digits at batch 1, 200 iterations; :mod:`benchmarks.ig_batched`)
 =========================  ========  ==============================================================
 
 ``python -m benchmarks.parity`` trains the quick config in both precisions, three seeds of three
@@ -53,7 +55,7 @@ from rvepfl.io import write_json
 from rvepfl.perf import tune_allocator
 from rvepfl.precision import cpu_bf16_flags
 
-PARTS = ("training", "allocator", "memory", "attacks", "contention", "precision", "gmi")
+PARTS = ("training", "allocator", "memory", "attacks", "contention", "precision", "gmi", "ig_batched")
 EXTRA_PARTS = ("paper",)  # run only when named with --only
 
 # key, target description, test, format
@@ -80,6 +82,9 @@ _ROWS: list[tuple[str, str, Callable[[float], bool] | None, str]] = [
     ("gmi_prior_seconds", "<= 600 s", lambda v: v <= 600.0, "{:.1f} s"),
     ("gmi_prior_seconds_one_thread", "", None, "{:.1f} s"),
     ("gmi_attack_seconds", "<= 60 s", lambda v: v <= 60.0, "{:.1f} s"),
+    ("ig_images_per_second_one_at_a_time", "", None, "{:.2f}/s"),
+    ("ig_images_per_second_batched", "", None, "{:.2f}/s"),
+    ("ig_batched_speedup", "", None, "{:.2f}x"),
     ("paper_round_seconds", "", None, "{:.1f} s"),
     ("paper_images_per_second", "", None, "{:,.0f}/s"),
 ]
@@ -202,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["gmi"] = gmi_benchmark(threads=threads, log=log)
         for key in ("gmi_prior_seconds", "gmi_prior_seconds_one_thread", "gmi_attack_seconds"):
             results[key] = results["gmi"][key]
+    if "ig_batched" in parts:
+        from benchmarks.ig_batched import ig_batched_benchmark
+        log("ig_batched: Inverting Gradients on 10 digits, one at a time and batched")
+        results["ig_batched"] = ig_batched_benchmark(threads=threads, log=log)
+        for key in ("ig_images_per_second_one_at_a_time", "ig_images_per_second_batched", "ig_batched_speedup"):
+            results[key] = results["ig_batched"][key]
     if "paper" in parts:
         from benchmarks.paper import paper_benchmark
         log(f"paper: a paper-scale round of RVE-PFL ({args.paper_clients} of 150 clients) on {args.device}")

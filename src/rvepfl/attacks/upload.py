@@ -3,10 +3,17 @@
 
 A member of the family names its algorithm, a function ``(GradientObservation, *, iterations,
 restarts, seed, progress) -> Reconstruction`` (:func:`rvepfl.attacks.dlg.dlg`,
-:func:`rvepfl.attacks.inverting.inverting_gradients`), and inherits the rest:
-``images / batch_size`` observations are attacked one after another; after each, ``scores.csv``,
-``reconstructions.safetensors`` and ``summary.json`` (with the resume point) are rewritten
-atomically, so an interrupted attack resumes where it stopped when the same command is run again.
+:func:`rvepfl.attacks.inverting.inverting_gradients`), and inherits the rest: the attack's
+``images / batch_size`` observations are attacked in chunks. An algorithm with a batched form
+(``batched_algorithm``: :func:`rvepfl.attacks.inverting.inverting_gradients_batched`) takes a
+chunk of up to :attr:`UploadAttack.chunk_observations` observations (and at most
+:attr:`UploadAttack.chunk_images` images, restarts counted) as one optimisation; the others
+(DLG, iDLG) take one observation at a time, as before. After each chunk, ``scores.csv``,
+``reconstructions.safetensors`` and ``summary.json`` (with the resume point, ``draws_done``:
+the observations done) are rewritten atomically, so an interrupted attack resumes after its last
+complete chunk when the same command is run again. The chunks lie on a fixed grid (observations
+``[k * chunk, (k + 1) * chunk)``), so a resumed attack batches its observations as an
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from rvepfl.attacks.base import (
     reconstruction_summary,
 )
 from rvepfl.attacks.common import Tracker, read_summary
-from rvepfl.attacks.observation import Reconstruction
+from rvepfl.attacks.observation import GradientObservation, Reconstruction
 from rvepfl.attacks.scores import image_scores, to_pixels
 from rvepfl.attacks.threat import THREAT_MODELS, Target
 from rvepfl.errors import CheckpointError, ConfigError
@@ -56,6 +63,33 @@ class UploadAttack(Attack):
     algorithm: ClassVar[Callable[..., Reconstruction]]
     """The attack proper, ``(observation, *, iterations, restarts, seed, progress) ->
     Reconstruction``: a reconstruction of the observed batch (set as ``staticmethod(function)``)."""
+
+    batched_algorithm: ClassVar[Callable[..., list[Reconstruction]] | None] = None
+    """The attack proper on several observations of one model as one computation, ``(observations,
+    *, iterations, restarts, seeds, progress) -> [Reconstruction]``, each reconstruction the one
+    ``algorithm`` gives that observation with its seed (up to float rounding); None when the
+    algorithm has no batched form (set as ``staticmethod(function)``)."""
+
+    chunk_observations: ClassVar[int] = 16
+    """The most observations ``batched_algorithm`` takes at once."""
+
+    chunk_images: ClassVar[int] = 64
+    """The most images ``batched_algorithm`` optimises at once (observations x restarts x batch
+    size; a chunk holds at least one observation), which bounds its memory."""
+
+    def chunk_size(self, settings: AttackSettings) -> int:
+        """Observations attacked as one computation: 1 without a batched form.
+
+        >>> from dataclasses import replace
+        >>> from rvepfl.attacks.inverting import InvertingGradients
+        >>> s = AttackSettings("ig", "gradient", 1, 0, batch_size=1, images=20, iterations=10, seed=0, restarts=2)
+        >>> InvertingGradients().chunk_size(s), InvertingGradients().chunk_size(replace(s, batch_size=8, images=40))
+        (16, 4)
+        """
+        if self.batched_algorithm is None:
+            return 1
+        per_observation = settings.restarts * settings.batch_size
+        return max(1, min(self.chunk_observations, self.chunk_images // per_observation))
 
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         threat = self.check_threat(request.threat)
@@ -139,55 +173,84 @@ class UploadAttack(Attack):
                 start_draw, rows, truth, recon, elapsed = 0, [], [], [], 0.0
         per_draw = s.iterations * s.restarts
         tracker = Tracker(draws * per_draw, status)
-        for draw in range(start_draw, draws):
+        size = self.chunk_size(s)
+        first = start_draw
+        while first < draws:
+            stop = min(draws, (first // size + 1) * size)  # the chunks lie on a grid: a resumed attack's are the same
             t0 = time.perf_counter()
-            x, gt = target.client_batch(s.client, s.batch_size, draw, s.seed)
-            if s.threat == "update":
-                obs = target.observe_update(s.round, s.client, x, gt.labels, local_steps=s.local_steps, seed=s.seed,
-                                            draw=draw)
+            batches = [target.client_batch(s.client, s.batch_size, draw, s.seed) for draw in range(first, stop)]
+            observations = [self._observe(target, s, x, gt.labels, draw)
+                            for draw, (x, gt) in zip(range(first, stop), batches)]
+            # The attack's own random draws (its initial guesses): a stream of its own for each observation.
+            seeds = [derive_seed(s.seed, "attack", s.round, s.client, draw, 3) for draw in range(first, stop)]
+            which = _observation_words(first, stop, draws)
+            progress = tracker.progress(first * per_draw, lambda done, total, w=which: (
+                f"{s.attack}: {w}, iteration {done}/{total}"))
+            if self.batched_algorithm is None:
+                results = [self.algorithm(observations[0], iterations=s.iterations, restarts=s.restarts, seed=seeds[0],
+                                          progress=progress)]
             else:
-                obs = target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
-            # The attack's own random draws (its initial guesses): a stream of its own for this observation.
-            attack_seed = derive_seed(s.seed, "attack", s.round, s.client, draw, 3)
-            progress = tracker.progress(draw * per_draw, lambda done, total, d=draw: (
-                f"{s.attack}: observation {d + 1}/{draws}, iteration {done}/{total}"))
-            result = self.algorithm(obs, iterations=s.iterations, restarts=s.restarts, seed=attack_seed,
-                                    progress=progress)
-            pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
-            # A gradient does not say which reconstruction is which image of the batch: match them
-            # to the truth by the assignment of least total MSE (the identity at batch 1).
-            order = match_to_truth(pixels, gt.pixels)
-            pixels = pixels[order]
-            attack_labels = result.labels[order] if result.labels is not None else None
-            scores = image_scores(pixels, gt.pixels)
-            labels = evaluator_labels(evaluator, pixels)
-            per = (time.perf_counter() - t0) / s.batch_size
-            for i in range(s.batch_size):
-                true_label = int(gt.labels[i])
-                rows.append({
-                    "image": gt.indices[i], "draw": draw, "round": s.round, "client": s.client,
-                    "label": true_label, "attack_label": int(attack_labels[i]) if attack_labels is not None else "",
-                    "mse": float(scores["mse"][i]), "psnr": float(scores["psnr"][i]),
-                    "ssim": float(scores["ssim"][i]), "evaluator_label": labels[i],
-                    "evaluator_correct": "" if labels[i] == "" else int(labels[i] == true_label),
-                    "seconds": per,
-                })
-            truth.extend(gt.pixels)
-            recon.extend(pixels)
-            elapsed += time.perf_counter() - t0
-            mean_psnr = np.mean([r["psnr"] for r in rows[-s.batch_size:]])
-            left = f"; {tracker.left((draw + 1) * per_draw)}" if draw + 1 < draws else ""
-            log(f"{s.attack}: observation {draw + 1}/{draws} (batch {s.batch_size}): PSNR {mean_psnr:.1f} dB, "
-                f"{time.perf_counter() - t0:.1f} s{left}")
+                results = self.batched_algorithm(observations, iterations=s.iterations, restarts=s.restarts,
+                                                 seeds=seeds, progress=progress)
+            added = []
+            for draw, (_, gt), result in zip(range(first, stop), batches, results):
+                pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
+                # A gradient does not say which reconstruction is which image of the batch: match them
+                # to the truth by the assignment of least total MSE (the identity at batch 1).
+                order = match_to_truth(pixels, gt.pixels)
+                pixels = pixels[order]
+                attack_labels = result.labels[order] if result.labels is not None else None
+                scores = image_scores(pixels, gt.pixels)
+                labels = evaluator_labels(evaluator, pixels)
+                for i in range(s.batch_size):
+                    true_label = int(gt.labels[i])
+                    added.append({
+                        "image": gt.indices[i], "draw": draw, "round": s.round, "client": s.client,
+                        "label": true_label, "attack_label": int(attack_labels[i]) if attack_labels is not None else "",
+                        "mse": float(scores["mse"][i]), "psnr": float(scores["psnr"][i]),
+                        "ssim": float(scores["ssim"][i]), "evaluator_label": labels[i],
+                        "evaluator_correct": "" if labels[i] == "" else int(labels[i] == true_label),
+                    })
+                truth.extend(gt.pixels)
+                recon.extend(pixels)
+            seconds = time.perf_counter() - t0
+            for row in added:
+                row["seconds"] = seconds / len(added)
+            rows.extend(added)
+            elapsed += seconds
+            mean_psnr = np.mean([r["psnr"] for r in added])
+            left = f"; {tracker.left(stop * per_draw)}" if stop < draws else ""
+            log(f"{s.attack}: {which} (batch {s.batch_size}): PSNR {mean_psnr:.1f} dB, {seconds:.1f} s{left}")
             # Commit: scores and reconstructions first, the summary (with the resume point) last.
             write_csv(out / "scores.csv", GRADIENT_COLUMNS, [[r[c] for c in GRADIENT_COLUMNS] for r in rows])
             save_tensors(recon_path, {"truth": torch.stack(truth), "reconstruction": torch.stack(recon)},
                          {"format": RECONSTRUCTIONS_KIND, "settings_digest": digest})
             partial = reconstruction_summary(target, s, rows, evaluator, "", elapsed, digest, status="running")
-            partial["draws_done"] = draw + 1
+            partial["draws_done"] = stop
             write_json(summary_path, partial)
+            first = stop
         titles = [f"#{r['image']} y={r['label']}" for r in rows]
         return rows, torch.stack(truth), torch.stack(recon), titles, elapsed
+
+    @staticmethod
+    def _observe(target: Target, s: AttackSettings, x: torch.Tensor, labels: torch.Tensor,
+                 draw: int) -> GradientObservation:
+        """What the server sees of the victim's upload on observation ``draw``'s batch."""
+        if s.threat == "update":
+            return target.observe_update(s.round, s.client, x, labels, local_steps=s.local_steps, seed=s.seed,
+                                         draw=draw)
+        return target.observe_gradient(s.round, s.client, x, labels, s.seed, draw)
+
+
+def _observation_words(first: int, stop: int, draws: int) -> str:
+    """Observations ``first`` .. ``stop - 1`` of ``draws``, counted from 1.
+
+    >>> _observation_words(3, 4, 10), _observation_words(0, 4, 10)
+    ('observation 4/10', 'observations 1-4/10')
+    """
+    if stop - first == 1:
+        return f"observation {first + 1}/{draws}"
+    return f"observations {first + 1}-{stop}/{draws}"
 
 
 def match_to_truth(reconstructed: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
