@@ -115,7 +115,7 @@ def test_audit_rerun_skips_everything(audited, capsys):
         ({"client": 9}, "Expected `audit.client` < 2"),
         ({"iterations": {"ig": 0}}, "audit.iterations.ig"),
         ({"iterations": {"ig-released": 5}}, "`audit.iterations.ig-released` to name one of"),
-        ({"restarts": {"miface": 2}}, "`audit.restarts.miface` to name one of dlg, dlg-gradient, dlg-update, idlg"),
+        ({"restarts": {"mia": 2}}, "`audit.restarts.mia` to name one of dlg, dlg-gradient, dlg-update, idlg"),
         ({"restarts": {"dlg": 0}}, r"`audit.restarts.dlg` .* integer >= 1, got 0"),
         ({"update_attacks": ["miface"]}, "Unknown name 'miface' in `audit.update_attacks`: choose from dlg, idlg, ig"),
         ({"attacks": ["dlg"], "update_attacks": ["ig"]},

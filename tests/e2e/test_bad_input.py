@@ -77,7 +77,8 @@ def test_the_table_covers_the_bad_inputs_it_should() -> None:
                    "truncated", "wrong-magic", "cifar", "corrupt-run", "foreign-run", "edited-run", "pickled-run",
                    "--round", "--method", "--dataset", "attack xyz", "name=../", "--evaluator-images",
                    "show infinite-run", "show malformed-run", "--tensorboard", "attack mia --run full-run",
-                   "attack gmi --run full-run", "damaged-prior-run", "--restarts 0", "--param"):
+                   "attack gmi --run full-run", "damaged-prior-run", "--restarts 0", "--param", "--client all",
+                   "some-clients.toml"):
         assert needle in commands, needle
     assert all(r.message.startswith("error: ") and "\n" not in r.message for r in ROWS)
 
@@ -204,6 +205,15 @@ values = %s
 """
 """A frontier file sweeping NbAFL: the key and the values are the rows' bad input."""
 
+AUDIT = """methods = ["fedavg"]
+datasets = ["mnist"]
+seeds = [0]
+[audit]
+attacks = ["miface"]
+stolen_clients = %s
+"""
+"""An audit file whose ``stolen_clients`` is the rows' bad input."""
+
 
 SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "bad.toml": _text("[train\nrounds = 3\n"),
@@ -213,6 +223,8 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "sweep-typo.toml": _text(FRONTIER % ("nbafl.epsilom", "[1.0, 10.0]")),
     "empty-grid.toml": _text(FRONTIER % ("nbafl.epsilon", "[]")),
     "eps-zero.toml": _text(FRONTIER % ("nbafl.epsilon", "[0.0, 10.0]")),
+    "some-clients.toml": _text(AUDIT % '"some"'),
+    "far-clients.toml": _text(AUDIT % "[0, 12]"),
     "locked": lambda path, trained: path.mkdir(mode=0),
     "truncated": _idx(lambda data: data[:-40]),
     "wrong-magic": _idx(lambda data: b"\x89PNG" + data[4:]),

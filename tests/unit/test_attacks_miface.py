@@ -163,6 +163,65 @@ def test_matches_ibm_art_when_installed():
     torch.testing.assert_close(batched.images, expected, rtol=0, atol=1e-4)  # batched float rounding only
 
 
+# -- restarts ------------------------------------------------------------------------------------
+def test_one_restart_is_the_attack_without_restarts():
+    model = _linear_model()
+    settings = dict(max_iter=120, window_length=5, threshold=0.95, learning_rate=0.5, bounds=(-1.0, 1.0))
+    today = mi_face(model, 3, (1, 2, 2), **settings)
+    one = mi_face(model, 3, (1, 2, 2), restarts=1, seed=4, **settings)
+    assert torch.equal(one.images, today.images) and torch.equal(one.confidences, today.confidences)
+    assert torch.equal(one.iterations, today.iterations) and one.restart.tolist() == [0, 0, 0]
+    # and the ART loop's numbers, as before restarts existed
+    for k in range(3):
+        x, steps = _reference(model, k, torch.zeros(1, 2, 2, dtype=torch.float64), stopping="paper", **settings)
+        assert int(one.iterations[k]) == steps
+        torch.testing.assert_close(one.images[k], x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), None])
+def test_batched_restarts_are_each_restart_alone_and_the_best_kept(bounds):
+    from rvepfl.attacks.miface import _random_starts
+
+    model = _linear_model()
+    settings = dict(max_iter=60, window_length=5, threshold=0.999, learning_rate=0.5, bounds=bounds)
+    restarts, seed = 4, 7
+    batched = mi_face(model, 3, (1, 2, 2), restarts=restarts, seed=seed, **settings)
+    starts = _random_starts(seed, [0, 1, 2], restarts, (1, 2, 2), bounds)
+    assert starts.shape == (3, restarts - 1, 1, 2, 2)
+    if bounds is not None:
+        assert bool(((starts >= bounds[0]) & (starts <= bounds[1])).all())
+    chosen = []
+    for k in range(3):
+        alone = [mi_face(model, 3, (1, 2, 2), classes=[k], init=torch.zeros(1, 2, 2) if j == 0 else starts[k, j - 1],
+                         **settings) for j in range(restarts)]
+        confidences = torch.cat([a.confidences for a in alone])
+        best = int(confidences.argmax())
+        chosen.append(best)
+        assert int(batched.restart[k]) == best
+        torch.testing.assert_close(batched.images[k], alone[best].images[0], rtol=0, atol=1e-12)
+        assert int(batched.iterations[k]) == int(alone[best].iterations[0])
+        assert float(batched.confidences[k]) == pytest.approx(float(confidences.max()), abs=1e-12)
+        assert float(batched.confidences[k]) >= float(alone[0].confidences[0]) - 1e-12  # no worse than one start
+    # the starts are seeded: another seed, other starts (and the same seed, the same result)
+    again = mi_face(model, 3, (1, 2, 2), restarts=restarts, seed=seed, **settings)
+    assert torch.equal(again.images, batched.images)
+    assert not torch.equal(_random_starts(seed + 1, [0, 1, 2], restarts, (1, 2, 2), bounds), starts)
+
+
+def test_a_restart_start_depends_on_its_class_and_number_only():
+    from rvepfl.attacks.miface import _random_starts
+
+    every = _random_starts(3, [0, 1, 2], 3, (1, 2, 2), (-1.0, 1.0))
+    some = _random_starts(3, [2, 0], 3, (1, 2, 2), (-1.0, 1.0))
+    assert torch.equal(some[0], every[2]) and torch.equal(some[1], every[0])
+
+
+def test_the_attack_takes_restarts_and_its_default_is_one():
+    from rvepfl.attacks.registry import attack
+
+    assert attack("miface").default_restarts == 1
+
+
 # -- stopping rules ------------------------------------------------------------------------------
 class _Constant(nn.Module):
     """Logits that do not depend on the input: the gradient is zero, the descent is stuck."""
@@ -290,6 +349,8 @@ def test_personal_model_with_seed_is_reproducible_and_leaves_global_rng():
     ({"init": torch.zeros(2, 1, 3, 3)}, "init"),
     ({"init": torch.full((1, 2, 2), math.nan)}, "init"),
     ({"stopping": "ibm"}, "stopping"),
+    ({"restarts": 0}, "restarts"),
+    ({"restarts": 2}, "seed"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, match):
     args = {"num_classes": 3, "input_shape": (1, 2, 2), **kwargs}

@@ -22,6 +22,15 @@ written), :meth:`Attack.run` (attack, write ``scores.csv``, ``summary.json`` and
 :class:`rvepfl.attacks.inversion.InversionAttack` (one image per class from a model) implement most
 of it; a new attack of a family writes only its algorithm.
 
+**Several clients.** Under threat model ``stolen`` an attack that says so
+(``several_clients``: model inversion and membership inference) attacks the personal models of
+several clients in one job (``--client all``, an audit's ``stolen_clients``): each client's
+single-client job in turn (:meth:`Attack.client_settings`), written to ``OUT/clients/<cccc>/``
+and skipped there when complete, so a stopped job goes on with the next unfinished client; then
+:meth:`Attack.pool` writes one ``scores.csv`` (every client's rows, a ``client`` column), one
+figure and ``summary.json`` (pooled and per-client scores), the summary last
+(:meth:`Attack.run_clients`).
+
 The helpers every attack shares (the evaluator, the image grid, the summary's statistics) are
 here too, so that no attack module imports another.
 """
@@ -43,18 +52,21 @@ import torch
 
 from rvepfl.attacks.common import read_summary
 from rvepfl.attacks.threat import THREAT_MODELS, Target
-from rvepfl.errors import ConfigError, short_repr
-from rvepfl.io import atomic_write_bytes, file_lock
+from rvepfl.errors import CheckpointError, ConfigError, short_repr
+from rvepfl.io import atomic_write_bytes, file_lock, read_csv_rows, write_json
 from rvepfl.params import check_params, field_docs
 
-__all__ = ["MIN_EVALUATOR_DRAW", "MIN_EVALUATOR_IMAGES", "Attack", "AttackRequest", "AttackSettings", "Log",
-           "load_or_train_evaluator", "parse_params"]
+__all__ = ["CLIENTS_DIR", "MIN_EVALUATOR_DRAW", "MIN_EVALUATOR_IMAGES", "Attack", "AttackRequest", "AttackSettings",
+           "Log", "check_clients", "load_or_train_evaluator", "parse_clients", "parse_params", "pooled_rows",
+           "read_rows"]
 
 Log = Callable[[str], None]
 
 MIN_EVALUATOR_IMAGES = 500
 """The fewest images an evaluator is trained on at all: held out (unused by every client), or,
 when the run left fewer out, the images of the clients other than the attacked one."""
+CLIENTS_DIR = "clients"
+"""The folder of a job on several clients (``OUT/clients/<cccc>/``) that holds each client's own job."""
 MIN_EVALUATOR_DRAW = 100
 """The smallest ``--evaluator-images``: the evaluator trains on 80 % of its images and is tested on
 the other 20 %, so fewer leave it (and its reported accuracy) next to guessing; below 3 it cannot
@@ -81,9 +93,18 @@ class AttackSettings:
     which has none)."""
     references: int = 0
     """mia: LiRA's reference models (0 for the other attacks). For mia, ``images`` is the number
-    of members, and as many non-members are evaluated."""
+    of members, and as many non-members are evaluated (on several clients, per client; 0: all of
+    each client's training images)."""
     params: Any = None
     """The attack's own settings (an instance of its ``Params``), or None when it has none."""
+    clients: tuple[int, ...] = ()
+    """Threat model ``stolen``: the clients whose personal models the job attacks in turn, when
+    more than one (``client`` is the first of them); empty: ``client`` alone."""
+
+    @property
+    def victims(self) -> tuple[int, ...]:
+        """The clients the job attacks: ``clients``, or ``client`` alone."""
+        return self.clients or (self.client,)
 
     def digest(self) -> str:
         fields = asdict(self)
@@ -91,6 +112,8 @@ class AttackSettings:
             del fields["references"]
         if fields["params"] is None:  # left out, so the digests of the attacks without settings stay as they were
             del fields["params"]
+        if not fields["clients"]:  # left out, so the digests of the jobs on one client stay as they were
+            del fields["clients"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -113,6 +136,44 @@ class AttackRequest:
     references: int | None = None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Values for the attack's ``Params`` fields, by name."""
+    clients: tuple[int, ...] | str | None = None
+    """Threat model ``stolen``: the clients whose personal models to attack in turn, ``"all"`` or
+    their indices (``--client all``, an audit's ``stolen_clients``); None: ``client`` alone."""
+
+
+def parse_clients(text: str) -> tuple[int, tuple[int, ...] | str | None]:
+    """``--client``'s value as (``AttackRequest.client``, ``AttackRequest.clients``): one index,
+    ``all``, or indices separated by commas (the first of them is ``client``).
+
+    >>> parse_clients("3"), parse_clients("all"), parse_clients("0, 2")
+    ((3, None), (0, 'all'), (0, (0, 2)))
+    """
+    value = text.strip().lower()
+    if value == "all":
+        return 0, "all"
+    try:
+        indices = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"Expected --client to be a client's index, all, or indices such as 0,3, got "
+                          f"{short_repr(text)}") from None
+    return (indices[0], None) if len(indices) == 1 else (indices[0], indices)
+
+
+def _clients_words(clients: tuple[int, ...] | str) -> str:
+    return clients if isinstance(clients, str) else ",".join(map(str, clients))
+
+
+def check_clients(attack: type[Attack] | Attack, request: AttackRequest) -> None:
+    """A one-line error where ``request`` names several clients (``clients``) for a threat
+    model other than ``stolen``, or for an attack that attacks one client per job."""
+    if request.clients is None:
+        return
+    threat = request.threat or attack.threats[0]
+    if threat != "stolen":
+        raise ConfigError(f"--client {_clients_words(request.clients)} applies to --threat-model stolen only (one "
+                          f"personal model per client), got {threat}: give one client")
+    if not attack.several_clients:
+        raise ConfigError(f"{attack.name} attacks one client per job: give one --client")
 
 
 def parse_params(attack: type[Attack] | Attack, values: dict[str, Any], where: str = "--param") -> Any:
@@ -188,6 +249,9 @@ class Attack:
     """Whether it reads the label of a single image (then ``--batch-size`` must be 1)."""
     membership: ClassVar[bool] = False
     """Whether it scores membership (ROC AUC) rather than reconstructions."""
+    several_clients: ClassVar[bool] = False
+    """Whether one job of it under ``stolen`` may attack several clients' models in turn
+    (:meth:`run_clients`; it then implements :meth:`pool`)."""
     success_label: ClassVar[str] = "images recognised (%)"
     """What its success measures, in the frontier's panels."""
     files: ClassVar[str] = "scores.csv, summary.json, grid.png"
@@ -252,6 +316,61 @@ class Attack:
         docs = field_docs(cls.Params)
         defaults = cls.Params()
         return {f.name: (getattr(defaults, f.name), docs.get(f.name, "")) for f in dataclasses.fields(cls.Params)}
+
+    # -- several clients -----------------------------------------------------------------------------
+    def victims(self, target: Target, request: AttackRequest) -> tuple[int, ...]:
+        """The clients ``request`` attacks, checked against ``target``'s run: ``client`` alone,
+        or (threat model ``stolen``) ``clients``, every client for ``"all"``, in the given order
+        without repeats."""
+        check_clients(self, request)
+        if request.clients is None:
+            return (target.check_client(request.client),)
+        if request.clients == "all":
+            return tuple(range(target.cfg.data.num_clients))
+        if isinstance(request.clients, str) or not request.clients:
+            raise ConfigError(f"Expected the clients to be all or a non-empty list of indices, got "
+                              f"{short_repr(request.clients)}")
+        return tuple(dict.fromkeys(target.check_client(c) for c in request.clients))
+
+    def client_settings(self, target: Target, settings: AttackSettings, client: int) -> AttackSettings:
+        """The settings of the single-client job on ``client`` that a job on several clients runs
+        as its part: those of ``rvepfl attack`` on that client alone, with the same digest, so
+        that the numbers are the same."""
+        return dataclasses.replace(settings, client=client, clients=())
+
+    def run_clients(self, target: Target, settings: AttackSettings, out: Path, log: Log, *,
+                    cache: Path | None = None, status: Log | None = None) -> dict[str, Any]:
+        """A job on several clients (``settings.clients``): each client's single-client job in
+        ``out/clients/<cccc>/`` (:meth:`client_settings`; skipped there when complete), a
+        ``running`` summary after each, then :meth:`pool` (summary last). A complete job with
+        these settings is skipped, unless it was scored without an evaluator's labels (then each
+        client's job decides, as :meth:`evaluator_unless_done` does, and the pool is redone)."""
+        s = settings
+        digest = s.digest()
+        previous = self.previous(out, digest)
+        if previous is not None and (self.membership or previous.get("evaluator_test_accuracy") is not None):
+            log(f"{s.attack}: complete with these settings, skipped ({out})")
+            return previous
+        out.mkdir(parents=True, exist_ok=True)
+        parts: list[tuple[int, Path, dict[str, Any]]] = []
+        for i, client in enumerate(s.clients):
+            head = f"client {client} ({i + 1} of {len(s.clients)})"
+            where = out / CLIENTS_DIR / f"{client:04d}"
+            summary = self.run(target, self.client_settings(target, s, client), where,
+                               lambda line, h=head: log(f"{h}: {line}"), cache=cache,
+                               status=None if status is None else (lambda line, h=head: status(f"{h}: {line}")))
+            parts.append((client, where, summary))
+            if i + 1 < len(s.clients):  # where a stopped job stands (the parts are the resume points)
+                write_json(out / "summary.json", {"status": "running", "settings": asdict(s),
+                                                  "settings_digest": digest, "clients_done": list(s.clients[:i + 1])})
+        return self.pool(target, s, parts, out)
+
+    def pool(self, target: Target, settings: AttackSettings, parts: list[tuple[int, Path, dict[str, Any]]],
+             out: Path) -> dict[str, Any]:
+        """Write a job on several clients from its clients' jobs ``parts`` ((client, its folder,
+        its summary), in order): one ``scores.csv`` of every client's rows, one figure and
+        ``summary.json`` (pooled and per-client scores), the summary last; return the summary."""
+        raise NotImplementedError
 
     # -- what the families share ------------------------------------------------------------------
     def iterations_and_restarts(self, request: AttackRequest) -> tuple[int, int]:
@@ -381,6 +500,42 @@ def evaluator_labels(evaluator: Any | None, images: torch.Tensor) -> list[int | 
 
 
 # -- what a reconstruction attack writes ---------------------------------------------------------
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """A ``scores.csv``: its header, its rows as written (text) and as values (an int, a float,
+    or "" where empty), to pool the rows of several clients' jobs without rewriting a digit."""
+    header, raw = read_csv_rows(path)
+    typed = []
+    for values in raw:
+        row: dict[str, Any] = {}
+        for key, value in zip(header, values):
+            try:
+                row[key] = int(value)
+            except ValueError:
+                try:
+                    row[key] = float(value)
+                except ValueError:
+                    row[key] = value
+        typed.append(row)
+    return header, raw, typed
+
+
+def pooled_rows(parts: list[tuple[int, Path, dict[str, Any]]]) -> tuple[list[str], list[list[str]],
+                                                                          list[dict[str, Any]]]:
+    """The ``scores.csv`` rows of every part (client by client, as written) under their common header."""
+    header: list[str] | None = None
+    raw: list[list[str]] = []
+    typed: list[dict[str, Any]] = []
+    for client, where, _summary in parts:
+        own, rows, values = read_rows(where / "scores.csv")
+        if header is not None and own != header:
+            raise CheckpointError(f"{where / 'scores.csv'} has the columns {own}, client {parts[0][0]}'s "
+                                  f"{header}: delete {where} to attack client {client} again")
+        header = own
+        raw.extend(rows)
+        typed.extend(values)
+    return header or [], raw, typed
+
+
 def stats(values: list[float]) -> dict[str, float | None]:
     """Mean, sample standard deviation and count of the finite ``values``."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -435,13 +590,15 @@ def reconstruction_audit_scores(summary: dict[str, Any]) -> dict[str, Any]:
             "evaluator_test_accuracy": summary["evaluator_test_accuracy"]}
 
 
-def image_grid(path: Path, top: torch.Tensor, bottom: torch.Tensor, titles: list[str], caption: str) -> None:
-    """A PNG: ``top`` images above ``bottom`` images, column titles, one caption."""
+def image_grid(path: Path, top: torch.Tensor, bottom: torch.Tensor, titles: list[str], caption: str, *,
+               cols: int | None = None) -> None:
+    """A PNG: ``top`` images above ``bottom`` images, column titles, one caption; ``cols``
+    images per row (default up to 16)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n = len(top)
-    cols = min(n, 16)
+    cols = min(n, cols or 16)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(1.1 * cols + 0.6, 2.3 * rows + 0.5))
     FigureCanvasAgg(fig)

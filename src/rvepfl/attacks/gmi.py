@@ -69,7 +69,7 @@ from torch.nn import functional as F
 
 from rvepfl.attacks.base import AttackRequest, AttackSettings, Log, evaluator_images
 from rvepfl.attacks.common import Tracker
-from rvepfl.attacks.inversion import Inversion, InversionAttack
+from rvepfl.attacks.inversion import Inversion, InversionAttack, pooled_share
 from rvepfl.attacks.threat import Target
 from rvepfl.data.datasets import NORMALISATION
 from rvepfl.errors import CheckpointError, ConfigError
@@ -661,17 +661,27 @@ class Gmi(InversionAttack):
 
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         settings = super().resolve(target, request)
-        prior_source(target, settings)  # enough images for the prior, or a one-line error
+        for client in settings.victims:  # enough images for the prior, or a one-line error
+            prior_source(target, self.client_settings(target, settings, client))
         return settings
 
     def open(self, target: Target, settings: AttackSettings, cache: Path | None = None) -> None:
-        target.image_model(settings.threat, settings.round, settings.client)
-        path = prior_path(target, settings, prior_source(target, settings)[0], cache or target.run.path / "attacks")
-        if path.is_file():
-            Prior.load(path)  # a damaged cache fails here, before anything is written
+        for client in settings.victims:
+            s = self.client_settings(target, settings, client)
+            target.image_model(s.threat, s.round, s.client)
+            path = prior_path(target, s, prior_source(target, s)[0], cache or target.run.path / "attacks")
+            if path.is_file():
+                Prior.load(path)  # a damaged cache fails here, before anything is written
 
     def audit_scores(self, summary: dict[str, Any]) -> dict[str, Any]:
         return {**super().audit_scores(summary), "prior_only_accuracy": summary.get("prior_only_accuracy")}
+
+    def pooled_extra(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The priors and the attacker's model in words (each different one once), and the
+        control's share over every client's classes."""
+        return {"prior": "; ".join(dict.fromkeys(s["prior"] for s in summaries)),
+                "attacker_model": "; ".join(dict.fromkeys(s["attacker_model"] for s in summaries)),
+                "prior_only_accuracy": pooled_share([r["prior_only_correct"] for r in rows])}
 
     def _prior(self, target: Target, s: AttackSettings, cache: Path, log: Log,
                progress: Callable[[int, int], None]) -> tuple[Prior, str]:

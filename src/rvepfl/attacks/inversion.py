@@ -5,8 +5,14 @@ A member of the family says which model it inverts (:meth:`InversionAttack.victi
 (:meth:`InversionAttack.invert`, returning an :class:`Inversion`), and inherits the rest: the
 evaluator's labels, MSE, PSNR and SSIM against the class's mean and nearest real training image
 (every client's training images for a released model, the victim's for a stolen one),
-``scores.csv`` (one row per class), ``reconstructions.safetensors``, ``grid.png`` (the class's
-mean real image above each inverted one) and ``summary.json`` last.
+``scores.csv`` (one row per class; a stolen model's rows start with its ``client``),
+``reconstructions.safetensors``, ``grid.png`` (the class's mean real image above each inverted
+one) and ``summary.json`` last.
+
+Under ``stolen`` a job may attack several clients' personal models (``--client all``): each
+client's job in ``OUT/clients/<cccc>/``, then one ``scores.csv`` of classes x clients rows, one
+grid (a row per client) and the summary's pooled scores, with each client's under ``clients``
+(:meth:`rvepfl.attacks.base.Attack.run_clients`).
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ from rvepfl.attacks.base import (
     evaluator_labels,
     image_grid,
     parse_params,
+    pooled_rows,
     reconstruction_summary,
+    stats,
 )
 from rvepfl.attacks.scores import class_scores, to_pixels
 from rvepfl.attacks.threat import Target
 from rvepfl.errors import ConfigError
-from rvepfl.io import save_tensors, write_csv, write_json
+from rvepfl.io import load_tensors, save_tensors, write_csv, write_json
 
-__all__ = ["Inversion", "InversionAttack", "SCORE_COLUMNS"]
+__all__ = ["SCORE_COLUMNS", "Inversion", "InversionAttack", "pooled_share"]
 
 SCORE_COLUMNS = ["mean_mse", "mean_psnr", "mean_ssim", "nearest_mse", "nearest_psnr", "nearest_ssim",
                  "evaluator_label", "evaluator_correct"]
@@ -65,6 +73,7 @@ class InversionAttack(Attack):
     audit_options = ("iterations", "restarts", "evaluator_images")
     scores_psnr = "nearest_psnr"
     scores_ssim = "nearest_ssim"
+    several_clients = True
     own_columns: ClassVar[tuple[str, ...]] = ()
     """The member's columns of ``scores.csv``, after ``class`` (``Inversion.columns``' keys)."""
 
@@ -73,9 +82,14 @@ class InversionAttack(Attack):
         """The attack proper."""
         raise NotImplementedError
 
-    @property
-    def columns(self) -> list[str]:
-        return ["class", *self.own_columns, *SCORE_COLUMNS, "seconds"]
+    def columns(self, threat: str) -> list[str]:
+        """``scores.csv``'s columns under ``threat``: a stolen model's rows start with its client."""
+        return [*(["client"] if threat == "stolen" else []), "class", *self.own_columns, *SCORE_COLUMNS, "seconds"]
+
+    def pooled_extra(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The member's own summary entries (``Inversion.extra``) of a job on several clients,
+        from its clients' ``summaries`` and the pooled ``rows`` (default: none)."""
+        return {}
 
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         threat = self.check_threat(request.threat)
@@ -85,12 +99,13 @@ class InversionAttack(Attack):
             raise ConfigError(f"--local-steps applies to --threat-model update only, got --threat-model {threat}")
         check_evaluator_images(request.evaluator_images)
         r = target.check_round(request.round)
-        target.check_client(request.client)
+        victims = self.victims(target, request)
         if request.batch_size < 1:
             raise ConfigError(f"Expected --batch-size >= 1, got {request.batch_size}")
         iterations, restarts = self.iterations_and_restarts(request)
-        return AttackSettings(self.name, threat, r, request.client, 1, target.num_classes, iterations, request.seed,
-                              restarts, 0, request.evaluator_images, params=parse_params(self, request.params))
+        return AttackSettings(self.name, threat, r, victims[0], 1, target.num_classes, iterations, request.seed,
+                              restarts, 0, request.evaluator_images, params=parse_params(self, request.params),
+                              clients=victims if len(victims) > 1 else ())
 
     def panel_title(self, threat: str) -> str:
         return f"{self.label}, {threat} model"
@@ -100,10 +115,13 @@ class InversionAttack(Attack):
         """Invert, score against the class's real images, write ``out`` (see the module doc).
 
         A complete attack with these settings is skipped, unless it has no evaluator's labels and
-        an evaluator can now be had: then it runs again.
+        an evaluator can now be had: then it runs again. A job on several clients runs each
+        client's in turn (:meth:`run_clients`).
         """
         s = settings
         cache = cache or target.run.path / "attacks"
+        if s.clients:
+            return self.run_clients(target, s, out, log, cache=cache, status=status)
         done, evaluator, evaluator_note = self.evaluator_unless_done(target, s, out, log, cache)
         if done is not None:
             return done
@@ -127,7 +145,7 @@ class InversionAttack(Attack):
         means = []
         for i, c in enumerate(classes.tolist()):
             rows.append({
-                "class": c, **{k: result.columns[k][i] for k in self.own_columns},
+                "client": s.client, "class": c, **{k: result.columns[k][i] for k in self.own_columns},
                 "mean_mse": float(scores["mean_mse"][i]), "mean_psnr": float(scores["mean_psnr"][i]),
                 "mean_ssim": float(scores["mean_ssim"][i]), "nearest_mse": float(scores["nearest_mse"][i]),
                 "nearest_psnr": float(scores["nearest_psnr"][i]), "nearest_ssim": float(scores["nearest_ssim"][i]),
@@ -135,7 +153,7 @@ class InversionAttack(Attack):
                 "seconds": float(result.seconds) / len(classes),
             })
             means.append(real[real_y == c].mean(0) if bool((real_y == c).any()) else torch.zeros_like(pixels[i]))
-        columns = self.columns
+        columns = self.columns(s.threat)
         write_csv(out / "scores.csv", columns, [[r[c] for c in columns] for r in rows])
         truth = torch.stack(means)
         save_tensors(out / "reconstructions.safetensors", {"truth": truth, "reconstruction": pixels},
@@ -149,3 +167,47 @@ class InversionAttack(Attack):
         summary.update(result.extra)
         write_json(out / "summary.json", summary)
         return summary
+
+    def pool(self, target: Target, settings: AttackSettings, parts: list[tuple[int, Path, dict[str, Any]]],
+             out: Path) -> dict[str, Any]:
+        """One ``scores.csv`` of every client's rows (as each client's job wrote them), the
+        reconstructions and a grid of a row per client, and the summary: the pooled scores (the
+        evaluator's test accuracy: the mean of the clients' evaluators'), each client's under
+        ``clients``, the member's own entries (:meth:`pooled_extra`), the summary last."""
+        s = settings
+        digest = s.digest()
+        header, raw, rows = pooled_rows(parts)
+        write_csv(out / "scores.csv", header, raw)
+        truth, pixels = [], []
+        for _client, where, _summary in parts:
+            saved = load_tensors(where / "reconstructions.safetensors", kind=_KIND)
+            truth.append(saved["truth"])
+            pixels.append(saved["reconstruction"])
+        save_tensors(out / "reconstructions.safetensors",
+                     {"truth": torch.cat(truth), "reconstruction": torch.cat(pixels)},
+                     {"format": _KIND, "settings_digest": digest})
+        image_grid(out / "grid.png", torch.cat(truth), torch.cat(pixels),
+                   [f"client {r['client']}\nclass {r['class']}" for r in rows],
+                   f"{target.method.name} / {s.attack} / {s.threat}: round {s.round}, clients "
+                   f"{', '.join(map(str, s.clients))}", cols=len(truth[0]))
+        summaries = [summary for _client, _where, summary in parts]
+        seconds = sum(float(summary["seconds"]) for summary in summaries)
+        tested = [summary["evaluator_test_accuracy"] for summary in summaries]
+        notes = list(dict.fromkeys(summary["evaluator"] for summary in summaries))
+        summary = reconstruction_summary(target, s, rows, None, "; ".join(notes), seconds, digest, status="complete")
+        summary["evaluator_test_accuracy"] = None if None in tested else sum(tested) / len(tested)
+        summary["clients"] = {str(client): {
+            "rows": part["rows"], "scores": part["scores"],
+            "evaluator_accuracy_on_attacks": part["evaluator_accuracy_on_attacks"],
+            "evaluator_test_accuracy": part["evaluator_test_accuracy"], "seconds": part["seconds"],
+            "folder": str(where.relative_to(out)),
+        } for client, where, part in parts}
+        summary.update(self.pooled_extra(summaries, rows))
+        # The summary last: "complete" in it means every other file is written.
+        write_json(out / "summary.json", summary)
+        return summary
+
+
+def pooled_share(values: list[Any]) -> float | None:
+    """The mean of the numbers among ``values`` ("" where there is none), or None without one."""
+    return stats([float(v) for v in values if v != ""])["mean"]

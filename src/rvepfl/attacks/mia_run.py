@@ -18,8 +18,18 @@ this module picks the images, the attacked model and the reference models' data 
   personal model; ``released``, the global shared model, fed by the initial encoder where the
   method has a private one.
 
-Outputs in ``out``: ``scores.csv`` (one row per evaluated image, members first), ``roc.png``
-(both attacks' ROC curves on log-log axes) and ``summary.json`` last, each written atomically.
+Outputs in ``out``: ``scores.csv`` (one row per evaluated image, members first; a stolen
+model's rows start with its ``client``), ``roc.png`` (both attacks' ROC curves on log-log axes)
+and ``summary.json`` last, each written atomically.
+
+**Several clients** (threat model ``stolen``, ``--client all``): each client's job in turn
+(:meth:`rvepfl.attacks.base.Attack.run_clients`), in ``OUT/clients/<cccc>/``: that client's
+training images (members) and as many images no client has (non-members) scored against that
+client's personal model, the reference models drawn as for that client alone (so clients of the
+same training-set size share them, from the cache). Then one ``scores.csv`` of every client's
+rows, whose members and non-members are pooled into one ROC (the summary's ``metrics``; LiRA's
+score is calibrated image by image against the reference models, so scores of different clients'
+models compare), each client's own under ``clients``.
 """
 
 from __future__ import annotations
@@ -27,14 +37,14 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rvepfl.attacks.base import Attack, AttackRequest, AttackSettings, Log, parse_params
+from rvepfl.attacks.base import Attack, AttackRequest, AttackSettings, Log, parse_params, pooled_rows
 from rvepfl.attacks.common import Tracker as _Tracker
 from rvepfl.attacks.mia import (
     LIRA_VARIANCES,
@@ -59,7 +69,7 @@ DEFAULT_REFERENCES = 4
 """Reference models of mia's LiRA (``--references``)."""
 
 MIA_COLUMNS = ["image", "member", "label", "loss", "loss_score", "phi", "lira_mean", "lira_std", "lira_score"]
-"""``scores.csv``'s columns. ``image``: the image's position in the victim's training split
+"""``scores.csv``'s columns (after ``client``, under threat model ``stolen``). ``image``: the image's position in the victim's training split
 (members) or in :meth:`Target.heldout` (non-members); ``loss``: the attacked model's
 cross-entropy; ``loss_score = -loss``; ``phi``: its logit-scaled confidence; ``lira_mean`` and
 ``lira_std``: the reference models' Gaussian of ``phi``; ``lira_score``: LiRA's score."""
@@ -187,10 +197,11 @@ def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[
     member = images.member.numpy()
     loss_score = -loss.numpy()
     metrics = {"loss": membership_metrics(loss_score, member), "lira": membership_metrics(lira.scores, member)}
-    rows = [[images.index[i], int(member[i]), int(images.y[i]), float(loss[i]), float(loss_score[i]), float(phi[i]),
-             float(lira.mean[i]), float(lira.std[i]), float(lira.scores[i])] for i in range(len(member))]
+    first = [s.client] if s.threat == "stolen" else []
+    rows = [[*first, images.index[i], int(member[i]), int(images.y[i]), float(loss[i]), float(loss_score[i]),
+             float(phi[i]), float(lira.mean[i]), float(lira.std[i]), float(lira.scores[i])] for i in range(len(member))]
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "scores.csv", MIA_COLUMNS, rows)
+    write_csv(out / "scores.csv", [*(["client"] if first else []), *MIA_COLUMNS], rows)
     caption = (f"{target.method.name} / mia / {s.threat}: round {s.round}, client {s.client}, "
                f"{s.images} members, {s.images} non-members")
     _roc_png(out / "roc.png", {"loss": loss_score, "LiRA (offline)": lira.scores}, member, metrics, caption)
@@ -264,6 +275,7 @@ class MembershipInference(Attack):
     threats = ("released", "stolen")
     surface = "queries a model"
     membership = True
+    several_clients = True
     audit_options = ("references", "evaluator_images")
     success_label = "ROC AUC"
     files = "scores.csv, summary.json, roc.png"
@@ -271,7 +283,8 @@ class MembershipInference(Attack):
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         """mia's settings: ``images`` members (default: all of the victim's training images), as
         many non-members, ``references`` reference models; checks that the run kept enough images
-        out for the non-members and the reference models (:func:`check_heldout`)."""
+        out for the non-members and the reference models (:func:`check_heldout`). On several
+        clients, ``images`` members of each (0, the default: all of each client's)."""
         if request.local_steps is not None:
             raise ConfigError(f"--local-steps applies to --threat-model update only, got mia (threat model "
                               f"{request.threat or self.threats[0]})")
@@ -279,27 +292,87 @@ class MembershipInference(Attack):
         if request.iterations is not None:
             raise ConfigError("mia trains its reference models for the run's own train.rounds x train.local_epochs "
                               "epochs: drop --iterations")
+        if request.restarts is not None:
+            raise ConfigError("mia takes no --restarts (`rvepfl attacks` lists the attacks that do): drop it")
         k = DEFAULT_REFERENCES if request.references is None else request.references
         if k < 2:
             raise ConfigError(f"Expected --references >= 2 (LiRA fits a Gaussian to the reference models' "
                               f"confidences), got {k}")
         r = target.check_round(request.round)
-        client = target.check_client(request.client)
-        n_train = len(target.fed.partition.clients[client].train)
-        n = n_train if request.images is None else request.images
-        if not 1 <= n <= n_train:
-            raise ConfigError(f"Expected --images between 1 and {n_train} (client {client}'s training images, the "
-                              f"members), got {n}")
-        check_heldout(target, client, n)
-        return AttackSettings(self.name, threat, r, client, 1, n, 0, request.seed, evaluator_images=0, references=k,
-                              params=parse_params(self, request.params))
+        victims = self.victims(target, request)
+        for client in victims:
+            n_train = len(target.fed.partition.clients[client].train)
+            n = n_train if request.images is None else request.images
+            if not 1 <= n <= n_train:
+                raise ConfigError(f"Expected --images between 1 and {n_train} (client {client}'s training images, the "
+                                  f"members), got {n}")
+            check_heldout(target, client, n)
+        if len(victims) > 1 and request.images is None:
+            n = 0  # all of each client's training images
+        return AttackSettings(self.name, threat, r, victims[0], 1, n, 0, request.seed, evaluator_images=0, references=k,
+                              params=parse_params(self, request.params), clients=victims if len(victims) > 1 else ())
+
+    def client_settings(self, target: Target, settings: AttackSettings, client: int) -> AttackSettings:
+        """Client ``client``'s job: ``images`` of its members (0: all its training images)."""
+        n = settings.images or len(target.fed.partition.clients[client].train)
+        return replace(settings, client=client, clients=(), images=n)
 
     def open(self, target: Target, settings: AttackSettings, cache: Path | None = None) -> None:
-        target.image_model(settings.threat, settings.round, settings.client)
+        for client in settings.victims:
+            target.image_model(settings.threat, settings.round, client)
 
     def run(self, target: Target, settings: AttackSettings, out: Path, log: Log, *,
             cache: Path | None = None, status: Log | None = None) -> dict[str, Any]:
+        if settings.clients:
+            return self.run_clients(target, settings, out, log, cache=cache, status=status)
         return run_mia(target, settings, out, log, cache=cache, status=status)
+
+    def pool(self, target: Target, settings: AttackSettings, parts: list[tuple[int, Path, dict[str, Any]]],
+             out: Path) -> dict[str, Any]:
+        """One ``scores.csv`` of every client's rows (as each client's job wrote them), their
+        pooled ROC (``roc.png``, the summary's ``metrics``) and each client's metrics under
+        ``clients``; the summary last."""
+        s = settings
+        header, raw, rows = pooled_rows(parts)
+        write_csv(out / "scores.csv", header, raw)
+        member = np.array([r["member"] for r in rows]) == 1
+        scores = {"loss": np.array([float(r["loss_score"]) for r in rows]),
+                  "lira": np.array([float(r["lira_score"]) for r in rows])}
+        metrics = {key: membership_metrics(values, member) for key, values in scores.items()}
+        clients = ", ".join(map(str, s.clients))
+        _roc_png(out / "roc.png", {"loss": scores["loss"], "LiRA (offline)": scores["lira"]}, member, metrics,
+                 f"{target.method.name} / mia / {s.threat}: round {s.round}, clients {clients}, "
+                 f"{int(member.sum())} members, {int((~member).sum())} non-members")
+        summaries = [summary for _client, _where, summary in parts]
+        references = dict(summaries[0]["references"])
+        references["trained"] = sum(p["references"]["trained"] for p in summaries)
+        references["cached"] = sum(p["references"]["cached"] for p in summaries)
+        references["files"] = list(dict.fromkeys(f for p in summaries for f in p["references"]["files"]))
+        references.pop("seconds_per_trained", None)
+        summary = {
+            "status": "complete",
+            "settings": asdict(s),
+            "settings_digest": s.digest(),
+            "run": str(target.run.path),
+            "method": target.method.name,
+            "dataset": target.dataset,
+            "threat_model": asdict(THREAT_MODELS[s.threat]),
+            "attacker_model": summaries[0]["attacker_model"],
+            "members": f"{int(member.sum())} training images of clients {clients}, each scored against its own "
+                       "client's model",
+            "nonmembers": f"{int((~member).sum())} images no client has, as many per client as its members, scored "
+                          "against that client's model",
+            "rows": len(rows),
+            "metrics": metrics,
+            "clients": {str(client): {"rows": part["rows"], "members": part["members"], "metrics": part["metrics"],
+                                      "seconds": part["seconds"], "folder": str(where.relative_to(out))}
+                        for client, where, part in parts},
+            "references": references,
+            "seconds": sum(float(p["seconds"]) for p in summaries),
+        }
+        # The summary last: "complete" in it means every other file is written.
+        write_json(out / "summary.json", summary)
+        return summary
 
     def report(self, summary: dict[str, Any]) -> list[str]:
         return [f"{key:>5}: AUC {m['auc']:.3f}, TPR {100 * m['tpr_at_0.1pct_fpr']:.1f} % at 0.1 % FPR, "

@@ -34,6 +34,18 @@ differentiate) per step through numpy, every class still running shares one batc
 backward pass per step, in torch. Classes do not interact, as long as the model treats the rows
 of a batch independently (true in evaluation mode, which is used).
 
+**Restarts** (not in ART or the paper; GMI's idea, :func:`rvepfl.attacks.gmi.gmi_search`):
+``restarts = R`` descends from R starts per class, every class x restart one row of the same
+batch (row ``k * R + j``: class k, restart j), and keeps per class the restart of the best
+objective, the highest final confidence p(c | x) (the first such restart on a tie). Restart 0
+starts where a single descent does (``init``, default zeros), so ``restarts=1`` is exactly the
+attack without restarts; restart ``j >= 1`` of class ``c`` starts from its own draw of the named
+stream ``("attack", 9500, c, j)`` of ``seed``: uniform within ``bounds``, or N(0, I) without them
+(the prior of a variational encoder's z, where a released classifier reads z). A restart's start
+depends neither on the other classes nor on the other restarts, so the batched search gives
+what each restart would give alone (for a model that draws no randomness per row; a personal
+model that samples z draws it for the whole batch).
+
 >>> import torch
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -42,6 +54,9 @@ of a batch independently (true in evaluation mode, which is used).
 (torch.Size([3, 1, 2, 2]), [0, 1, 2])
 >>> bool((result.iterations <= 50).all())
 True
+>>> best = mi_face(model, 3, (1, 2, 2), max_iter=50, threshold=0.9, learning_rate=1.0, restarts=4, seed=0)
+>>> best.images.shape, best.restart.shape
+(torch.Size([3, 1, 2, 2]), torch.Size([3]))
 """
 
 from __future__ import annotations
@@ -57,12 +72,13 @@ from torch import nn
 from rvepfl.attacks.common import Tracker
 from rvepfl.attacks.inversion import Inversion, InversionAttack
 from rvepfl.attacks.scores import to_pixels
-from rvepfl.seeding import derive_seed
+from rvepfl.seeding import derive_seed, torch_generator
 
 __all__ = ["MiFace", "MiFaceResult", "STOPPING_RULES", "mi_face"]
 
 #: ``paper``: stop at confidence >= threshold or when stuck; ``art``: IBM ART's literal rule.
 STOPPING_RULES = ("paper", "art")
+_START = 9500  # MI-Face's random starts within the "attack" stream of its seed
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,9 @@ class MiFaceResult:
         (K,) final softmax probability of each target class at its image.
     seconds
         Wall-clock time of the whole attack.
+    restart
+        (K,) int64 the restart each image comes from (the one of highest final confidence;
+        all 0 without restarts).
     """
 
     images: torch.Tensor
@@ -88,6 +107,7 @@ class MiFaceResult:
     iterations: torch.Tensor
     confidences: torch.Tensor
     seconds: float
+    restart: torch.Tensor
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -139,6 +159,21 @@ def _start(
     return init.detach().to(device=device, dtype=dtype).clone()
 
 
+def _random_starts(seed: int, classes: list[int], restarts: int, shape: tuple[int, ...],
+                   bounds: tuple[float, float] | None) -> torch.Tensor:
+    """(K, restarts - 1, *shape) starts of restarts 1 .. restarts - 1, each from its own stream
+    (float32, CPU): uniform within ``bounds``, or N(0, I) without them."""
+    starts = []
+    for c in classes:
+        for j in range(1, restarts):
+            generator = torch_generator(seed, "attack", _START, c, j)
+            if bounds is None:
+                starts.append(torch.randn(shape, generator=generator))
+            else:
+                starts.append(torch.rand(shape, generator=generator) * (bounds[1] - bounds[0]) + bounds[0])
+    return torch.stack(starts).view(len(classes), restarts - 1, *shape)
+
+
 def _confidence(
     model: nn.Module, x: torch.Tensor, targets: torch.Tensor, num_classes: int, *, grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,6 +205,7 @@ def mi_face(
     bounds: tuple[float, float] | None = None,
     stopping: str = "paper",
     seed: int | None = None,
+    restarts: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> MiFaceResult:
     """Invert ``model`` into one input per class, all classes in one batch (see the module doc).
@@ -199,7 +235,8 @@ def mi_face(
     learning_rate
         Step size on the raw gradient of p(c | x) (ART's default 0.1).
     init
-        Start, (C, H, W) for every class or (K, C, H, W) per class; default zeros, as ART.
+        Start, (C, H, W) for every class or (K, C, H, W) per class; default zeros, as ART. With
+        restarts, the start of restart 0.
     bounds
         (low, high) to clip every iterate to, in model input space (ART's ``clip_values``);
         default none, as ART.
@@ -209,7 +246,11 @@ def mi_face(
         If given, any randomness inside the model (a PersonalModel's sampled z) is drawn from
         torch's global generator seeded from ``derive_seed(seed, "attack")`` inside a fork, so
         the caller's global generator is left as it was. ``None``: the model draws from the
-        global generator as it stands. MI-Face itself uses no randomness.
+        global generator as it stands. MI-Face itself uses no randomness but the random starts
+        of restarts beyond the first, drawn from ``seed`` too (module doc).
+    restarts
+        Starts per class (>= 1; more than 1 needs ``seed``); per class, the restart of highest
+        final confidence is kept (module doc). All classes x restarts run in one batch.
     progress
         Told ``(steps done, max_iter)`` after every step (of the classes still running); it
         only observes (the result is the same without it).
@@ -217,7 +258,8 @@ def mi_face(
     Returns
     -------
     MiFaceResult
-        Images in model input space, classes, steps taken, final confidences, seconds.
+        Per class, the chosen restart's image in model input space, steps taken and final
+        confidence; the seconds; the chosen restarts.
     """
     started = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -231,12 +273,19 @@ def mi_face(
     threshold, learning_rate = float(threshold), float(learning_rate)
     _check_settings(stopping, threshold, learning_rate, bounds)
     targets = _check_classes(classes, num_classes)
+    _check_int("restarts", restarts, 1)
+    if restarts > 1 and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"Expected `seed` to be an integer with restarts > 1 (it draws their starts), got {seed!r}")
 
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    targets = targets.to(device)
-    x = _start(init, shape, len(targets), device, dtype)
+    k = len(targets)
+    x = _start(init, shape, k, device, dtype)
+    if restarts > 1:  # row k * restarts + j: class k, restart j (restart 0 from `init`)
+        others = _random_starts(seed, targets.tolist(), restarts, shape, bounds).to(device=device, dtype=dtype)
+        x = torch.cat([x.unsqueeze(1), others], dim=1).flatten(0, 1).contiguous()
+    rows = targets.to(device).repeat_interleave(restarts)
 
     modes = {module: module.training for module in model.modules()}
     model.eval()
@@ -246,18 +295,27 @@ def mi_face(
             if seed is not None:
                 torch.manual_seed(derive_seed(seed, "attack"))
             iterations, confidences = _descend(
-                model, x, targets, num_classes, max_iter=max_iter, window_length=window_length, threshold=threshold,
+                model, x, rows, num_classes, max_iter=max_iter, window_length=window_length, threshold=threshold,
                 learning_rate=learning_rate, bounds=bounds, stopping=stopping, progress=progress,
             )
     finally:
         for module, training in modes.items():
             module.training = training
+    if restarts == 1:
+        best = torch.zeros(k, dtype=torch.int64)
+        images = x
+    else:  # the restart of highest final confidence (argmax: the first on a tie)
+        best = confidences.view(k, restarts).argmax(dim=1)
+        pick = torch.arange(k) * restarts + best
+        images = x.index_select(0, pick.to(device))
+        iterations, confidences = iterations[pick], confidences[pick]
     return MiFaceResult(
-        images=x,
+        images=images,
         classes=targets.cpu(),
         iterations=iterations,
         confidences=confidences,
         seconds=time.perf_counter() - started,
+        restart=best,
     )
 
 
@@ -321,23 +379,26 @@ class MiFace(InversionAttack):
 
     name = "miface"
     label = "MI-Face"
-    description = ("per-class descent on the input to raise p(class), IBM ART's MIFace parameters, every class in "
-                   "one batch (Fredrikson et al., CCS 2015)")
+    description = ("per-class descent on the input to raise p(class), IBM ART's MIFace parameters, every class and "
+                   "restart in one batch (Fredrikson et al., CCS 2015)")
     rank = 40
     default_iterations = 1000
+    default_restarts = 1
     own_columns = ("iterations", "confidence")
 
     def open(self, target, settings, cache=None) -> None:
-        target.inversion_model(settings.threat, settings.round, settings.client)
+        for client in settings.victims:
+            target.inversion_model(settings.threat, settings.round, client)
 
     def invert(self, target, settings, log, status, *, evaluator, cache) -> Inversion:
         s = settings
         model, bounds = target.inversion_model(s.threat, s.round, s.client)
-        log(f"miface: {target.num_classes} classes, up to {s.iterations} iterations ({s.threat} model)")
+        restarts = f" x {s.restarts} restarts" if s.restarts > 1 else ""
+        log(f"miface: {target.num_classes} classes{restarts}, up to {s.iterations} iterations ({s.threat} model)")
         # Classes stop early, so the time left is an upper bound.
         progress = Tracker(s.iterations, status).progress(0, lambda done, total: f"miface: iteration {done} of up to {total}")
         result = mi_face(model, target.num_classes, target.input_shape, max_iter=s.iterations, bounds=bounds,
-                         seed=s.seed, progress=progress)  # the seed also drives a private encoder's sampled z
+                         seed=s.seed, restarts=s.restarts, progress=progress)  # the seed also drives a private encoder's sampled z
         pixels = to_pixels(result.images.detach().float().cpu(), target.dataset)
         return Inversion(pixels, torch.as_tensor(result.classes),
                          {"iterations": [int(v) for v in result.iterations],

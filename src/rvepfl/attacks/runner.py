@@ -13,9 +13,15 @@ directory (default ``RUN_DIR/attacks/<attack>-<threat>``):
   reconstruction) or ``roc.png`` (membership inference);
 - ``reconstructions.safetensors`` (reconstruction attacks): the reconstructions in [0, 1] pixel space.
 
+Under threat model ``stolen``, model inversion and membership inference may attack several
+clients' personal models in one job (``--client all``, or an audit's ``stolen_clients``): each
+client's job is written to ``clients/<cccc>/`` as ``rvepfl attack --client <c>`` would write it,
+and the files above pool them (``scores.csv``'s ``client`` column; the summary's pooled scores,
+and each client's under ``clients``).
+
 Every setting, the evaluator's image count included, is hashed into the summary: a changed one
 starts the attack afresh. An interrupted gradient attack resumes where it stopped when the same
-command is run again.
+command is run again, and an interrupted job on several clients with the next unfinished client.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def resolve_settings(target: Target, attack: str, request: AttackRequest) -> Att
 
 def attack_state(out: Path, settings: AttackSettings) -> str:
     """What :func:`run_attack` finds in ``out`` for ``settings``: ``complete`` (it skips the
-    attack), ``resume`` (a stopped gradient attack it continues) or ``new``."""
+    attack), ``resume`` (a stopped gradient attack, or a job on several clients, it continues)
+    or ``new``."""
     summary = read_summary(out / "summary.json")
     if summary.get("settings_digest") != settings.digest():
         return "new"

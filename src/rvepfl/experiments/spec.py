@@ -39,6 +39,9 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
                                                 # update (threat model `update`; default none)
     local_steps = 2                             # its local steps (default: train.local_epochs)
     client = 0                                  # the victim client of every run
+    stolen_clients = "all"                      # the stolen-model jobs' clients: "all" or a list
+                                                # (default [client]); each one's model in turn,
+                                                # pooled into one scores.csv
     images = 4                                  # images per gradient attack
     batch_size = 1                              # images per observed gradient or update
     evaluator_images = 3000                     # held-out images the evaluator trains on
@@ -57,7 +60,9 @@ The jobs of a run are every attack under its threat models: ``gradient`` for the
 upload, and ``update`` too for those in ``update_attacks``; ``<attack>_threats`` (default: every
 threat model the attack serves) for the others. Membership inference (mia) attacks all of the
 victim's training images (members) against as many images no client has, so its runs must keep
-images out (``data.subset``).
+images out (``data.subset``). A job under threat model ``stolen`` attacks the personal model of
+each client of ``stolen_clients`` in turn (``"all"``: every client of the run), so its
+``scores.csv`` holds the classes (mia: the images) of them all; the other jobs attack ``client``.
 
 ``--smoke`` shrinks every run (:data:`SMOKE_OVERRIDES`, equal for all methods) and every attack
 (3 iterations, one batch of images, no restarts, at most 600 evaluator images, 2 reference models,
@@ -81,7 +86,7 @@ from rvepfl.config import (
     flatten,
     read_toml_file,
 )
-from rvepfl.errors import ConfigError
+from rvepfl.errors import ConfigError, short_repr
 from rvepfl.registry import available_methods, method_class
 
 __all__ = [
@@ -103,8 +108,8 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 
 _TOP_KEYS = ("name", "methods", "datasets", "seeds", "base", "dataset_overrides", "overrides", "audit")
 _SET_BY_SUITE = {"name": "`name`", "method": "`methods`", "seed": "`seeds`"}
-_AUDIT_KEYS = ("attacks", "update_attacks", "local_steps", "client", "images", "batch_size", "evaluator_images",
-               "references", "seed", "workers", "iterations", "restarts", "params")
+_AUDIT_KEYS = ("attacks", "update_attacks", "local_steps", "client", "stolen_clients", "images", "batch_size",
+               "evaluator_images", "references", "seed", "workers", "iterations", "restarts", "params")
 """The ``[audit]`` keys besides ``<attack>_threats`` (one per attack)."""
 DEFAULT_REFERENCES = 4
 """mia's reference models in an audit unless ``audit.references`` says otherwise."""
@@ -190,6 +195,24 @@ class AuditPlan:
     :mod:`rvepfl.experiments.attack_pool`."""
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per attack, its own settings (``[audit.params.<attack>]``), checked against its ``Params``."""
+    stolen_clients: tuple[int, ...] | str | None = None
+    """The clients whose personal models a job under threat model ``stolen`` attacks in turn:
+    ``"all"`` or their indices; None: ``client`` alone."""
+
+    def kept_clients(self, num_clients: int) -> tuple[int, ...]:
+        """The clients whose saved states the jobs attack in a run of ``num_clients`` clients:
+        ``client``, and ``stolen_clients`` where a job runs under ``stolen`` (a frontier's
+        pruning keeps theirs).
+
+        >>> plan = AuditPlan(("miface",), {"miface": ("stolen",)}, 0, 4, 1, 3000, 0, {}, stolen_clients="all")
+        >>> plan.kept_clients(3), replace(plan, threats={"miface": ("released",)}).kept_clients(3)
+        ((0, 1, 2), (0,))
+        """
+        stolen = any(job.threat == "stolen" for job in self.jobs())
+        if not stolen or self.stolen_clients is None:
+            return (self.client,)
+        extra = range(num_clients) if self.stolen_clients == "all" else self.stolen_clients
+        return tuple(sorted({self.client, *extra}))
 
     def jobs(self) -> tuple[AttackJob, ...]:
         """Every (attack, threat) job, in the order of ``attacks``."""
@@ -204,9 +227,9 @@ class AuditPlan:
         return self.restarts.get(job.key, self.restarts.get(job.attack))
 
     def request(self, job: AttackJob) -> AttackRequest:
-        """What the audit asks of ``job``'s attack on a run's victim client, its last round: the
-        audit's settings that the attack takes in an audit (its ``audit_options``), its own
-        ``params``; the attack's defaults for the rest."""
+        """What the audit asks of ``job``'s attack on a run's victim client (under ``stolen``: its
+        ``stolen_clients``), its last round: the audit's settings that the attack takes in an
+        audit (its ``audit_options``), its own ``params``; the attack's defaults for the rest."""
         values: dict[str, Any] = {
             "batch_size": self.batch_size, "images": self.images, "iterations": self.iterations_of(job),
             "restarts": self.restarts_of(job), "local_steps": self.local_steps if job.threat == "update" else None,
@@ -214,7 +237,9 @@ class AuditPlan:
         }
         taken = attack(job.attack).audit_options
         return AttackRequest(threat=job.threat, client=self.client, seed=self.seed,
-                             params=self.params.get(job.attack, {}), **{k: v for k, v in values.items() if k in taken})
+                             params=self.params.get(job.attack, {}),
+                             clients=self.stolen_clients if job.threat == "stolen" else None,
+                             **{k: v for k, v in values.items() if k in taken})
 
 
 @dataclass(frozen=True)
@@ -428,6 +453,25 @@ def _audit_params(audit: dict[str, Any], names: tuple[str, ...]) -> dict[str, di
     return {name: dict(values) for name, values in table.items()}
 
 
+def _stolen_clients(audit: dict[str, Any], runs: tuple[RunSpec, ...]) -> tuple[int, ...] | str | None:
+    """``audit.stolen_clients``: ``"all"``, or a non-empty list of client indices (repeats
+    dropped) below every run's ``data.num_clients``; None when absent."""
+    if "stolen_clients" not in audit:
+        return None
+    value = audit["stolen_clients"]
+    if value == "all":
+        return "all"
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ConfigError(f'Expected `audit.stolen_clients` to be "all" or a non-empty list of client indices >= 0, '
+                          f"got {short_repr(value)}")
+    for r in runs:
+        n = r.cfg.data.num_clients
+        if max(value) >= n:
+            raise ConfigError(f"Expected `audit.stolen_clients` < {n} (clients of {r.label}), got {max(value)}")
+    return tuple(dict.fromkeys(value))
+
+
 def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool) -> AuditPlan:
     """Validate the values of an ``[audit]`` table against the suite's runs."""
     every = attacks()
@@ -466,6 +510,7 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
     for r in runs:
         if client >= r.cfg.data.num_clients:
             raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
+    stolen_clients = _stolen_clients(audit, runs)
     evaluator_images = _audit_integer(audit, "evaluator_images", 3000, MIN_EVALUATOR_DRAW)
     if smoke:
         iterations = {a: 3 for a in names if every[a].default_iterations is not None}
@@ -476,7 +521,7 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
         params = {a: {**params.get(a, {}), **every[a].smoke} for a in chosen if every[a].smoke or a in params}
     return AuditPlan(chosen, threats, client, images, batch, evaluator_images, _audit_integer(audit, "seed", 0, 0),
                      iterations, update_attacks, local_steps, restarts, references,
-                     _audit_integer(audit, "workers", 1, 1), params)
+                     _audit_integer(audit, "workers", 1, 1), params, stolen_clients)
 
 
 # -- loading -------------------------------------------------------------------------------------
