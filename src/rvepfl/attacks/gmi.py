@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -658,6 +658,8 @@ class Gmi(InversionAttack):
     Params = GmiParams
     smoke = {"prior_steps": 5}
     own_columns = ("confidence", "identity_loss", "prior_only_correct")
+    _last_control: ClassVar[tuple[Any, Any]] = (None, None)
+    """The last control search and its key (the prior, seed and search settings), in this process."""
 
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         settings = super().resolve(target, request)
@@ -710,13 +712,20 @@ class Gmi(InversionAttack):
         k = target.num_classes
         log(f"gmi: {k} classes x {s.restarts} restarts, {s.iterations} iterations ({s.threat} model)")
         searches = {}
+        # The control does not read the model (realism alone picks its images), so a job over several
+        # clients' models searches it once: the last control is kept for the next client's call.
+        control_key = (note, s.seed, s.restarts, s.iterations, p.lr, p.prior_weight, k)
         for i, victim in enumerate((True, False)):  # the attack, then the control without the victim's term
+            if not victim and Gmi._last_control[0] == control_key:
+                searches[victim] = Gmi._last_control[1]
+                continue
             head = "gmi" if victim else "gmi (control, no victim)"
             searches[victim] = gmi_search(
                 model, prior, k, to_input=lambda x: (x - mean) / std, seed=s.seed, restarts=s.restarts,
                 iterations=s.iterations, lr=p.lr, prior_weight=p.prior_weight, victim=victim,
                 progress=tracker.progress(p.prior_steps + i * s.iterations,
                                           lambda done, total, h=head: f"{h}: iteration {done}/{total}"))
+        Gmi._last_control = (control_key, searches[False])
         result, control = searches[True], searches[False]
         classes = result.classes
         if evaluator is None:
