@@ -477,12 +477,28 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     typer.echo(f"run directory: {run_dir}")
 
 
-def _run_suite(suite: Suite, out: Path | None, quiet: bool) -> SuiteReport:
-    """Run a compare or audit suite with progress on stderr; Ctrl-C ends it resumable."""
+def _run_suite(suite: Suite, out: Path | None, quiet: bool, ray_address: str | None = None) -> SuiteReport:
+    """Run a compare or audit suite with progress on stderr (its runs as tasks on the Ray cluster
+    at ``ray_address``, if given); Ctrl-C ends it resumable."""
     from rvepfl.experiments.runner import run_suite
 
     return _resumable(lambda stream: run_suite(suite, out, progress=_prefixed(stream, quiet), log=stream.line,
-                                               status=None if quiet else stream.status))
+                                               status=None if quiet else stream.status, ray_address=ray_address))
+
+
+_RAY_ADDRESS_HELP = ("Run every run (its training, then its attacks) as a task on the Ray cluster at this address: "
+                     "auto (the one `ray start` began on this machine) or the head node's HOST:PORT. --out must be on "
+                     "a filesystem every node shares. Needs the ray extra (pip install -e '.[ray]').")
+_RAY_ADDRESS_DEFAULT = "none: this machine alone"
+
+
+def _check_ray_address(ray_address: str | None) -> None:
+    """Ray installed and a cluster answering at ``ray_address`` (if given): one line otherwise,
+    before the command's first line."""
+    if ray_address is not None:
+        from rvepfl.experiments.ray_fanout import check_address
+
+        check_address(ray_address)
 
 
 def _resumable(job: Callable[[ProgressStream], Any]) -> Any:
@@ -526,7 +542,7 @@ def attack(
     name: Annotated[str, typer.Argument(metavar="ATTACK", help="An attack, as `rvepfl attacks` lists them.")],
     run: Annotated[Path, typer.Option(help="Run directory written by `rvepfl train` (read only).")],
     round_: Annotated[Optional[int], typer.Option("--round", help=_default("Round whose saved states are attacked.", "the last with client states"))] = None,
-    client: Annotated[int, typer.Option(help="The victim client.")] = 0,
+    client: Annotated[str, typer.Option(help="The victim client; with --threat-model stolen also all, or indices such as 0,3: each client's personal model in turn, pooled into one scores.csv.")] = "0",
     batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
     images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size (mia: members, and as many non-members).", "4 batches; model inversion: one per class; mia: all the client's training images"))] = None,
     threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (gradient attacks) | released | stolen (model inversion, mia).", "the attack's first threat model in `rvepfl attacks`"))] = None,
@@ -547,6 +563,7 @@ def attack(
     inference, writes roc.png instead of grid.png. An interrupted gradient attack resumes when the
     same command is run again.
     """
+    from rvepfl.attacks.base import check_clients, parse_clients
     from rvepfl.attacks.registry import attack as attack_named
     from rvepfl.attacks.runner import AttackRequest, run_attack
     from rvepfl.attacks.threat import Target
@@ -561,16 +578,20 @@ def attack(
         raise ConfigError(f"Expected --threads >= 0, got {threads}")
     chosen = attack_named(name)
     params = _key_values(param or [], "--param")
-    target = Target(run)
-    settings = chosen.resolve(target, AttackRequest(
-        threat=threat_model, round=round_, client=client, batch_size=batch_size, images=images, iterations=iterations,
+    victim, victims = parse_clients(client)
+    request = AttackRequest(
+        threat=threat_model, round=round_, client=victim, batch_size=batch_size, images=images, iterations=iterations,
         restarts=restarts, seed=seed, local_steps=local_steps, evaluator_images=evaluator_images,
-        references=references, params=params))
+        references=references, params=params, clients=victims)
+    check_clients(chosen, request)  # several clients: threat model stolen only, for every attack
+    target = Target(run)
+    settings = chosen.resolve(target, request)
     # Open what the attack reads before anything is written: a corrupt checkpoint fails here.
     chosen.open(target, settings)
     dest = out if out is not None else target.run.path / "attacks" / f"{settings.attack}-{settings.threat}"
+    who = f"clients {', '.join(map(str, settings.clients))}" if settings.clients else f"client {settings.client}"
     log(f"{settings.attack} on {target.method.name} ({target.run.path}), threat model {settings.threat}, "
-        f"round {settings.round}, client {settings.client}")
+        f"round {settings.round}, {who}")
     try:
         with attack_threads(threads):
             summary = run_attack(target, settings, dest, log, status=None if quiet else stream.status)
@@ -605,6 +626,7 @@ def audit(
     out: Annotated[Optional[Path], typer.Option(help=_default("Output directory; its trained runs are reused.", "runs/<name>"))] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help=_default(_RAY_ADDRESS_HELP, _RAY_ADDRESS_DEFAULT))] = None,
 ) -> None:
     """Attack every run of a comparison: privacy against utility.
 
@@ -615,8 +637,9 @@ def audit(
     from rvepfl.experiments.spec import load_suite
 
     suite = load_suite(config, audit=True, smoke=smoke)
+    _check_ray_address(ray_address)
     typer.echo(f"{suite.name}: {len(suite.runs)} runs x {len(suite.jobs())} attacks", err=True)
-    report = _run_suite(suite, out, quiet)
+    report = _run_suite(suite, out, quiet, ray_address)
     typer.echo(report.audit_markdown)
     typer.echo(f"results: {report.out} (audit.csv, audit.md, {', '.join(p.name for p in report.audit_plots)})")
 
@@ -627,6 +650,7 @@ def frontier(
     out: Annotated[Optional[Path], typer.Option(help=_default("Output directory; its finished runs and attacks are reused.", "runs/<name>"))] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help=_default(_RAY_ADDRESS_HELP, _RAY_ADDRESS_DEFAULT))] = None,
 ) -> None:
     """Sweep each method's privacy knob: who is more accurate at equal protection.
 
@@ -637,10 +661,11 @@ def frontier(
     from rvepfl.experiments.frontier import load_frontier, run_frontier
 
     plan = load_frontier(config, smoke=smoke)
+    _check_ray_address(ray_address)
     suite = plan.suite
     typer.echo(f"{suite.name}: {len(suite.runs)} runs x {len(suite.jobs())} attacks", err=True)
     report = _resumable(lambda stream: run_frontier(plan, out, progress=_prefixed(stream, quiet), log=stream.line,
-                                                    status=None if quiet else stream.status))
+                                                    status=None if quiet else stream.status, ray_address=ray_address))
     typer.echo(report.markdown)
     typer.echo(f"results: {report.out} ({', '.join(p.name for p in report.files)})")
 

@@ -241,6 +241,30 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
     "tb-file-run": _run(_tensorboard_file),
 }
 
+RAY_AUDIT = """name = "a"
+methods = ["fedavg"]
+datasets = ["mnist"]
+seeds = [0]
+[audit]
+attacks = ["miface"]
+"""
+"""An audit file with nothing wrong in it: the `--ray-address` rows' bad input is the address."""
+
+SETUPS.update({  # the `--ray-address` rows: good files; no cluster there, or Ray missing (no-ray.toml)
+    "ray.toml": _text(FRONTIER % ("nbafl.epsilon", "[1.0, 10.0]")),
+    "no-ray.toml": _text(FRONTIER % ("nbafl.epsilon", "[1.0, 10.0]")),
+    "ray-audit.toml": _text(RAY_AUDIT),
+})
+
+
+@pytest.fixture(autouse=True)
+def _without_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row that names no-ray.toml runs as if Ray (the `ray` extra) were not installed."""
+    callspec = getattr(request.node, "callspec", None)
+    row = callspec.params.get("row") if callspec is not None else None
+    if isinstance(row, Row) and "no-ray.toml" in row.argv:
+        monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+
 
 # --------------------------------------------------------------------------------------------
 # running a row

@@ -79,28 +79,49 @@ def test_pruning_keeps_the_victims_states_only(tmp_path):
         (run.path / "checkpoints" / "round_0002" / "clients" / f"{c:04d}.safetensors").write_bytes(b"y" * 5000)
     (run.path / "checkpoints" / "round_0002" / "global.safetensors").write_bytes(b"g")
     before = disk_use(run.path)
-    assert prune_run(run, keep_client=1) == 4
-    assert prune_run(run, keep_client=1) == 0  # idempotent
+    assert prune_run(run, (1,)) == 4
+    assert prune_run(run, (1,)) == 0  # idempotent
     left = sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*.safetensors"))
     assert left == ["checkpoints/round_0002/clients/0001.safetensors", "checkpoints/round_0002/global.safetensors",
                     "state/clients/0001-r0002.safetensors"]
     assert disk_use(run.path) < before
 
 
+def test_pruning_keeps_every_client_a_stolen_job_attacks(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for folder in (run.path / "state" / "clients", run.path / "checkpoints" / "round_0002" / "clients"):
+        folder.mkdir(parents=True)
+    for c in range(12):  # 0010 and 0011: a client index is four digits, not a prefix
+        (run.path / "state" / "clients" / f"{c:04d}-r0002.safetensors").write_bytes(b"x")
+        (run.path / "checkpoints" / "round_0002" / "clients" / f"{c:04d}.safetensors").write_bytes(b"y")
+    twelve = BASE.replace("num_clients = 2", "num_clients = 12")
+    plan = frontier_from_dict(_values(twelve.replace('attacks = ["miface"]',
+                                                     'attacks = ["miface"]\nstolen_clients = [1, 11]'))).suite.audit
+    keep = plan.kept_clients(12)
+    assert keep == (0, 1, 11)
+    assert prune_run(run, keep) == 2 * 9
+    left = sorted(p.name for p in run.path.rglob("*.safetensors"))
+    assert left == ["0000-r0002.safetensors", "0000.safetensors", "0001-r0002.safetensors", "0001.safetensors",
+                    "0011-r0002.safetensors", "0011.safetensors"]
+    released = frontier_from_dict(_values(BASE.replace(
+        'miface_threats = ["released", "stolen"]', 'miface_threats = ["released"]\nstolen_clients = "all"')))
+    assert released.suite.audit.kept_clients(12) == (0,)  # no job attacks a stolen model
+
+
 @pytest.mark.slow
 def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, monkeypatch, capsys):
-    config = tmp_path / "frontier.toml"  # one seed (the bootstrap's tests cover several), membership inference too
+    config = tmp_path / "frontier.toml"  # one seed (the interval tests cover several), membership inference too
     config.write_text(BASE.replace("seeds = [0, 1]", "seeds = [0]").replace(  # the attacks in 2 processes
         'attacks = ["miface"]', 'attacks = ["miface", "mia"]\nmia_threats = ["stolen"]\nreferences = 2\nworkers = 2'))
     out = tmp_path / "out"
     calls = []
     real_prune = frontier_module.prune_run
 
-    def stop_after_two(run, keep_client):  # Ctrl-C after the second run's attacks, before its pruning
+    def stop_after_two(run, keep_clients):  # Ctrl-C after the second run's attacks, before its pruning
         calls.append(run.path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_prune(run, keep_client)
+        return real_prune(run, keep_clients)
 
     monkeypatch.setattr(frontier_module, "prune_run", stop_after_two)
     pools: list[int] = []

@@ -19,6 +19,9 @@ that run side by side interleave their lines, each line naming its job.
 Workers run in fresh interpreters (``spawn``), ignore Ctrl-C (the parent's to handle) and, on
 Linux, die with the parent, so a frontier stopped with ``kill -9`` leaves nothing writing into
 its directory; a stopped job resumes or restarts as any attack does.
+
+On a Ray cluster (``--ray-address``) there is no pool: each run is a task that attacks in its own
+process, and the runs side by side fill the cores (:mod:`rvepfl.experiments.ray_fanout`).
 """
 
 from __future__ import annotations

@@ -21,13 +21,17 @@ The runs are taken one at a time: trained (or resumed, or skipped when complete)
 every job of ``[audit]``, then pruned: an RVE-PFL client's state is its 79 MB encoder, so with
 ``prune`` only the audit's victim client's saved states are kept once a run and its attacks are
 complete (the other clients' states serve only a resume, which a finished run no longer needs).
-The peak disk use so far, measured after each run's training, before its pruning, is recorded in
-``frontier.json`` with the time the frontier took. A stopped frontier continues where it stopped
+The peak disk use so far, measured after each run's training and attacks, before its pruning, is
+recorded in ``frontier.json`` with the time the frontier took. A stopped frontier continues where it stopped
 when run again: finished runs and attacks are not redone.
+
+Given a Ray cluster's address, every run is instead a task on the cluster that trains, attacks,
+measures and prunes it with the same functions (:mod:`rvepfl.experiments.ray_fanout`); the output
+directory must then be on a filesystem every node shares, and the frontier's files are the same.
 
 Then :mod:`rvepfl.experiments.frontier_report` writes ``frontier.csv``, ``frontier.md`` and
 ``frontier_<dataset>.png``: every point's accuracy and attack success, each a mean over seeds with
-its 95 % bootstrap interval, and the verdict.
+its 95 % interval (Student's t over seeds; shares also exact), and the verdict.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,8 +51,7 @@ from rvepfl.attacks.registry import attack
 from rvepfl.config import apply_overrides, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.experiments.attack_pool import attack_pool
-from rvepfl.experiments.results import read_curve
-from rvepfl.experiments.runner import Log, _state, attack_run, train_run
+from rvepfl.experiments.runner import Log, RunDone, checked_runs, run_on_node, train_and_attack
 from rvepfl.experiments.spec import (
     AttackJob,
     RunSpec,
@@ -60,7 +63,9 @@ from rvepfl.fl.server import Progress
 from rvepfl.io import atomic_write_text, remove_temp_files, write_json
 from rvepfl.progress import Eta, format_duration, time_left
 from rvepfl.rundir import RunDir
-from rvepfl.tensorboard import check_tensorboard
+
+if TYPE_CHECKING:
+    from rvepfl.experiments.ray_fanout import RunTask
 
 __all__ = ["FrontierPlan", "FrontierReport", "Sweep", "frontier_from_dict", "load_frontier", "prune_run",
            "run_frontier"]
@@ -209,21 +214,23 @@ def disk_use(path: Path) -> int:
     return total
 
 
-def prune_run(run: RunDir, keep_client: int) -> int:
-    """Delete every saved client state of a finished run but ``keep_client``'s: the client store
-    (``state/clients/``) and the checkpoints' ``clients/`` files. Returns the files deleted.
+def prune_run(run: RunDir, keep_clients: tuple[int, ...]) -> int:
+    """Delete every saved client state of a finished run but those of ``keep_clients``: the
+    client store (``state/clients/``) and the checkpoints' ``clients/`` files. Returns the files
+    deleted.
 
-    What stays serves every attack on ``keep_client`` and the run's tables; a resume of the
-    finished run is not needed. Idempotent.
+    What stays serves every attack on the kept clients (the audit's victim, and every client a
+    stolen-model job attacks: :meth:`~rvepfl.experiments.spec.AuditPlan.kept_clients`) and the
+    run's tables; a resume of the finished run is not needed. Idempotent.
     """
-    keep = f"{keep_client:04d}"
+    keep = {f"{c:04d}" for c in keep_clients}  # a file is <client>.safetensors or <client>-r<round>.safetensors
     deleted = 0
     places = [run.path / "state" / "clients", *sorted((run.path / "checkpoints").glob("round_*/clients"))]
     for folder in places:
         if not folder.is_dir():
             continue
         for f in folder.iterdir():
-            if f.suffix == ".safetensors" and not f.name.startswith(keep):
+            if f.suffix == ".safetensors" and f.name.partition(".")[0].partition("-")[0] not in keep:
                 f.unlink()
                 deleted += 1
     return deleted
@@ -257,9 +264,9 @@ def _final_client_accuracies(run: RunDir, rounds: int) -> np.ndarray:
 
 def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
                  progress: Callable[[str], Progress] | None = None, log: Log | None = None,
-                 status: Log | None = None) -> FrontierReport:
-    """Train, attack and prune every run of ``plan`` one at a time under ``out``, then write the
-    frontier's tables, plots and verdict.
+                 status: Log | None = None, ray_address: str | None = None) -> FrontierReport:
+    """Train, attack and prune every run of ``plan`` one at a time under ``out`` (or side by side
+    as tasks on a Ray cluster), then write the frontier's tables, plots and verdict.
 
     Parameters
     ----------
@@ -271,11 +278,18 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         As in :func:`rvepfl.experiments.runner.run_suite`: the engine's progress per run, one
         line per run and attack (with the time left in the frontier), the attacks' in-progress
         lines.
+    ray_address
+        A Ray cluster's address (``auto``, ``host:port``): every run is a task on the cluster,
+        ``out`` on a filesystem that every node shares; ``progress`` and ``status`` are then
+        unused (:mod:`rvepfl.experiments.ray_fanout`). None: one run at a time on this machine.
 
     Raises
     ------
     CheckpointError
         Before anything trains, if a run directory holds something else than this frontier's run.
+    ConfigError
+        Before anything trains, if Ray is not installed, no cluster answers at ``ray_address``
+        or its nodes do not see ``out``.
     """
     suite = plan.suite
     assert suite.audit is not None
@@ -284,10 +298,11 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
     started = time.perf_counter()
     remove_temp_files(out)
     count = len(suite.runs)
-    dirs = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
-    states = {r.label: _state(run, r.cfg) for r, run in dirs}
-    for r, run in dirs:
-        check_tensorboard(r.cfg, run.path)
+    dirs, states = checked_runs(suite, out)
+    if ray_address is not None:
+        from rvepfl.experiments.ray_fanout import RunTask, check_address, ray_cluster
+
+        check_address(ray_address)  # Ray installed and a cluster there, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "frontier.json"
     record = read_summary(record_path)
@@ -300,34 +315,47 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         runs = f"{done} of {count} runs trained and attacked"
         return runs if estimate is None else f"{runs}, {time_left(estimate, ' in the frontier')}"
 
+    def finished(done: int, r: RunSpec, seconds: float) -> None:
+        """Record run ``r`` as attacked: the ``done``-th to finish here, in ``seconds``."""
+        nonlocal record
+        fresh = statuses[r.label] != "skipped" or r.label not in attacked
+        attacked.add(r.label)
+        record = {"peak_disk_bytes": peak, "attacked": sorted(attacked),
+                  "seconds": float(record.get("seconds", 0.0)) + seconds}
+        write_json(record_path, record)
+        if fresh:
+            eta.advance(1)
+        else:
+            eta.skip(1)
+        say(f"[{r.index}/{count}] {r.title}: trained and attacked; {left(done)}; disk peak {peak / 2**30:.2f} GiB")
+
     statuses: dict[str, str] = {}
     jobs = suite.audit.jobs()
-    with attack_pool(suite.audit.workers) as pool:
-        for done, (r, run) in enumerate(dirs, start=1):
+    local = dirs
+    if ray_address is not None:  # every run a task on the cluster: none is left for the loop below
+        local = []
+        with ray_cluster(ray_address, out) as cluster:
+            say(f"ray: {count} runs as tasks on {cluster.describe()}")
+            tasks = [RunTask(r, suite.audit, f"[{r.index}/{count}] {r.title}",
+                             prune=suite.audit.kept_clients(r.cfg.data.num_clients) if plan.prune else None)
+                     for r in suite.runs]
+            for done, (task, (step, lines, disk)) in enumerate(cluster.run(_run_on_node, tasks), start=1):
+                for line in lines:
+                    say(line)
+                statuses[task.r.label] = step.status
+                peak = max(peak, disk)
+                finished(done, task.r, step.seconds)
+    with attack_pool(suite.audit.workers if local else 1) as pool:
+        for done, (r, run) in enumerate(local, start=1):
             prefix = f"[{r.index}/{count}] {r.title}"
             t0 = time.perf_counter()
-            if states[r.label] == "complete":
-                statuses[r.label] = "skipped"
-            else:
-                statuses[r.label], _, seconds = train_run(r, run, states[r.label], prefix, progress, say)
-                say(f"{prefix}: final mean client test acc {100 * read_curve(run, r.cfg)[-1]:.2f} % ({seconds:.0f} s)")
-            peak = max(peak, disk_use(out))
-            acc = read_curve(run, r.cfg)[-1]
-            for job, row, table, _timed in attack_run(r, suite.audit, out, acc, say, status, pool):
-                what = "no attack surface" if table is None else f"done ({row['images']} rows)"
-                say(f"[{r.label}] {job.attack} ({job.threat}): {what}")
+            statuses[r.label] = train_and_attack(r, run, states[r.label], suite.audit, out, prefix, progress, say,
+                                                 status, pool).status
+            peak = max(peak, disk_use(out))  # the run trained and attacked, before its pruning
             if plan.prune:
-                prune_run(run, suite.audit.client)
-            fresh = statuses[r.label] != "skipped" or r.label not in attacked
-            attacked.add(r.label)
-            record = {"peak_disk_bytes": peak, "attacked": sorted(attacked),
-                      "seconds": float(record.get("seconds", 0.0)) + (time.perf_counter() - t0)}
-            write_json(record_path, record)
-            if fresh:
-                eta.advance(1)
-            else:
-                eta.skip(1)
-            say(f"{prefix}: trained and attacked; {left(done)}; disk peak {peak / 2**30:.2f} GiB")
+                prune_run(run, suite.audit.kept_clients(r.cfg.data.num_clients))
+            finished(done, r, time.perf_counter() - t0)
+    statuses = {r.label: statuses[r.label] for r in suite.runs}  # the plan's order (Ray's runs end in any)
 
     from rvepfl.experiments.frontier_report import write_frontier
     from rvepfl.experiments.stats import SeedDraw
@@ -342,6 +370,18 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
     say(f"frontier: {format_duration(float(record.get('seconds', seconds)))} of training and attacks in all; "
         f"peak disk use {peak / 2**30:.2f} GiB")
     return FrontierReport(out, statuses, files, markdown, seconds, peak)
+
+
+def _run_on_node(task: RunTask, out: Path) -> tuple[RunDone, list[str], int]:
+    """A frontier's Ray task (:meth:`rvepfl.experiments.ray_fanout.RayCluster.run`): train and
+    attack the run (:func:`rvepfl.experiments.runner.run_on_node`), measure the disk under
+    ``out`` before pruning it, then prune it as ``task.prune`` says; what it did, its lines and
+    the bytes measured."""
+    done, lines = run_on_node(task, out)
+    disk = disk_use(out)
+    if task.prune is not None:
+        prune_run(RunDir(out / "runs" / task.r.label), task.prune)
+    return done, lines, disk
 
 
 # -- what the report reads -----------------------------------------------------------------------

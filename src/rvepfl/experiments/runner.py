@@ -18,6 +18,10 @@ run with one torch thread unless the run config's ``threads`` asks for more
 (:func:`rvepfl.perf.attack_threads`: torch's default slows an attack by an order of magnitude when
 another process shares the cores); the process's thread count is restored after each.
 
+Given a Ray cluster's address (``ray_address``), every run is instead one Ray task that trains it
+and then attacks it (:func:`train_and_attack`, the step the frontier's loop takes too), and the
+tables are written from what the tasks return, as here: :mod:`rvepfl.experiments.ray_fanout`.
+
 This module is the only one of the package's experiments that calls the training engine.
 """
 
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rvepfl.attacks.registry import attack
 from rvepfl.attacks.runner import attack_state, run_attack
@@ -58,7 +62,10 @@ from rvepfl.progress import Eta, time_left
 from rvepfl.rundir import RunDir
 from rvepfl.tensorboard import check_tensorboard
 
-__all__ = ["SuiteReport", "run_suite"]
+if TYPE_CHECKING:
+    from rvepfl.experiments.ray_fanout import RunTask
+
+__all__ = ["RunDone", "SuiteReport", "run_on_node", "run_suite", "train_and_attack"]
 
 Log = Callable[[str], None]
 
@@ -93,6 +100,7 @@ def run_suite(
     progress: Callable[[str], Progress] | None = None,
     log: Log | None = None,
     status: Log | None = None,
+    ray_address: str | None = None,
 ) -> SuiteReport:
     """Train (or resume, or skip) every run of ``suite`` under ``out``, attack each when the
     suite is an audit, and write the tables and plots.
@@ -112,6 +120,10 @@ def run_suite(
     status
         Receives in-progress lines of the attacks (iterations done, time left), every second or
         two: :meth:`rvepfl.progress.ProgressStream.status`.
+    ray_address
+        A Ray cluster's address (``auto``, ``host:port``): every run is a task on the cluster,
+        trained and attacked there, ``out`` on a filesystem that every node shares; ``progress``
+        and ``status`` are then unused (:mod:`rvepfl.experiments.ray_fanout`). None: this machine.
 
     Returns
     -------
@@ -122,11 +134,20 @@ def run_suite(
     CheckpointError
         Before anything trains, if a run directory holds something else than this suite's run;
         later, if a run's files are damaged.
+    ConfigError
+        Before anything trains, if Ray is not installed, no cluster answers at ``ray_address``
+        or its nodes do not see ``out``.
     """
     out = Path(out) if out is not None else default_out(suite)
     say = log or (lambda line: None)
     remove_temp_files(out)  # uncommitted writes of a stopped suite
-    statuses, curves = _train(suite, out, progress, say)
+    done: dict[str, RunDone] | None = None  # what the Ray tasks did: their runs trained and attacked
+    if ray_address is None:
+        statuses, curves = _train(suite, out, progress, say)
+    else:
+        done = _fan_out(suite, out, ray_address, say)
+        statuses = {r.label: done[r.label].status for r in suite.runs}
+        curves = {r.label: done[r.label].curve for r in suite.runs}
     cells = accuracy_cells(suite, {label: curve[-1] for label, curve in curves.items()})
     out.mkdir(parents=True, exist_ok=True)
     markdown = write_accuracy_table(out, suite, cells)
@@ -137,7 +158,13 @@ def run_suite(
     if suite.audit is None:
         return report
 
-    rows, scores = _attack(suite, suite.audit, out, curves, say, status)
+    if done is None:
+        rows, scores = _attack(suite, suite.audit, out, curves, say, status)
+    else:
+        rows, scores = [], {}
+        for r in suite.runs:
+            for job, row, table, _timed in done[r.label].attacks:
+                _gather(r, job, row, table, rows, scores)
     report.attack_rows = rows
     report.attack_cells = attack_cells(suite, scores)
     report.audit_markdown = write_attack_table(out, suite, cells, rows, report.attack_cells)
@@ -149,6 +176,17 @@ def run_suite(
 
 
 # -- training ------------------------------------------------------------------------------------
+def checked_runs(suite: Suite, out: Path) -> tuple[list[tuple[RunSpec, RunDir]], dict[str, str]]:
+    """Every run of ``suite`` with its directory under ``out``, and each one's state (``new``,
+    ``resume``, ``complete``) by label; raises before anything is written if a directory holds
+    another configuration's run or its TensorBoard events cannot be written."""
+    plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
+    states = {r.label: _state(run, r.cfg) for r, run in plan}
+    for r, run in plan:
+        check_tensorboard(r.cfg, run.path)
+    return plan, states
+
+
 def _state(run: RunDir, cfg: Config) -> str:
     """``new``, ``resume`` or ``complete``; raises if the directory holds something else."""
     if run.unstarted():  # empty, or stopped while being created: nothing trained yet
@@ -172,10 +210,7 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
     The time left is estimated in rounds, from the rounds trained here: a skipped run's rounds
     and a resumed run's earlier rounds count as done, not in the pace."""
     count = len(suite.runs)
-    plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
-    states = {r.label: _state(run, r.cfg) for r, run in plan}
-    for r, run in plan:
-        check_tensorboard(r.cfg, run.path)
+    plan, states = checked_runs(suite, out)
     eta = Eta(sum(r.cfg.train.rounds for r in suite.runs))
 
     def left(finished: int) -> str:
@@ -255,14 +290,22 @@ def _attack(suite: Suite, plan: AuditPlan, out: Path, curves: dict[str, list[flo
                     eta.advance(1)
                 else:  # skipped, resumed, or without a surface: its time here is not an attack's
                     eta.skip(1)
-                rows.append(row)
+                _gather(r, job, row, table, rows, scores)
                 prefix = f"[{r.label}] {job.attack} ({job.threat})"
                 if table is None:
                     say(f"{prefix}: no attack surface ({row['note']}); {left()}")
                 else:
-                    scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
                     say(f"{prefix}: done ({row['images']} rows); {left()}")
     return rows, scores
+
+
+def _gather(r: RunSpec, job: AttackJob, row: dict[str, Any], table: ScoreTable | None, rows: list[dict[str, Any]],
+            scores: dict[tuple[str, str, AttackJob], ScoreTable]) -> None:
+    """Add one job's ``audit.csv`` row to ``rows`` and its per-image scores (if it had a surface)
+    to those of its data set, method and job, each row tagged with the run's seed."""
+    rows.append(row)
+    if table is not None:
+        scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
 
 
 def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, status: Log | None,
@@ -308,3 +351,85 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
                                      evaluator_cache=cache,
                                      status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
         yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), state == "new"
+
+
+# -- one run, trained and attacked ---------------------------------------------------------------
+@dataclass
+class RunDone:
+    """What :func:`train_and_attack` did to one run."""
+
+    label: str
+    status: str
+    """``trained``, ``resumed`` or ``skipped`` (complete when found)."""
+    curve: list[float]
+    """Mean client test accuracy per round."""
+    attacks: list[tuple[AttackJob, dict[str, Any], ScoreTable | None, bool]]
+    """What :func:`attack_run` yielded for each job, in the plan's order (none without a plan)."""
+    seconds: float
+    """Wall time of the training and the attacks."""
+
+
+def train_and_attack(r: RunSpec, run: RunDir, state: str, plan: AuditPlan | None, out: Path, prefix: str,
+                     progress: Callable[[str], Progress] | None, say: Log, status: Log | None = None,
+                     pool: AttackPool | None = None) -> RunDone:
+    """Train run ``r`` (``state`` new), resume it (resume) or take it as it is (complete), then
+    run every job of ``plan`` on it (none when None): the step a frontier takes for each run, and
+    a Ray task for a run of an audit or a frontier (:mod:`rvepfl.experiments.ray_fanout`).
+
+    ``say`` receives the training's lines, its final accuracy and one line per attack job;
+    ``progress``, ``status`` and ``pool`` are as in :func:`run_suite` and :func:`attack_run`."""
+    started = time.perf_counter()
+    if state == "complete":
+        result = "skipped"
+        say(f"{prefix}: complete, skipped ({run.path})")
+    else:
+        result, _, seconds = train_run(r, run, state, prefix, progress, say)
+        say(f"{prefix}: final mean client test acc {100 * read_curve(run, r.cfg)[-1]:.2f} % ({seconds:.0f} s)")
+    curve = read_curve(run, r.cfg)
+    attacks = []
+    if plan is not None:
+        for job, row, table, timed in attack_run(r, plan, out, curve[-1], say, status, pool):
+            what = "no attack surface" if table is None else f"done ({row['images']} rows)"
+            say(f"[{r.label}] {job.attack} ({job.threat}): {what}")
+            attacks.append((job, row, table, timed))
+    return RunDone(r.label, result, curve, attacks, time.perf_counter() - started)
+
+
+def run_on_node(task: RunTask, out: Path) -> tuple[RunDone, list[str]]:
+    """A Ray task's work (:meth:`rvepfl.experiments.ray_fanout.RayCluster.run`): train and attack
+    ``task``'s run under ``out`` on this node, from the state its directory is in (a task run
+    again after its worker died resumes); what it did, and its lines."""
+    run = RunDir(out / "runs" / task.r.label)
+    lines: list[str] = []
+    done = train_and_attack(task.r, run, _state(run, task.r.cfg), task.audit, out, task.prefix, None, lines.append)
+    return done, lines
+
+
+def _fan_out(suite: Suite, out: Path, address: str, say: Log) -> dict[str, RunDone]:
+    """Every run of ``suite`` trained and attacked by a task on the Ray cluster at ``address``
+    (:mod:`rvepfl.experiments.ray_fanout`); what each did, by label. Every run directory is
+    checked before anything trains. Each task's lines come when it ends, then one line for the
+    run with the time left (in runs, from the pace of those done here; a run found complete and
+    attacked is not in the pace)."""
+    from rvepfl.experiments.ray_fanout import RunTask, ray_cluster
+
+    plan, _states = checked_runs(suite, out)  # the tasks find each state again: a retried one may have trained
+    count = len(plan)
+    eta = Eta(count)
+    what = "trained and attacked" if suite.audit is not None else "trained"
+    done: dict[str, RunDone] = {}
+    with ray_cluster(address, out) as cluster:
+        say(f"ray: {count} runs as tasks on {cluster.describe()}")
+        tasks = [RunTask(r, suite.audit, f"[{r.index}/{count}] {r.title}") for r, _run in plan]
+        for finished, (task, (step, lines)) in enumerate(cluster.run(run_on_node, tasks), start=1):
+            for line in lines:
+                say(line)
+            if step.status != "skipped" or any(timed for *_, timed in step.attacks):
+                eta.advance(1)
+            else:
+                eta.skip(1)
+            estimate = eta.left() if finished < count else None
+            runs = f"{finished} of {count} runs {what}"
+            say(f"{task.prefix}: {what}; {runs if estimate is None else f'{runs}, {time_left(estimate)}'}")
+            done[step.label] = step
+    return done
