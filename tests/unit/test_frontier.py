@@ -48,11 +48,14 @@ def test_a_sweep_is_a_run_per_point_and_seed_on_the_same_clients():
 
 
 @pytest.mark.parametrize("sweep, match", [
-    ('[sweep.nbafl]\nkey = "nbafl.epsilom"\nvalues = [1.0]', r"`sweep.nbafl`: Unknown config key `nbafl.epsilom`: did you mean `epsilon`\?"),
-    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = []', r"Expected `sweep.nbafl.values` to be a non-empty list of numbers, got \[\]"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilom"\nvalues = [1.0]',
+     r"`sweep.nbafl`: Unknown config key `nbafl.epsilom`: did you mean `epsilon`\?"),
+    ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = []',
+     r"Expected `sweep.nbafl.values` to be a non-empty list of numbers, got \[\]"),
     ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = [0.0]', r"`sweep.nbafl`: Expected `nbafl.epsilon` > 0, got 0.0"),
     ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalues = [1.0, 1.0]', "without repeats"),
-    ('[sweep.nbafl]\nkey = "data.subset"\nvalues = [100]', "cannot be swept: every point must train on the same clients"),
+    ('[sweep.nbafl]\nkey = "data.subset"\nvalues = [100]',
+     "cannot be swept: every point must train on the same clients"),
     ('[sweep.fedavg]\nkey = "nbafl.epsilon"\nvalues = [1.0, 2.0]', "does not change fedavg's runs"),
     ('[sweep.ditto]\nkey = "ditto.lam"\nvalues = [1.0]', r"`\[sweep.ditto\]` names no entry of `methods`"),
     ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalue = [1.0]', r"Unknown key `sweep.nbafl.value`"),
@@ -136,11 +139,18 @@ def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, mo
     err = capsys.readouterr().err
     assert first.stat().st_mtime_ns == stamp  # a finished attack is not redone
     assert pools == [2, 2]  # both invocations ran the attacks in two processes
-    assert "[1/3] mnist fedavg seed 0: training" not in err and "[2/3] mnist nbafl epsilon=1 seed 0: training" not in err
+    assert "[1/3] mnist fedavg seed 0: training" not in err
+    assert "[2/3] mnist nbafl epsilon=1 seed 0: training" not in err
     assert "[3/3] mnist nbafl epsilon=100 seed 0: training" in err
     for name in ("frontier.csv", "frontier_verdict.csv", "frontier.md", "frontier_mnist.png", "frontier.json",
-                 "frontier.toml"):
+                 "frontier.toml", "frontier_rounds.csv", "frontier_rounds_mnist.png"):
         assert (out / name).is_file(), name
+    with open(out / "frontier_rounds.csv", newline="") as fh:  # every point's every round, from its run
+        curve = [r for r in csv.DictReader(fh) if r["method"] == "fedavg"]
+    run_curve = (out / "runs" / "mnist-fedavg-seed0" / "metrics" / "epoch_testing.csv").read_text().splitlines()[1:]
+    assert [float(r["accuracy_mean"]) for r in curve] == pytest.approx([100 * float(line.split(",")[2])
+                                                                          for line in run_curve])
+    assert "## Training curves" in (out / "frontier.md").read_text()
     record = json.loads((out / "frontier.json").read_text())
     assert record["peak_disk_bytes"] > 0 and len(record["attacked"]) == 3
     with open(out / "frontier.csv", newline="") as fh:

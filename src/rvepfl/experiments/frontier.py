@@ -51,6 +51,8 @@ from rvepfl.attacks.registry import attack
 from rvepfl.config import apply_overrides, config_hash, read_toml_file
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.experiments.attack_pool import attack_pool
+from rvepfl.experiments.frontier_rounds import PointCurve, plateau_lines, write_rounds
+from rvepfl.experiments.results import read_curve
 from rvepfl.experiments.runner import Log, RunDone, checked_runs, run_on_node, train_and_attack
 from rvepfl.experiments.spec import (
     AttackJob,
@@ -363,9 +365,16 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
     points = frontier_points(plan, out)
     draw = SeedDraw(len(suite.seeds), seed=suite.audit.seed)
     files = write_frontier(out, points, panels(jobs), draw, reference=plan.reference, against=plan.against)
+    curves = frontier_curves(plan, out)
+    files += write_rounds(out, curves, name=suite.name)
     if suite.source:
         atomic_write_text(out / "frontier.toml", suite.source)
     markdown = (out / "frontier.md").read_text(encoding="utf-8")
+    markdown += ("\n## Training curves\n\nEach point's mean client test accuracy (mean over seeds) after its last "
+                 "round, and what its last two rounds added: a converged point adds little "
+                 "(`frontier_rounds.csv`, `frontier_rounds_<dataset>.png`).\n\n"
+                 + "\n".join(plateau_lines(curves)) + "\n")
+    atomic_write_text(out / "frontier.md", markdown)
     seconds = time.perf_counter() - started
     say(f"frontier: {format_duration(float(record.get('seconds', seconds)))} of training and attacks in all; "
         f"peak disk use {peak / 2**30:.2f} GiB")
@@ -407,6 +416,17 @@ def _job_sample(job: AttackJob, scores_csv: Path):
         raise CheckpointError(f"{scores_csv} has reconstructions without the evaluator's label: the frontier scores "
                               "attacks by the evaluator; keep images out of every client with data.subset")
     return MeanSample(np.array([float(c) for c in correct]))
+
+
+def frontier_curves(plan: FrontierPlan, out: Path) -> list[PointCurve]:
+    """Every (data set, method, point) of the frontier with its runs' accuracy per round, one
+    curve per seed, read from the run directories under ``out``."""
+    groups: dict[tuple[str, str, str | None, float | None], list[RunSpec]] = {}
+    for r in plan.suite.runs:
+        groups.setdefault((r.dataset, r.method, r.knob, r.value), []).append(r)
+    return [PointCurve(dataset, method, knob, value, tuple(r.seed for r in runs),
+                       tuple(tuple(read_curve(RunDir(out / "runs" / r.label), r.cfg)) for r in runs))
+            for (dataset, method, knob, value), runs in groups.items()]
 
 
 def frontier_points(plan: FrontierPlan, out: Path) -> list:
