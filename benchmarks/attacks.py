@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import miface_art
 from rvepfl.attacks.dlg import dlg
 from rvepfl.attacks.inverting import inverting_gradients
 from rvepfl.attacks.lenet import SigmoidLeNet
@@ -21,8 +22,6 @@ from rvepfl.attacks.observation import GradientObservation, observed_gradient
 from rvepfl.data.datasets import load_dataset, to_tensor
 from rvepfl.models import Classifier
 from rvepfl.seeding import seed_torch
-
-from benchmarks import miface_art
 
 __all__ = ["attack_benchmark"]
 

@@ -48,11 +48,10 @@ def _peak_rss_kib() -> float:
 
 def _child(clients: int, threads: int, directory: str) -> None:
     """Train ``clients`` clients for two rounds in ``directory``; print peak RSS and seconds as JSON."""
+    from benchmarks.training import quick_config
     from rvepfl.fl.client import prepare
     from rvepfl.fl.simulation import initialise, train
     from rvepfl.rundir import RunDir
-
-    from benchmarks.training import quick_config
 
     cfg = quick_config(batch_size=64, rounds=2, threads=threads, workers=1,
                        **{"data.num_clients": clients, "data.subset": _SUBSET})

@@ -100,7 +100,8 @@ def render_attacks() -> str:
             continue
         lines += [f"Settings of `{name}` (`--param KEY=VALUE`, or `[audit.params.{name}]` in an audit file):", "",
                   "| key | default | meaning |", "| --- | --- | --- |"]
-        lines += [f"| `{key}` | `{_toml(default)}` | {_cell(meaning)} |" for key, (default, meaning) in settings.items()]
+        lines += [f"| `{key}` | `{_toml(default)}` | {_cell(meaning)} |"
+                  for key, (default, meaning) in settings.items()]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

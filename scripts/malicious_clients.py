@@ -6,9 +6,10 @@ Usage::
     python scripts/malicious_clients.py [--out runs/malicious] [--seeds 0 1] [--parallel 2] [--readme README.md]
 
 Every run is ``rvepfl train`` at the size of ``configs/compare-quick.toml`` (its ``[base]``: five
-clients sharing 3,000 of the bundled MNIST digits, 5 rounds of 2 local epochs), one torch
-thread, and ``faults.min_clients = 4`` (a round counts with one client left out). Client 3 is the attacker (tests/helpers/adversary.py, loaded into
-the run's process through tests/helpers/faulty/sitecustomize.py; nothing in ``src/`` knows it):
+clients sharing 3,000 of the bundled MNIST digits, 5 rounds of 2 local epochs), one torch thread,
+and ``faults.min_clients = 4`` (a round counts with one client left out). Client 3 is the attacker
+(tests/helpers/adversary.py, loaded into the run's process through
+tests/helpers/faulty/sitecustomize.py; nothing in ``src/`` knows it):
 
 - ``scale`` / ``flip``: its update multiplied by 1e4 / by -1, for each method and aggregation
   (``mean``, ``median``, ``trimmed-mean`` with the default trim fraction 0.2) and each seed,
@@ -38,13 +39,13 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tomli_w
-import tomllib
 from readme_results import write_block  # scripts/ is on sys.path when a script runs
 
 from rvepfl.io import atomic_write_text, write_csv

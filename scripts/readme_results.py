@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import sys
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

@@ -37,8 +37,9 @@ from rvepfl.progress import ProgressPrinter, ProgressStream
 
 if TYPE_CHECKING:
     from rvepfl.experiments.runner import SuiteReport
-    from rvepfl.fl.client import Federation
     from rvepfl.experiments.spec import Suite
+    from rvepfl.fl.client import Federation
+    from rvepfl.methods import Method
 
 
 def _plain_help_extras() -> None:
@@ -50,7 +51,7 @@ def _plain_help_extras() -> None:
     except ImportError:  # typer without rich: nothing is escaped
         return
     if hasattr(rich_utils, "escape_before_html_export"):
-        rich_utils.escape_before_html_export = lambda text: text.strip()
+        rich_utils.escape_before_html_export = lambda text: text.strip()  # type: ignore[assignment]  # same call
 
 
 _plain_help_extras()
@@ -447,7 +448,7 @@ def methods() -> None:
     from rvepfl import registry
     from rvepfl.params import field_docs
 
-    def show(name: str, cls: type, own: dict[str, type]) -> None:
+    def show(name: str, cls: type[Method], own: dict[str, type]) -> None:
         typer.echo(f"{name:10s} {cls.description}")
         for section, params in own.items():
             docs = field_docs(params)

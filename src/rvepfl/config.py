@@ -27,6 +27,7 @@ import difflib
 import hashlib
 import json
 import math
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -35,7 +36,7 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import tomli_w
 
@@ -50,6 +51,7 @@ from rvepfl.engine_config import (  # noqa: F401 - exported here, where they hav
     FaultsConfig,
     OptimiserScope,
     PartitionName,
+    RunConfig,
     SplitMode,
     TestSplit,
     TrainConfig,
@@ -87,7 +89,10 @@ def _make_config() -> type:
     return cls
 
 
-Config: Any = _make_config()
+if TYPE_CHECKING:  # what a type checker knows of it: the engine's keys and sections, typed
+    Config = RunConfig
+else:
+    Config = _make_config()
 
 
 _INT64 = (-(2**63), 2**63 - 1)

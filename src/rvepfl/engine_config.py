@@ -112,12 +112,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class FaultsConfig:
     min_clients: int = 0
-    """The fewest clients of a round that must finish it for the round to count (0: every client
-    of the round; one failure stops the run). A client fails when it raises, its process dies,
-    it passes ``client_timeout`` or the server refuses its upload (kind ``rejected``); failed clients are left out of the round's aggregation and
-    recorded in metrics/client_failures.csv. With fewer than this many finished, the round fails
-    with an error and the run resumes from the round before it. Not part of the config hash: a
-    resumed run may change it."""
+    """The fewest clients of a round that must finish it for the round to count (0: every client of
+    the round; one failure stops the run). A client fails when it raises, its process dies, it
+    passes ``client_timeout`` or the server refuses its upload (kind ``rejected``); failed clients
+    are left out of the round's aggregation and recorded in metrics/client_failures.csv. With fewer
+    than this many finished, the round fails with an error and the run resumes from the round before
+    it. Not part of the config hash: a resumed run may change it."""
     client_timeout: float = 0.0
     """Seconds a client may take for one round, training and evaluation (0: no limit); clients then
     train in worker processes, which are killed and replaced when they run past it."""

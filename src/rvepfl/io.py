@@ -125,7 +125,7 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
 
     Call it only where no other process is writing: a temporary file in use would vanish.
     """
-    removed = []
+    removed: list[Path] = []
     root = Path(directory)
     if not root.is_dir():
         return removed

@@ -20,7 +20,8 @@ __all__ = ["classification_metrics", "confusion_matrix"]
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts ``[true, predicted]`` as an int64 (num_classes, num_classes) tensor."""
     if pred.shape != target.shape:
-        raise ValueError(f"Expected `pred` and `target` of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"Expected `pred` and `target` of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     flat = target.long() * num_classes + pred.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
 

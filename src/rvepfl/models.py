@@ -2,7 +2,8 @@
 
 The architecture follows the published code exactly (docs/deviations.md lists where this project
 departs from that code; the model is not among them): the encoder maps an image x of shape
-(C, H, W) to a sample z of the *same* shape, and the classifier reads z as if it were an image. Only the classifier is ever shared with the server.
+(C, H, W) to a sample z of the *same* shape, and the classifier reads z as if it were an image.
+Only the classifier is ever shared with the server.
 
 Speed (measured by ``python -m benchmarks``, see BENCHMARKS.md): the convolutions run on
 channels-last activations, where oneDNN's CPU kernels and max-pooling are faster, while every

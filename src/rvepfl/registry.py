@@ -39,22 +39,23 @@ __all__ = ["available_methods", "build_method", "discover", "mechanisms", "metho
 RESERVED_SECTIONS = frozenset({"data", "train", "faults"})
 
 
-def discover(package_name: str, base: type) -> dict[str, type]:
+def discover(package_name: str, base: type) -> dict[str, Any]:
     """The named subclasses of ``base`` defined in the modules of ``package_name``, by name,
-    ordered by their ``rank`` then name."""
+    ordered by their ``rank`` then name (typed Any: each has ``base``'s class attributes)."""
     package = importlib.import_module(package_name)
-    found: dict[str, type] = {}
+    found: dict[str, Any] = {}
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{package_name}.{info.name}")
         for obj in vars(module).values():
             if not (isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module.__name__
                     and "name" in vars(obj)):
                 continue
-            if obj.name in found and found[obj.name] is not obj:
-                raise RuntimeError(f"Two classes are registered as {obj.name!r}: {found[obj.name]} and {obj}")
-            if "+" in obj.name:
-                raise RuntimeError(f"{obj}: a name may not contain '+', got {obj.name!r}")
-            found[obj.name] = obj
+            cls: Any = obj  # a subclass of base: its name and rank are base's class attributes
+            if cls.name in found and found[cls.name] is not cls:
+                raise RuntimeError(f"Two classes are registered as {cls.name!r}: {found[cls.name]} and {cls}")
+            if "+" in cls.name:
+                raise RuntimeError(f"{cls}: a name may not contain '+', got {cls.name!r}")
+            found[cls.name] = cls
     return dict(sorted(found.items(), key=lambda item: (item[1].rank, item[0])))
 
 
@@ -72,7 +73,7 @@ def mechanisms() -> dict[str, type[Mechanism]]:
     clash = sorted(set(found) & set(methods()))
     if clash:
         raise RuntimeError(f"Names used by both a method and a mechanism: {clash}")
-    return found  # type: ignore[return-value]
+    return found
 
 
 def available_methods() -> list[str]:

@@ -152,7 +152,8 @@ def _parse_row(path: Path, line: int, header: list[str], row: list[str], text: s
             number = None
         whole = column in ("Round#", "client#", "Clients")
         if number is None or (whole and not isinstance(number, int)):
-            raise CheckpointError(f"{path}, line {line}: `{column}` should be {'a whole number' if whole else 'a number'}, "
+            kind = "a whole number" if whole else "a number"
+            raise CheckpointError(f"{path}, line {line}: `{column}` should be {kind}, "
                                   f"got {short_repr(value)}; {damaged}")
         values.append(number)
     return values

@@ -128,7 +128,8 @@ def test_released_rvepfl_is_queried_through_the_initial_encoder(tmp_path_factory
     stand_in = target.model(1, None).encoder.state_dict()
     for key, value in initial.encoder.state_dict().items():
         assert torch.equal(value, stand_in[key])
-    assert not torch.equal(initial.encoder.state_dict()["dense.weight"], trained["dense.weight"])  # the victim's trained
+    # the victim's encoder was trained
+    assert not torch.equal(initial.encoder.state_dict()["dense.weight"], trained["dense.weight"])
     x = target.fed.client_data(0).train_x[:4].cpu()
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(0, "attack"))

@@ -188,7 +188,8 @@ def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
     compared = 0
     with AttackPool(suite.audit.workers) as pool:
         for r in [r for r in suite.runs if r.method == "fedavg"]:  # every job has a surface on FedAvg
-            shutil.copytree(audited / "runs" / r.label, out / "runs" / r.label, ignore=shutil.ignore_patterns("attacks"))
+            shutil.copytree(audited / "runs" / r.label, out / "runs" / r.label,
+                            ignore=shutil.ignore_patterns("attacks"))
             said: list[str] = []
             jobs, said_by_then = [], []
             for job in runner.attack_run(r, suite.audit, out, 0.5, said.append, None, pool):
@@ -199,7 +200,8 @@ def test_attacks_in_worker_processes_give_the_same_scores(audited, tmp_path):
                 if table is None:
                     continue
                 assert timed
-                assert [line for line in before if line.startswith(f"[{r.label}] {job.attack} ({job.threat}): ")], before
+                prefix = f"[{r.label}] {job.attack} ({job.threat}): "
+                assert [line for line in before if line.startswith(prefix)], before
                 theirs = _without_seconds(audited / "runs" / r.label / "attacks" / job.key / "scores.csv")
                 assert _without_seconds(out / "runs" / r.label / "attacks" / job.key / "scores.csv") == theirs
                 compared += 1

@@ -95,7 +95,8 @@ def _csvs(run: Path) -> dict[str, str]:
     return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
 
 
-def _flower_local(tmp_path: Path, cfg_text: str, *extra: str, env: dict[str, str] | None = None) -> tuple[Path, str, str]:
+def _flower_local(tmp_path: Path, cfg_text: str, *extra: str,
+                  env: dict[str, str] | None = None) -> tuple[Path, str, str]:
     """``rvepfl flower-local`` on a config file holding ``cfg_text``; (run directory, stdout, stderr)."""
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text(cfg_text)

@@ -15,8 +15,8 @@ from rvepfl.config import apply_overrides
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.methods import RoundContext
-from rvepfl.registry import available_methods, method_class
 from rvepfl.methods.base import DataSpec
+from rvepfl.registry import available_methods, method_class
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from tests.helpers.methods import random_data, tiny_cfg
 from tests.helpers.processes import kill_at_line

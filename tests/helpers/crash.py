@@ -70,7 +70,8 @@ def _install_step(point: dict[str, Any]) -> None:
         if "local_train" not in vars(cls):
             continue
 
-        def local_train(self, model, data, ctx, step, _original=vars(cls)["local_train"]):
+        # The default binds this cls's own local_train now, not the last one of the loop.
+        def local_train(self, model, data, ctx, step, _original=vars(cls)["local_train"]):  # noqa: B008
             current.update(round=ctx.round, client=ctx.client, steps=0)
             return _original(self, model, data, ctx, step)
 

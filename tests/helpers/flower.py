@@ -73,7 +73,7 @@ class InProcessGrid:
                 if what == "raise":
                     raise RuntimeError(f"injected failure on node {node}")
                 reply = handler(msg, context)
-            except Exception as exc:  # what Flower does with a ClientApp's exception
+            except Exception as exc:  # noqa: BLE001 - what Flower does with a ClientApp's exception
                 reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                       "".join(traceback.format_exception(exc))), reply_to=msg)
             self.replies[msg.metadata.message_id] = reply

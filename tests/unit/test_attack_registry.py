@@ -139,5 +139,5 @@ def test_the_attacks_command_lists_every_attack_its_threat_models_and_settings(c
     for name, a in attacks().items():
         assert any(line.startswith(f"{name} ") and a.label in line for line in out.splitlines()), name
         assert f"threat models: {a.threats[0]} (default)" in out
-        for key, (default, _) in a.settings_doc().items():
+        for key, (_default, _) in a.settings_doc().items():
             assert f"--param {key}=" in out, (name, key)

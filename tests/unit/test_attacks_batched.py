@@ -35,9 +35,9 @@ from rvepfl.attacks.threat import GroundTruth
 from rvepfl.errors import RvepflError
 from rvepfl.io import read_csv_rows
 from rvepfl.seeding import torch_generator
-
-from tests.helpers.gradient_attacks import classifier, lenet, mnist, one_thread  # noqa: F401 (fixtures)
 from tests.helpers.gradient_attacks import observe, pixels
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
 PIXEL_ATOL = 1e-5  # measured: at most 1.4e-6
 LOSS_ATOL = 1e-6  # measured: at most 2.4e-7

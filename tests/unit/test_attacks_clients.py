@@ -67,7 +67,8 @@ def test_miface_on_every_client_pools_the_single_client_jobs(run, tmp_path):
     summary = _job(target, "miface", out, "all", restarts=2, **FAST)
     pooled = _rows(out / "scores.csv")
     assert [int(r["client"]) for r in pooled] == [c for c in range(3) for _ in range(10)]
-    assert summary["status"] == "complete" and summary["rows"] == 30 and list(summary["settings"]["clients"]) == [0, 1, 2]
+    assert summary["status"] == "complete" and summary["rows"] == 30
+    assert list(summary["settings"]["clients"]) == [0, 1, 2]
     assert set(summary["clients"]) == {"0", "1", "2"}
     saved = load_tensors(out / "reconstructions.safetensors", kind="rvepfl-attack-reconstructions")
     assert saved["reconstruction"].shape[0] == 30 and (out / "grid.png").is_file()

@@ -15,9 +15,9 @@ import torch
 from rvepfl.attacks.dlg import dlg, idlg, infer_labels
 from rvepfl.attacks.observation import GradientObservation, Reconstruction, observed_gradient
 from rvepfl.seeding import torch_generator
-
-from tests.helpers.gradient_attacks import classifier, lenet, mnist, one_thread  # noqa: F401 (fixtures)
 from tests.helpers.gradient_attacks import SHAPE, observe, psnr
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
 
 def dlg_best_of(obs: GradientObservation, *, iterations: int, seeds=(0, 1, 2), good=1e-3) -> Reconstruction:

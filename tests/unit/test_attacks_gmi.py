@@ -17,7 +17,8 @@ from rvepfl.attacks.gmi import GmiResult, Prior, gmi_search, train_prior
 from rvepfl.errors import CheckpointError
 from rvepfl.io import save_tensors
 from rvepfl.seeding import seed_torch
-from tests.helpers.gradient_attacks import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
 SHAPE = (1, 8, 8)
 K = 3

@@ -13,9 +13,9 @@ import torch
 from rvepfl.attacks.inverting import inverting_gradients
 from rvepfl.data.datasets import load_dataset
 from rvepfl.seeding import torch_generator
-
-from tests.helpers.gradient_attacks import classifier, lenet, mnist, one_thread  # noqa: F401 (fixtures)
 from tests.helpers.gradient_attacks import BOUNDS, observe, pixels, psnr
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
 
 # -- 1. positive control: Inverting Gradients on the shared Classifier --------------------------

@@ -21,9 +21,9 @@ from rvepfl.attacks.upload import UploadAttack
 from rvepfl.errors import RvepflError
 from rvepfl.models import Classifier
 from rvepfl.seeding import torch_generator
-
-from tests.helpers.gradient_attacks import classifier, lenet, mnist, one_thread  # noqa: F401 (fixtures)
 from tests.helpers.gradient_attacks import SHAPE, observe
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
 
 ATTACKS = {name: a.algorithm for name, a in attacks().items() if isinstance(a, UploadAttack)}
@@ -48,7 +48,7 @@ def test_attacks_leave_the_observed_model_untouched(mnist):
     model.train()
     model.fc.bias.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for name, attack in ATTACKS.items():
+    for attack in ATTACKS.values():
         attack(obs, iterations=5, seed=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and all(m.training for m in model.modules())

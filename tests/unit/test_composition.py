@@ -48,7 +48,8 @@ def test_a_composition_reads_the_sections_of_both():
 
 @pytest.mark.parametrize("spec, match", [
     ("fedsgd", r"^Unknown method 'fedsgd': choose one of rvepfl, fedavg, fedper, fedrep"),
-    ("rvepfl+laplace", r"^Unknown mechanism 'laplace' in method 'rvepfl\+laplace': choose one of nbafl, dp-fedavg, dp-sgd$"),
+    ("rvepfl+laplace",
+     r"^Unknown mechanism 'laplace' in method 'rvepfl\+laplace': choose one of nbafl, dp-fedavg, dp-sgd$"),
     ("nbafl+rvepfl", r"^Expected METHOD\+MECHANISM with a method first"),
     ("rvepfl+nbafl+dp-sgd", r"^Expected at most one mechanism in `method`"),
     ("fedrep+dp-sgd", r"^dp-sgd cannot wrap fedrep: it privatises the standard local loop over every parameter, "
@@ -104,6 +105,7 @@ def test_a_run_made_before_methods_owned_their_settings_resumes(tmp_path, capsys
     initialise(prepare(apply_overrides(cfg, {"train.rounds": 1})), old)
     train(prepare(apply_overrides(cfg, {"train.rounds": 1})), old)
     import tomli_w
+
     from rvepfl.config import config_to_dict
 
     old.config.write_text(tomli_w.dumps(config_to_dict(cfg)))  # every section, as the earlier scheme wrote
@@ -210,7 +212,8 @@ def test_rvepfl_nbafl_on_flower_writes_the_in_process_run(tmp_path, composed_run
                            poll=0).run_federation()
     for name in PUBLISHED_CSVS:
         assert (tmp_path / "run" / "metrics" / name).read_bytes() == (ref / "metrics" / name).read_bytes(), name
-    assert summary["method_details"]["sigma_u"] == json.loads((ref / "summary.json").read_text())["method_details"]["sigma_u"]
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    assert summary["method_details"]["sigma_u"] == ref_summary["method_details"]["sigma_u"]
     received = json.loads((tmp_path / "run" / "flower" / "received.json").read_text())
     for entry in (e for e in received if e["type"] == "train"):
         assert all(k.startswith("classifier.") for k in entry["records"]["upload"]["arrays"])

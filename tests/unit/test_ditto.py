@@ -115,7 +115,8 @@ def test_ditto_trains_end_to_end_and_in_process_equals_flower(tmp_path):
     flower = FlowerServer(grid, cfg, RunDir(tmp_path / "flower"), wait_nodes=5, log=lambda line: None, poll=0)
     flower.run_federation()
     for name in PUBLISHED_CSVS:
-        assert (tmp_path / "flower" / "metrics" / name).read_bytes() == (tmp_path / "ref" / "metrics" / name).read_bytes()
+        ref = (tmp_path / "ref" / "metrics" / name).read_bytes()
+        assert (tmp_path / "flower" / "metrics" / name).read_bytes() == ref
     received = json.loads((tmp_path / "flower" / "flower" / "received.json").read_text())
     for entry in (e for e in received if e["type"] == "train"):
         assert all(k.startswith("global_model.") for k in entry["records"]["upload"]["arrays"])

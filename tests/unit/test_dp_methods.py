@@ -12,12 +12,13 @@ from rvepfl.errors import ConfigError
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.methods import ClientData, DataSpec, RoundContext, Upload
-from rvepfl.registry import available_methods, method_class
 from rvepfl.models import Classifier
 from rvepfl.privacy import add_gaussian_noise, clip_by_l2, l2_norm
+from rvepfl.registry import available_methods, method_class
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import torch_generator
-from tests.helpers.methods import random_data as make_random_data, tiny_cfg
+from tests.helpers.methods import random_data as make_random_data
+from tests.helpers.methods import tiny_cfg
 
 
 def random_data(n: int = 64) -> ClientData:

@@ -98,7 +98,8 @@ def test_below_min_clients_the_round_fails_and_the_run_resumes(tmp_path):
     cfg = tiny_cfg("fedavg", **{"data.subset": 200, "faults.client_timeout": 0.5})
     with pytest.raises(RoundFailedError, match=r"Round 2: client 1 failed \(timeout: no reply within "
                                                r"faults.client_timeout = 0.5 s\); set faults.min_clients"):
-        _flower(cfg, tmp_path, fault=lambda node, msg: "silent" if node == 101 and msg.metadata.group_id == "2" else None)
+        _flower(cfg, tmp_path,
+                fault=lambda node, msg: "silent" if node == 101 and msg.metadata.group_id == "2" else None)
     assert RunDir(tmp_path / "run").read_progress()["completed_round"] == 1
     summary, _ = _flower(cfg, tmp_path)  # the node is back: round 2 again
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2

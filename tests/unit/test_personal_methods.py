@@ -9,10 +9,11 @@ from rvepfl.fl.simulation import initialise, train
 from rvepfl.fl.store import STEP_KEY
 from rvepfl.io import load_tensors
 from rvepfl.methods import ClientData, DataSpec, RoundContext
-from rvepfl.registry import available_methods, method_class
 from rvepfl.models import Classifier
+from rvepfl.registry import available_methods, method_class
 from rvepfl.rundir import RunDir
-from tests.helpers.methods import random_data as make_random_data, tiny_cfg
+from tests.helpers.methods import random_data as make_random_data
+from tests.helpers.methods import tiny_cfg
 
 BODY = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "dense.weight", "dense.bias"}
 HEAD = {"out.weight", "out.bias"}

@@ -49,7 +49,8 @@ def test_the_leaky_split_is_redrawn_each_round_from_the_clients_own_images():
 
 
 def test_the_leaky_split_needs_the_combined_split():
-    with pytest.raises(ConfigError, match='Expected `data.split` to be "combined" with `data.test_split = "published-leaky"`'):
+    with pytest.raises(ConfigError,
+                       match='Expected `data.split` to be "combined" with `data.test_split = "published-leaky"`'):
         tiny_cfg("fedavg", **{"data.test_split": "published-leaky", "data.split": "standard"})
 
 

@@ -5,7 +5,7 @@ import torch
 
 from rvepfl.errors import CheckpointError
 from rvepfl.fl.store import ClientStore
-from rvepfl.io import atomic_write_text, load_tensors, save_tensors, write_csv, read_csv_rows
+from rvepfl.io import atomic_write_text, load_tensors, read_csv_rows, save_tensors, write_csv
 
 REF = {"enc.w": torch.zeros(2, 3)}
 

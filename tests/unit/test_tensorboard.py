@@ -57,7 +57,8 @@ def test_the_events_hold_the_csv_values_and_the_privacy_figures(tmp_path, monkey
     for kind, (client_csv, round_csv) in EVALUATIONS.items():
         for row in rows(run / "metrics" / client_csv):
             for key, value in zip(METRIC_KEYS, list(row.values())[2:]):
-                expected.setdefault(f"client_{row['client#']}/{kind}_{key}", []).append((int(row["Round#"]), float(value)))
+                point = (int(row["Round#"]), float(value))
+                expected.setdefault(f"client_{row['client#']}/{kind}_{key}", []).append(point)
         for row in rows(run / "metrics" / round_csv):
             for key, value in zip(METRIC_KEYS, list(row.values())[1:]):
                 expected.setdefault(f"round/{kind}_{key}", []).append((int(row["Round#"]), float(value)))

@@ -38,7 +38,8 @@ EXPECTED = {"classifier.w": torch.zeros(2, 3), "classifier.b": torch.zeros(3)}
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda s: {**s, "encoder.fc.weight": torch.zeros(4)}, r"^it sent entries the method does not share: encoder\.fc\.weight$"),
+    (lambda s: {**s, "encoder.fc.weight": torch.zeros(4)},
+     r"^it sent entries the method does not share: encoder\.fc\.weight$"),
     (lambda s: {**s, "encoder.fc.weight": torch.zeros(2, 3)}, r"does not share: encoder\.fc\.weight"),
     (lambda s: {"classifier.w": s["classifier.w"]}, r"^its upload lacks shared entries: classifier\.b$"),
     (lambda s: {**s, "classifier.b": torch.zeros(4)}, r"^`classifier\.b` has shape \(4,\) torch\.float32, the global"),
@@ -123,7 +124,8 @@ def test_aggregators_refuse_bad_input():
 # -- settings --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, match", [
     ({"train.trim_fraction": 0.5}, r"^Expected `train\.trim_fraction` in \[0, 0\.5\), got 0\.5$"),
-    ({"train.max_update_norm": -1.0}, r"^Expected `train\.max_update_norm` > 0 \(leave it out for no bound\), got -1\.0$"),
+    ({"train.max_update_norm": -1.0},
+     r"^Expected `train\.max_update_norm` > 0 \(leave it out for no bound\), got -1\.0$"),
     ({"train.max_update_norm": 0}, r"^Expected `train\.max_update_norm` > 0 \(leave it out for no bound\), got 0\.0$"),
     ({"train.max_update_norm": "big"}, r"^Expected `train\.max_update_norm` to be a number, got 'big'$"),
     ({"train.aggregation": "krum"}, r"to be one of 'mean', 'weighted', 'median', 'trimmed-mean'"),
@@ -175,7 +177,8 @@ def _train(path: Path, method: str, **overrides) -> RunDir:
 def test_a_bad_upload_is_rejected_and_the_run_completes_with_the_honest_clients(tmp_path, monkeypatch, method, kind):
     run = _run(tmp_path / "run", method, kind, monkeypatch)
     failures = _rows(run.path, "client_failures.csv")
-    assert [(f["Round#"], f["client#"], f["Failure"]) for f in failures] == [("1", "3", "rejected"), ("2", "3", "rejected")]
+    assert [(f["Round#"], f["client#"], f["Failure"]) for f in failures] == [("1", "3", "rejected"),
+                                                                             ("2", "3", "rejected")]
     expected = {"nan": "NaN or infinite", "shape": "has shape", "encoder": "does not share: encoder."}[kind]
     assert all(f["Message"].startswith("upload refused: ") and expected in f["Message"] for f in failures)
     assert [r["Clients"] for r in _rows(run.path, "round_timing.csv")] == ["4", "4"]
@@ -191,7 +194,8 @@ def test_a_bad_upload_is_rejected_and_the_run_completes_with_the_honest_clients(
 def test_without_tolerance_a_rejected_upload_stops_the_round_with_one_line(tmp_path, monkeypatch):
     from rvepfl.errors import RoundFailedError
 
-    with pytest.raises(RoundFailedError, match=r"^Round 1: client 3 failed \(rejected: upload refused: `.*` holds 1 NaN"):
+    with pytest.raises(RoundFailedError,
+                       match=r"^Round 1: client 3 failed \(rejected: upload refused: `.*` holds 1 NaN"):
         _run(tmp_path / "run", "fedavg", "nan", monkeypatch, **{"faults.min_clients": 0})
 
 

@@ -357,8 +357,8 @@ class Attack:
             head = f"client {client} ({i + 1} of {len(s.clients)})"
             where = out / CLIENTS_DIR / f"{client:04d}"
             summary = self.run(target, self.client_settings(target, s, client), where,
-                               lambda line, h=head: log(f"{h}: {line}"), cache=cache,
-                               status=None if status is None else (lambda line, h=head: status(f"{h}: {line}")))
+                               lambda line, h=head: log(f"{h}: {line}"), cache=cache,  # type: ignore[misc]  # a lambda with a default
+                               status=None if status is None else (lambda line, h=head: status(f"{h}: {line}")))  # type: ignore[misc]  # a lambda with a default
             parts.append((client, where, summary))
             if i + 1 < len(s.clients):  # where a stopped job stands (the parts are the resume points)
                 write_json(out / "summary.json", {"status": "running", "settings": asdict(s),

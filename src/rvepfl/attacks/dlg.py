@@ -117,7 +117,8 @@ def _lbfgs(
 
     def evaluate(*, create_graph: bool) -> torch.Tensor:
         target = labels if len(variables) == 1 else F.softmax(variables[1], dim=-1)
-        loss = matcher.l2(matcher.gradient(variables[0], target, create_graph=create_graph))
+        # labels is None only with label_logits (two variables)
+        loss = matcher.l2(matcher.gradient(variables[0], target, create_graph=create_graph))  # type: ignore[arg-type]
         value = float(loss.detach())
         losses.append(value)
         nonlocal best
@@ -145,7 +146,7 @@ def _lbfgs(
         history.pop()
     found = best[1]
     final_labels = labels if len(found) == 1 else found[1].argmax(dim=-1)
-    return best[0], (found[0], final_labels, history, len(history))
+    return best[0], (found[0], final_labels, history, len(history))  # type: ignore[return-value]  # as above
 
 
 def dlg(obs: GradientObservation, *, iterations: int = 300, lr: float = 1.0, restarts: int = 1,

@@ -130,7 +130,8 @@ def _build(latent_dim: int, image_shape: tuple[int, int, int], width: int,
     """The two networks, built without touching torch's global generator: weights ~ N(0, 0.02)
     (DCGAN's initialisation) from ``generator``, or left for a state dict when it is None."""
     with torch.device("meta"):
-        nets = (PriorGenerator(latent_dim, image_shape, width), PriorDiscriminator(image_shape, width))
+        nets: tuple[nn.Module, ...] = (PriorGenerator(latent_dim, image_shape, width),
+                                       PriorDiscriminator(image_shape, width))
     nets = tuple(net.to_empty(device="cpu") for net in nets)
     for net in nets:
         for module in net.modules():
@@ -343,7 +344,8 @@ def train_prior(
     if batch_size < 2:
         raise ValueError(f"Expected `batch_size` >= 2 (batch norm needs two images), got {batch_size}")
 
-    gen, disc = _build(latent_dim, tuple(x.shape[1:]), width, torch_generator(seed, "attack", _INIT))
+    gen, disc = _build(latent_dim, tuple(x.shape[1:]), width,  # type: ignore[arg-type]  # x: (N, C, H, W)
+                       torch_generator(seed, "attack", _INIT))
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=_BETAS)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=_BETAS)
     order, latents = torch_generator(seed, "attack", _ORDER), torch_generator(seed, "attack", _LATENT)
@@ -711,7 +713,7 @@ class Gmi(InversionAttack):
         mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in NORMALISATION[target.dataset])
         k = target.num_classes
         log(f"gmi: {k} classes x {s.restarts} restarts, {s.iterations} iterations ({s.threat} model)")
-        searches = {}
+        searches: dict[bool, GmiResult] = {}
         # The control does not read the model (realism alone picks its images), so a job over several
         # clients' models searches it once: the last control is kept for the next client's call.
         control_key = (note, s.seed, s.restarts, s.iterations, p.lr, p.prior_weight, k)
@@ -724,7 +726,7 @@ class Gmi(InversionAttack):
                 model, prior, k, to_input=lambda x: (x - mean) / std, seed=s.seed, restarts=s.restarts,
                 iterations=s.iterations, lr=p.lr, prior_weight=p.prior_weight, victim=victim,
                 progress=tracker.progress(p.prior_steps + i * s.iterations,
-                                          lambda done, total, h=head: f"{h}: iteration {done}/{total}"))
+                                          lambda done, total, h=head: f"{h}: iteration {done}/{total}"))  # type: ignore[misc]  # a lambda with a default
         Gmi._last_control = (control_key, searches[False])
         result, control = searches[True], searches[False]
         classes = result.classes

@@ -331,7 +331,7 @@ def inverting_gradients_batched(
     seconds = (time.perf_counter() - start) / count
     out = []
     for d in range(count):
-        (x, history, done), losses = best_restart(restarts, lambda r, d=d: runs[d * restarts + r])
+        (x, history, done), losses = best_restart(restarts, lambda r, d=d: runs[d * restarts + r])  # type: ignore[misc]  # a lambda with a default
         out.append(Reconstruction(x.detach(), used[d].cpu(), history, done, seconds, losses))
     return out
 

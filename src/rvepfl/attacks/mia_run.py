@@ -69,10 +69,11 @@ DEFAULT_REFERENCES = 4
 """Reference models of mia's LiRA (``--references``)."""
 
 MIA_COLUMNS = ["image", "member", "label", "loss", "loss_score", "phi", "lira_mean", "lira_std", "lira_score"]
-"""``scores.csv``'s columns (after ``client``, under threat model ``stolen``). ``image``: the image's position in the victim's training split
-(members) or in :meth:`Target.heldout` (non-members); ``loss``: the attacked model's
-cross-entropy; ``loss_score = -loss``; ``phi``: its logit-scaled confidence; ``lira_mean`` and
-``lira_std``: the reference models' Gaussian of ``phi``; ``lira_score``: LiRA's score."""
+"""``scores.csv``'s columns (after ``client``, under threat model ``stolen``). ``image``: the
+image's position in the victim's training split (members) or in :meth:`Target.heldout`
+(non-members); ``loss``: the attacked model's cross-entropy; ``loss_score = -loss``; ``phi``: its
+logit-scaled confidence; ``lira_mean`` and ``lira_std``: the reference models' Gaussian of ``phi``;
+``lira_score``: LiRA's score."""
 VARIANCE = LIRA_VARIANCES[0]
 """LiRA's variance: global (one for every image), as the paper advises for few reference models."""
 _MIA = 9300  # mia's key within the "attack" stream of its seed
@@ -178,7 +179,7 @@ def run_mia(target: Target, settings: AttackSettings, out: Path, log: Callable[[
     for k in range(s.references):
         t0 = time.perf_counter()
         x_ref, y_ref = _reference_data(target, images, k, s.seed)
-        progress = tracker.progress(k * epochs, lambda done, total, k=k: (
+        progress = tracker.progress(k * epochs, lambda done, total, k=k: (  # type: ignore[misc]  # a lambda with a default
             f"mia: reference model {k + 1}/{s.references}, epoch {done}/{total}"))
         reference, path, cached = load_or_train_reference(
             target.method.build_model, x_ref, y_ref, dataset=target.dataset, epochs=epochs, lr=t.lr,

@@ -283,7 +283,9 @@ def mi_face(
     k = len(targets)
     x = _start(init, shape, k, device, dtype)
     if restarts > 1:  # row k * restarts + j: class k, restart j (restart 0 from `init`)
-        others = _random_starts(seed, targets.tolist(), restarts, shape, bounds).to(device=device, dtype=dtype)
+        # seed is an int with restarts > 1 (checked above)
+        others = _random_starts(seed, targets.tolist(), restarts, shape, bounds).to(  # type: ignore[arg-type]
+            device=device, dtype=dtype)
         x = torch.cat([x.unsqueeze(1), others], dim=1).flatten(0, 1).contiguous()
     rows = targets.to(device).repeat_interleave(restarts)
 
@@ -346,7 +348,7 @@ def _descend(
     # Costs are kept in the model's dtype, as ART keeps them in float32.
     window = torch.full((rows, window_length), math.inf, dtype=p.dtype, device=device)
     for i in range(max_iter):
-        step = x.index_select(0, running) + learning_rate * g
+        step = x.index_select(0, running) + learning_rate * g  # type: ignore[operator]  # max_iter > 0: a gradient
         if bounds is not None:
             step.clamp_(bounds[0], bounds[1])
         x.index_copy_(0, running, step)
@@ -396,9 +398,11 @@ class MiFace(InversionAttack):
         restarts = f" x {s.restarts} restarts" if s.restarts > 1 else ""
         log(f"miface: {target.num_classes} classes{restarts}, up to {s.iterations} iterations ({s.threat} model)")
         # Classes stop early, so the time left is an upper bound.
-        progress = Tracker(s.iterations, status).progress(0, lambda done, total: f"miface: iteration {done} of up to {total}")
+        progress = Tracker(s.iterations, status).progress(
+            0, lambda done, total: f"miface: iteration {done} of up to {total}")
+        # The seed also drives a private encoder's sampled z.
         result = mi_face(model, target.num_classes, target.input_shape, max_iter=s.iterations, bounds=bounds,
-                         seed=s.seed, restarts=s.restarts, progress=progress)  # the seed also drives a private encoder's sampled z
+                         seed=s.seed, restarts=s.restarts, progress=progress)
         pixels = to_pixels(result.images.detach().float().cpu(), target.dataset)
         return Inversion(pixels, torch.as_tensor(result.classes),
                          {"iterations": [int(v) for v in result.iterations],

@@ -29,7 +29,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -166,7 +166,7 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     """``value`` as a float if it is a finite number > 0 (>= 0 with ``allow_zero``); else a
     one-line :class:`RvepflError`."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -207,7 +207,7 @@ class GradientMatcher:
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.get_default_dtype()
         self.target = [g.detach().to(p.device, p.dtype) for g, p in zip(obs.gradients, self.params)]
-        self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.target))
+        self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.target))  # type: ignore[arg-type]  # a sum of tensors is a tensor
 
     def random_input(self, generator: torch.Generator) -> torch.Tensor:
         """A standard-normal (B, C, H, W) initial guess drawn from ``generator``."""
@@ -224,12 +224,12 @@ class GradientMatcher:
 
     def l2(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """DLG's distance: squared L2 norm of the gradient difference, summed over layers."""
-        return sum(((g - t) ** 2).sum() for g, t in zip(grads, self.target))
+        return sum(((g - t) ** 2).sum() for g, t in zip(grads, self.target))  # type: ignore[return-value]  # a tensor
 
     def cosine(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Inverting Gradients' distance: 1 - cosine similarity of the whole gradients."""
         dot = sum((g * t).sum() for g, t in zip(grads, self.target))
-        norm = torch.sqrt(sum((g * g).sum() for g in grads))
+        norm = torch.sqrt(sum((g * g).sum() for g in grads))  # type: ignore[arg-type]  # a sum of tensors is a tensor
         return 1 - dot / (norm * self.target_norm + _COSINE_EPS)
 
 
@@ -367,7 +367,7 @@ class BatchedMatcher:
         self.device, self.dtype = params[0].device, params[0].dtype
         targets = [[g.detach().to(p.device, p.dtype) for g, p in zip(obs.gradients, params)] for obs in observations]
         # as GradientMatcher sums them, so that each observation's norm is the same number
-        self.target_norm = torch.stack([torch.sqrt(sum((t * t).sum() for t in target)) for target in targets])
+        self.target_norm = torch.stack([torch.sqrt(sum((t * t).sum() for t in target)) for target in targets])  # type: ignore[arg-type]  # a sum of tensors
         self._row_norm = self.target_norm.repeat_interleave(self.restarts)
         index = {id(p): i for i, p in enumerate(params)}
         self._layers: dict[nn.Module, tuple[str, torch.Tensor, torch.Tensor | None]] = {}
@@ -436,7 +436,8 @@ class BatchedMatcher:
                     sq = sq + torch.bmm(delta.mT, a).square().sum((1, 2))
                 per_bias = delta.sum(1)
             else:
-                patches = F.unfold(a, layer.kernel_size, layer.dilation, _conv_padding(layer), layer.stride)
+                # an nn.Conv2d (only those and nn.Linear are recorded) with int padding (batched_support)
+                patches = F.unfold(a, layer.kernel_size, layer.dilation, _conv_padding(layer), layer.stride)  # type: ignore[arg-type]
                 k, p, out = patches.shape[1], patches.shape[2], delta.shape[1]
                 delta = delta.reshape(rows, batch, out, p)
                 grad = torch.bmm(delta.transpose(1, 2).reshape(rows, out, batch * p),

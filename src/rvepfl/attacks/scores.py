@@ -117,7 +117,8 @@ def image_scores(reconstructed: torch.Tensor, truth: torch.Tensor) -> dict[str, 
     return {
         "mse": _mse(a, b),
         "psnr": peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)),
-        "ssim": structural_similarity_index_measure(a, b, data_range=1.0, sigma=_SSIM_SIGMA, reduction="none"),
+        # a tensor: a (tensor, image) pair comes only with return_full_image=True
+        "ssim": structural_similarity_index_measure(a, b, data_range=1.0, sigma=_SSIM_SIGMA, reduction="none"),  # type: ignore[dict-item]
     }
 
 

@@ -127,11 +127,13 @@ class Target:
     def __init__(self, path: str | Path) -> None:
         self.run = RunDir(path)
         if not self.run.path.is_dir():
-            raise CheckpointError(f"Run directory not found: {self.run.path} (pass the --out directory of `rvepfl train`)")
+            raise CheckpointError(
+                f"Run directory not found: {self.run.path} (pass the --out directory of `rvepfl train`)")
         progress = self.run.read_progress()
         self.completed_round = int(progress["completed_round"])
         if self.completed_round < 1:
-            raise CheckpointError(f"{self.run.path} has no complete round yet: train it first (`rvepfl train --resume {self.run.path}`)")
+            raise CheckpointError(
+                f"{self.run.path} has no complete round yet: train it first (`rvepfl train --resume {self.run.path}`)")
         try:
             self.cfg: Config = load_config(self.run.config)
         except ConfigError as exc:
@@ -171,7 +173,8 @@ class Target:
     def check_round(self, round_: int | None) -> int:
         r = self.default_round() if round_ is None else round_
         if not 1 <= r <= self.completed_round:
-            raise ConfigError(f"Expected --round between 1 and {self.completed_round} (the run's complete rounds), got {r}")
+            raise ConfigError(
+                f"Expected --round between 1 and {self.completed_round} (the run's complete rounds), got {r}")
         if self.has_private_state() and r not in self.client_rounds():
             have = ", ".join(map(str, self.client_rounds())) or "none"
             raise ConfigError(
@@ -203,7 +206,8 @@ class Target:
         if client is not None and private:
             path = self.run.round_dir(round_) / "clients" / f"{client:04d}.safetensors"
             if not path.is_file():
-                raise ConfigError(f"Client {client} has no saved state at round {round_} ({path}): it has not trained yet; pick another --client")
+                raise ConfigError(f"Client {client} has no saved state at round {round_} ({path}): "
+                                  "it has not trained yet; pick another --client")
             state = {**state, **load_client_state(path, private)[0]}
         model.load_state_dict({**model.state_dict(), **state})
         self._model = ((round_, client), model.eval())
@@ -229,7 +233,8 @@ class Target:
         data = self.fed.client_data(client)
         n = len(data.train_y)
         if not 1 <= size <= n:
-            raise ConfigError(f"Expected --batch-size between 1 and {n} (client {client}'s training images), got {size}")
+            raise ConfigError(
+                f"Expected --batch-size between 1 and {n} (client {client}'s training images), got {size}")
         rng = numpy_rng(seed, "attack", client, draw)
         idx = np.sort(rng.choice(n, size=size, replace=False))
         x = data.train_x[torch.from_numpy(idx).to(data.train_x.device)].cpu()
@@ -383,7 +388,8 @@ class Target:
         if threat == "stolen":
             return self.model(round_, client)
         if threat != "released":
-            raise ConfigError(f"An image-space attack queries a model: use --threat-model released or stolen, got {threat}")
+            raise ConfigError(
+                f"An image-space attack queries a model: use --threat-model released or stolen, got {threat}")
         path = self.method.shared_path(self.model(round_, None))
         if path is None:
             raise NoAttackSurface(

@@ -112,7 +112,8 @@ class UploadAttack(Attack):
             raise ConfigError(f"{self.label} reads the label of a single image: use --batch-size 1, got {batch_size}")
         n_images = request.images if request.images is not None else batch_size * 4
         if n_images < batch_size or n_images % batch_size:
-            raise ConfigError(f"Expected --images to be a positive multiple of --batch-size {batch_size}, got {n_images}")
+            raise ConfigError(
+                f"Expected --images to be a positive multiple of --batch-size {batch_size}, got {n_images}")
         iterations, restarts = self.iterations_and_restarts(request)
         return AttackSettings(self.name, threat, r, request.client, batch_size, n_images, iterations, request.seed,
                               restarts, steps, request.evaluator_images, params=parse_params(self, request.params))
@@ -184,7 +185,7 @@ class UploadAttack(Attack):
             # The attack's own random draws (its initial guesses): a stream of its own for each observation.
             seeds = [derive_seed(s.seed, "attack", s.round, s.client, draw, 3) for draw in range(first, stop)]
             which = _observation_words(first, stop, draws)
-            progress = tracker.progress(first * per_draw, lambda done, total, w=which: (
+            progress = tracker.progress(first * per_draw, lambda done, total, w=which: (  # type: ignore[misc]  # a lambda with a default
                 f"{s.attack}: {w}, iteration {done}/{total}"))
             if self.batched_algorithm is None:
                 results = [self.algorithm(observations[0], iterations=s.iterations, restarts=s.restarts, seed=seeds[0],

@@ -18,7 +18,7 @@ file, what is wrong and how to fix it; no other exception type escapes for malfo
 Traceback (most recent call last):
 ...
 rvepfl.errors.DataError: data_batch_1: the pickle holds a int, not a CIFAR batch dict; re-download or re-extract cifar-10-python.tar.gz
-"""
+"""  # noqa: E501 - the doctest's expected error is one line
 
 from __future__ import annotations
 

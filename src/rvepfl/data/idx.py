@@ -16,7 +16,7 @@ array([7, 8, 9], dtype=uint8)
 Traceback (most recent call last):
 ...
 rvepfl.errors.DataError: img.idx: not an IDX file: magic bytes 47 49 46 38 should start with 00 00; point the reader at MNIST-format IDX files
-"""
+"""  # noqa: E501 - the doctest's expected error is one line
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ training).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -164,7 +165,7 @@ def make_partition(
     num_classes: int = 10,
 ) -> Partition:
     """Client splits over the pool ``concat(train, test)``; see the module docstring."""
-    kwargs = dict(shards_per_client=shards_per_client, alpha=alpha)
+    kwargs: dict[str, Any] = dict(shards_per_client=shards_per_client, alpha=alpha)
     if split == "combined":
         pool = np.concatenate([train_y, test_y])
         parts = partition_indices(pool, num_clients, scheme, rng, **kwargs)

@@ -30,7 +30,7 @@ batch's structure (its keys, labels and pixel shape) are :mod:`rvepfl.data.cifar
 Traceback (most recent call last):
 ...
 rvepfl.errors.DataError: refusing pickle global 'os.system': a CIFAR-10 batch only names numpy's array constructors (the file may be malicious, or not a CIFAR-10 batch)
-"""
+"""  # noqa: E501 - the doctest's expected error is one line
 
 from __future__ import annotations
 
@@ -322,7 +322,7 @@ def _opcodes(data: bytes, fail: Fail) -> Iterator[tuple[str, Any, int]]:
                 opcode, arg, pos = next(ops)
         except StopIteration:
             return
-        except Exception as exc:  # genops only parses; anything it raises means bad bytes
+        except Exception as exc:  # noqa: BLE001 - genops only parses; anything it raises means bad bytes
             raise fail(f"corrupt or truncated pickle stream ({str(exc)[:120]})") from None
         yield opcode.name, arg, int(pos or 0)
 

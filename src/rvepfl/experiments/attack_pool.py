@@ -29,10 +29,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,8 @@ def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str, threa
         _targets.clear()
         _targets[run_dir] = Target(run_dir)
     with attack_threads(threads):
-        return run_attack(_targets[run_dir], settings, Path(dest), lambda line: _lines.put(("line", f"{prefix}: {line}")),
+        return run_attack(_targets[run_dir], settings, Path(dest),
+                          lambda line: _lines.put(("line", f"{prefix}: {line}")),
                           evaluator_cache=Path(cache),
                           status=(lambda line: _lines.put(("status", f"{prefix}: {line}"))) if live else None)
 

@@ -309,7 +309,8 @@ def estimate_points(points: Sequence[FrontierPoint], panels: Sequence[Panel], dr
         for panel in panels:
             samples = p.attacks[panel.key]
             success[panel.key] = (None if samples is None else
-                                  cell_interval(samples, draw, f"{p.cell}/{panel.key}").scaled(scales[panel.key].factor))
+                                  cell_interval(samples, draw, f"{p.cell}/{panel.key}")
+                                  .scaled(scales[panel.key].factor))
         out.append(PointEstimate(p, accuracy, success))
     return out
 
@@ -544,11 +545,11 @@ def _compare(ref: PointEstimate, other: str, points: Sequence[PointEstimate], cu
     elif len(curve) < 2 or any(e.point.knob is None for e in curve):
         status = SINGLE_POINT
     else:
-        s = [e.success[panel.key] for e in curve]
+        s: list[Interval] = [e.success[panel.key] for e in curve]  # type: ignore[misc]  # curve: those with one
         a = [e.accuracy for e in curve]
-        means = np.array([iv.mean for iv in s])  # type: ignore[union-attr]
+        means = np.array([iv.mean for iv in s])
         lowest, highest = float(means.min()), float(means.max())
-        status = NOT_REACHABLE if x < lowest else OUTSIDE if x > highest else COMPARED
+        status = NOT_REACHABLE if x < lowest else OUTSIDE if x > highest else COMPARED  # type: ignore[operator]  # x: a float here
         uncertain = {NOT_REACHABLE: success.high >= lowest, OUTSIDE: success.low <= highest,
                      COMPARED: success.low < lowest or success.high > highest}[status]
         if status == NOT_REACHABLE:
@@ -561,11 +562,11 @@ def _compare(ref: PointEstimate, other: str, points: Sequence[PointEstimate], cu
                 return acc - envelope_accuracy(np.stack(rest[:k], -1), np.stack(rest[k:], -1), at)
 
             # a difference of two accuracies lies within +-100 points, whatever the interval says
-            delta = derived(gap, ref.accuracy, success, *s, *a).clipped(-100.0, 100.0)  # type: ignore[arg-type]
+            delta = derived(gap, ref.accuracy, success, *s, *a).clipped(-100.0, 100.0)
         rests = [(ref.point, success), *((curve[i].point, s[i]) for i in used)]
         wide = tuple(f"{p.label} {scale.text(iv.mean)} [{iv.low:.{scale.digits}f}, {iv.high:.{scale.digits}f}]"
-                     for p, iv in rests  # type: ignore[union-attr]
-                     if iv.half_width > HALF_WIDTH_TARGET / 100.0 * scale.factor)  # type: ignore[union-attr]
+                     for p, iv in rests
+                     if iv.half_width > HALF_WIDTH_TARGET / 100.0 * scale.factor)
     p = ref.point
     return Comparison(p.dataset, panel.key, p.method, p.knob, p.value, other, status, x, delta,
                       "" if delta is None else _reading(delta), uncertain, wide,
@@ -647,7 +648,7 @@ _INTERVALS_SEEDS = """\
   cell at once (every cell has the same seeds: paired by seed) and gets that jackknife's
   standard error with t: for a plain difference, the paired t interval. Simulated coverage of
   the nominal 95 %: at least 93 % with 3 and 5 seeds (`python -m pytest
-  tests/unit/test_stats_coverage.py -s`). Per quantity, not simultaneous."""
+  tests/unit/test_stats_coverage.py -s`). Per quantity, not simultaneous."""  # noqa: E501 - written as it is
 
 _INTERVALS_ONE_SEED = """\
 - Intervals: **within one seed only.** With one seed there is no seed-to-seed spread to
@@ -776,11 +777,11 @@ def frontier_plot(path: Path, dataset: str, estimates: Sequence[PointEstimate], 
                 blind.append(_display(method))
                 continue
             swept = len(shown) >= 2 and all(e.point.knob is not None for e in shown)
-            xs = [e.success[panel.key] for e in shown]
+            xs: list[Interval] = [e.success[panel.key] for e in shown]  # type: ignore[misc]  # shown: not None
             ys = [e.accuracy for e in shown]
             style = {"marker": "o", "linestyle": "-"} if swept else {"marker": _MARKERS[j % len(_MARKERS)],
                                                                     "linestyle": "none", "markersize": 7}
-            label = _display(method) + (f" ({shown[0].point.knob.rsplit('.', 1)[-1]})" if swept else "")
+            label = _display(method) + (f" ({shown[0].point.knob.rsplit('.', 1)[-1]})" if swept else "")  # type: ignore[union-attr]  # swept: a knob
             ax.errorbar([iv.mean for iv in xs], [iv.mean for iv in ys], xerr=_bars(xs), yerr=_bars(ys),
                         color=f"C{j % 10}", capsize=2, elinewidth=0.8, markersize=style.pop("markersize", 4),
                         label=label, **style)

@@ -71,7 +71,8 @@ def privacy_utility_plot(path: Path, suite: Suite, dataset: str, accuracy: Seque
     """One panel per attack job: each method's accuracy (x) against what the attack recovers (y).
 
     y is the evaluator's accuracy on the reconstructions in percent, or their mean PSNR where no
-    evaluator labelled them (mia: the ROC AUC of LiRA, mean over seeds); a method without a surface to the job is left out of its panel.
+    evaluator labelled them (mia: the ROC AUC of LiRA, mean over seeds); a method without a surface
+    to the job is left out of its panel.
 
     Returns
     -------

@@ -123,6 +123,7 @@ def check_address(address: str) -> str:
     _import_ray()
     expected = (f"--ray-address: expected auto or the head node's HOST:PORT (e.g. 10.0.0.1:6379; on this machine "
                 f"alone, leave the option out), got {address!r}")
+    resolved: str | None  # None: Ray could not read the address
     if address.startswith("ray://"):
         resolved, shown = address, address[len("ray://"):]
     else:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from rvepfl.attacks.registry import attack
 from rvepfl.config import Config
 from rvepfl.errors import CheckpointError
-from rvepfl.attacks.registry import attack
 from rvepfl.experiments.spec import AttackJob, RunSpec, Suite
 from rvepfl.rundir import MetricsLog, RunDir
 

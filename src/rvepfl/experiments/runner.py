@@ -305,7 +305,8 @@ def _gather(r: RunSpec, job: AttackJob, row: dict[str, Any], table: ScoreTable |
     to those of its data set, method and job, each row tagged with the run's seed."""
     rows.append(row)
     if table is not None:
-        scores.setdefault((r.dataset, r.method, job), []).extend({**line, "seed": r.seed} for line in table)
+        scores.setdefault((r.dataset, r.method, job), []).extend(
+            {**line, "seed": r.seed} for line in table)  # type: ignore[dict-item]  # the pooled rows: an int seed
 
 
 def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, status: Log | None,
@@ -344,12 +345,12 @@ def attack_run(r: RunSpec, plan: AuditPlan, out: Path, acc: float, say: Log, sta
         prefix = prefix_of(job)
         dest = run_dir / "attacks" / job.key
         if job in futures:
-            summary = pool.result(futures[job], prefix, say, status)
+            summary = pool.result(futures[job], prefix, say, status)  # type: ignore[union-attr]  # futures: a pool
         else:
             with attack_threads(threads):
-                summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),
+                summary = run_attack(target, settings, dest, lambda line, p=prefix: say(f"{p}: {line}"),  # type: ignore[misc]  # a lambda with a default
                                      evaluator_cache=cache,
-                                     status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))
+                                     status=None if status is None else (lambda line, p=prefix: status(f"{p}: {line}")))  # type: ignore[misc]  # a lambda with a default
         yield job, attack_row(r, acc, job, summary), read_scores(dest / "scores.csv"), state == "new"
 
 

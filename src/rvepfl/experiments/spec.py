@@ -509,7 +509,8 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
     client = _audit_integer(audit, "client", 0, 0)
     for r in runs:
         if client >= r.cfg.data.num_clients:
-            raise ConfigError(f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
+            raise ConfigError(
+                f"Expected `audit.client` < {r.cfg.data.num_clients} (clients of {r.label}), got {client}")
     stolen_clients = _stolen_clients(audit, runs)
     evaluator_images = _audit_integer(audit, "evaluator_images", 3000, MIN_EVALUATOR_DRAW)
     if smoke:

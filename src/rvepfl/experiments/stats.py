@@ -387,7 +387,7 @@ def _share_counts(samples: Sequence[SeedSample]) -> tuple[int, int] | None:
     counts = [s.counts() if isinstance(s, MeanSample) else None for s in samples]
     if any(c is None for c in counts):
         return None
-    return sum(c[0] for c in counts), sum(c[1] for c in counts)  # type: ignore[index]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)  # type: ignore[index, misc]  # no None left
 
 
 def _in_unit_range(samples: Sequence[SeedSample]) -> bool:
@@ -466,7 +466,8 @@ def derived(f: Callable[..., np.ndarray | float], *intervals: Interval) -> Inter
         raise ValueError("Expected at least one interval")
     bases = {iv.basis for iv in intervals}
     if len(bases) != 1:
-        raise ValueError(f"Expected intervals of one basis (all over seeds or all within one seed), got {sorted(bases)}")
+        raise ValueError(
+            f"Expected intervals of one basis (all over seeds or all within one seed), got {sorted(bases)}")
     sizes = {iv.replicates.shape for iv in intervals}
     if len(sizes) != 1:
         raise ValueError(f"Expected intervals with the same number of replicates, got shapes {sorted(sizes)}")

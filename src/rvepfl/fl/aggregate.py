@@ -59,7 +59,8 @@ class RunningMean:
         for key, value in state.items():
             acc = self._sum[key]
             if value.shape != acc.shape:
-                raise ValueError(f"`{key}` has shape {tuple(value.shape)} in one state and {tuple(acc.shape)} in another")
+                raise ValueError(
+                    f"`{key}` has shape {tuple(value.shape)} in one state and {tuple(acc.shape)} in another")
             scale = float(weight) / self._expected if self._expected is not None else float(weight)
             acc.add_(value.detach().to("cpu", torch.float64), alpha=scale)
         self._weights.append(float(weight))

@@ -38,8 +38,8 @@ from rvepfl.precision import resolve as resolve_precision
 from rvepfl.registry import build_method
 from rvepfl.seeding import numpy_rng, seed_torch
 
-__all__ = ["ClientFailure", "ClientOutcome", "Federation", "describe_exception", "evaluate", "initial_model", "partition_summary",
-           "prepare", "resolve_device", "train_client"]
+__all__ = ["ClientFailure", "ClientOutcome", "Federation", "describe_exception", "evaluate", "initial_model",
+           "partition_summary", "prepare", "resolve_device", "train_client"]
 
 
 @dataclass

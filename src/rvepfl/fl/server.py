@@ -24,7 +24,7 @@ import itertools
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,7 +116,7 @@ def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any],
     atomic_write_text(run.config, dumps_config(cfg))
     write_json(run.path / "partition.json", partition_summary)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **partition.to_arrays())
+    np.savez_compressed(buf, **partition.to_arrays())  # type: ignore[arg-type]  # numpy's stub: arrays by name
     atomic_write_bytes(run.path / "partition.npz", buf.getvalue())
     run.write_progress(0, config_hash(cfg))
 
@@ -155,7 +155,8 @@ def round_clocks(method: Method, partition: Partition, clients: list[int],
 
 def save_global_state(run: RunDir, round_: int, state: dict[str, torch.Tensor], chash: str) -> None:
     """The global shared state after round ``round_`` (0: the initial one), as a checkpoint."""
-    save_tensors(run.global_checkpoint(round_), state, {"format": GLOBAL_KIND, "round": str(round_), "config_hash": chash})
+    save_tensors(run.global_checkpoint(round_), state,
+                 {"format": GLOBAL_KIND, "round": str(round_), "config_hash": chash})
 
 
 def start_global_state(run: RunDir, done: int, initial_shared: dict[str, torch.Tensor],
@@ -187,7 +188,7 @@ class RoundBook:
         self.train_s = self.eval_s = 0.0
 
     def uploads(self, results: Iterable[Result], planned: list[int], expected: dict[str, torch.Tensor],
-                sizes: list[int | None]) -> Iterator[Upload]:
+                sizes: Sequence[int | None]) -> Iterator[Upload]:
         """The uploads of the clients that finish, one at a time (the method aggregates them as
         they come), from the dispatcher's results in client order. Each outcome is checked first
         (:func:`rvepfl.fl.validation.check_outcome` against the global state ``expected``, the

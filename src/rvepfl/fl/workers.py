@@ -231,8 +231,8 @@ class ClientPool:
                     if held is not None:
                         busy -= 1
                         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        yield held[0], ClientFailure(held[1].client, "died",
-                                                     seconds, f"its worker process died ({how}; out of memory?)"), seconds
+                        yield held[0], ClientFailure(held[1].client, "died", seconds,
+                                                     f"its worker process died ({how}; out of memory?)"), seconds
                     elif not w.ready:
                         raise RvepflError(f"A client worker process died while starting ({code}): "
                                           "see the messages above")

@@ -40,7 +40,8 @@ from rvepfl.config import Config, config_from_dict, config_to_dict, flatten
 from rvepfl.errors import ConfigError
 from rvepfl.io import atomic_write_text
 
-__all__ = ["APP_NAME", "SERVER_KEYS", "app_pyproject", "check_flower_config", "run_config", "split_run_config", "write_app"]
+__all__ = ["APP_NAME", "SERVER_KEYS", "app_pyproject", "check_flower_config", "run_config", "split_run_config",
+           "write_app"]
 
 APP_NAME = "rvepfl-flower"
 SERVER_KEYS: dict[str, Any] = {"out": "", "wait_nodes": 120.0}

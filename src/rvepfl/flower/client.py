@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def _federation(context: Context) -> tuple[Any, NodeSettings, str]:
 
 
 def _check_hash(msg: Message, chash: str) -> None:
-    sent = msg.content["request"]["config-hash"]
+    sent: Any = msg.content["request"]["config-hash"]  # as the server sent it
     if sent != chash:
         raise ConfigError(f"The server's config hash {sent} differs from this node's {chash}: "
                           "the node builds another federation (data set or version differ)")
@@ -175,7 +176,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     fed, settings, chash = _federation(context)
     _check_hash(msg, chash)
-    request = msg.content["request"]
+    request: Mapping[str, Any] = msg.content["request"]  # its values are checked as they are read
     round_, committed = int(request["round"]), int(request["committed"])
     clock = int(request["clock"])
     run_key = str(request["run-key"])
@@ -184,7 +185,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     client = settings.partition_id
 
     model, initial_private, initial_shared = initial_model(fed.method, fed.cfg.seed, fed.device)
-    received = state_from_record(msg.content["global"])
+    received = state_from_record(msg.content["global"])  # type: ignore[arg-type]  # an ArrayRecord
     if set(received) != set(initial_shared) or any(
             received[k].shape != v.shape or received[k].dtype != v.dtype for k, v in initial_shared.items()):
         raise ConfigError("The global state received does not fit this node's model")
@@ -198,7 +199,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         store.export(round_, [client], settings.state_dir / run_key / "export" / f"round_{round_:04d}")
 
     upload = outcome.upload
-    metrics = {f"{kind}.{k}": float(v) for kind, m in outcome.metrics.items() for k, v in m.items()}
+    metrics: dict[str, Any] = {f"{kind}.{k}": float(v) for kind, m in outcome.metrics.items() for k, v in m.items()}
     metrics.update({"steps": outcome.steps, "train-seconds": outcome.train_seconds,
                     "eval-seconds": outcome.eval_seconds})
     content = RecordDict({

@@ -195,7 +195,8 @@ class LocalFederation:
         proc = self.procs["superlink"]
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"The SuperLink exited with status {proc.returncode}: see {self.logs / 'superlink.log'}")
+                raise RuntimeError(
+                    f"The SuperLink exited with status {proc.returncode}: see {self.logs / 'superlink.log'}")
             try:
                 with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)

@@ -32,13 +32,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
@@ -134,7 +134,7 @@ class FlowerServer:
         self.received.append(entry)
 
     def _exchange(self, messages: dict[int, Message], timeout: float, kind: str, round_: int,
-                  clients: dict[int, int | None]) -> tuple[dict[int, Message], dict[int, tuple[str, float, str]]]:
+                  clients: Mapping[int, int | None]) -> tuple[dict[int, Message], dict[int, tuple[str, float, str]]]:
         """Push ``messages`` (node -> message) and collect replies until all arrive, a node dies
         or ``timeout`` seconds pass (0: no limit); (replies, failures) by node, a failure being
         (kind, seconds, message)."""
@@ -182,7 +182,7 @@ class FlowerServer:
         errors = [f"node {n}: {msg}" for n, (_, _, msg) in failures.items()]
         alive = set(self.grid.get_node_ids())
         for node, reply in replies.items():
-            facts = dict(reply.content["facts"])
+            facts: dict[str, Any] = dict(reply.content["facts"])  # checked as they are read
             client = int(facts["partition-id"])
             if facts["config-hash"] != self.chash:
                 errors.append(f"node {node}: config hash {facts['config-hash']}, the server's {self.chash}")
@@ -325,12 +325,12 @@ class FlowerServer:
                               "reason": "each client node resolves train.precision on its own device"}}
 
     def _outcome(self, reply: Message, client: int) -> ClientOutcome:
-        content = reply.content
+        content: Mapping[str, Any] = reply.content  # as the node shaped it: a bad value raises below
         state = state_from_record(content["upload"])
         info = dict(content["upload-info"])
         if int(info["client"]) != client:
             raise RuntimeError(f"The node of client {client} answered for client {info['client']}")
-        metrics: MetricRecord = content["metrics"]
+        metrics: Mapping[str, Any] = content["metrics"]
         per_kind: dict[str, dict[str, float]] = {"general": {}, "train": {}, "test": {}}
         for key, value in metrics.items():
             kind, _, name = key.partition(".")
@@ -349,8 +349,9 @@ def _status_file(out: Path) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """The ServerApp's entry point: the run config is our config plus ``server.*``."""
-    from flwr.common.logger import log as flwr_log
     import logging
+
+    from flwr.common.logger import log as flwr_log
 
     def log(line: str) -> None:
         flwr_log(logging.INFO, "%s", line)

@@ -92,7 +92,7 @@ class DpFedAvg(Mechanism):
 
     def epsilon(self, rounds: int) -> float:
         """Epsilon after ``rounds`` rounds (Opacus RDP accountant; inf without noise)."""
-        d = self.cfg.dp_fedavg
+        d: DpFedAvgParams = self.cfg.dp_fedavg
         return rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=self.sample_rate, steps=rounds,
                            delta=d.delta)
 
@@ -101,7 +101,8 @@ class DpFedAvg(Mechanism):
     ) -> Upload:
         trained = super().upload(model, ctx, num_samples, received)
         update = {k: v - received[k].to(v.dtype) for k, v in trained.state.items()}
-        clipped, norm = clip_by_l2(update, self.cfg.dp_fedavg.clip_norm)
+        d: DpFedAvgParams = self.cfg.dp_fedavg
+        clipped, norm = clip_by_l2(update, d.clip_norm)
         assert ctx.client is not None
         return Upload(client=ctx.client, num_samples=num_samples, state=clipped,
                       info={**trained.info, "update_norm": norm})
@@ -109,7 +110,7 @@ class DpFedAvg(Mechanism):
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
-        d = self.cfg.dp_fedavg
+        d: DpFedAvgParams = self.cfg.dp_fedavg
         running = RunningMean(float(len(ctx.clients)) if ctx.clients else None)
         for sent in uploads:
             running.add(sent.state)
@@ -122,7 +123,7 @@ class DpFedAvg(Mechanism):
         return new
 
     def summary(self) -> dict[str, Any]:
-        d = self.cfg.dp_fedavg
+        d: DpFedAvgParams = self.cfg.dp_fedavg
         details: dict[str, Any] = {
             **super().summary(),
             "noise_multiplier": d.noise_multiplier,
@@ -147,5 +148,6 @@ class DpFedAvg(Mechanism):
         aggregate: ``-clip(-lr * g, C) / lr``."""
         grads = super().wire_gradient(module, inputs, labels, generator)
         lr = self.cfg.train.lr
-        clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, self.cfg.dp_fedavg.clip_norm)
+        d: DpFedAvgParams = self.cfg.dp_fedavg
+        clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, d.clip_norm)
         return {k: -v / lr for k, v in clipped.items()}

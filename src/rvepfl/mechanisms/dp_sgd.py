@@ -2,17 +2,17 @@
 
 A mechanism on any method that trains every parameter with the standard local loop and shares
 every parameter (the name ``dp-sgd`` alone is DP-SGD on FedAvg; a method with private parameters
-would pay DP-SGD's noise on parameters that never leave the client). It swaps two hooks of that loop and keeps the rest: the optimiser
-(:meth:`DpSgd.local_optimiser`: Opacus's ``GradSampleModule`` around the model and its
-``DPOptimizer`` around the method's Adam, so every step clips each sample's gradient to
-``dp_sgd.max_grad_norm`` and adds Gaussian noise of std ``dp_sgd.noise_multiplier *
-max_grad_norm`` to their sum) and the batches (:meth:`DpSgd.local_batches`: Poisson samples,
-each of the client's n training images in a batch with probability q = min(1, batch_size / n),
-int(1 / q) batches per epoch, Opacus's ``UniformWithReplacementSampler``). The learning rate
-still decays as the method's does (any optimiser of the privatised gradients keeps the
-guarantee). The Poisson draws come from the ``train`` stream of (round, client), the noise from
-the ``noise`` stream of (round, client). Opacus's hooks and attributes are removed after each
-phase of local training, so the model's ``state_dict`` is unchanged.
+would pay DP-SGD's noise on parameters that never leave the client). It swaps two hooks of that
+loop and keeps the rest: the optimiser (:meth:`DpSgd.local_optimiser`: Opacus's ``GradSampleModule``
+around the model and its ``DPOptimizer`` around the method's Adam, so every step clips each sample's
+gradient to ``dp_sgd.max_grad_norm`` and adds Gaussian noise of std ``dp_sgd.noise_multiplier *
+max_grad_norm`` to their sum) and the batches (:meth:`DpSgd.local_batches`: Poisson samples, each of
+the client's n training images in a batch with probability q = min(1, batch_size / n), int(1 / q)
+batches per epoch, Opacus's ``UniformWithReplacementSampler``). The learning rate still decays as
+the method's does (any optimiser of the privatised gradients keeps the guarantee). The Poisson draws
+come from the ``train`` stream of (round, client), the noise from the ``noise`` stream of (round,
+client). Opacus's hooks and attributes are removed after each phase of local training, so the
+model's ``state_dict`` is unchanged.
 
 Each client's epsilon (at ``dp_sgd.delta``) covers all the rounds it has trained in: Opacus's
 RDP analysis of (q, noise multiplier, the client's total DP steps). The total is the client's
@@ -125,7 +125,7 @@ class DpSgd(Mechanism):
         from opacus.optimizers import DPOptimizer
 
         assert ctx.client is not None
-        d = self.cfg.dp_sgd
+        d: DpSgdParams = self.cfg.dp_sgd
         n = len(data.train_y)
         q, _ = poisson_plan(n, self.cfg.train.batch_size)
         device = data.train_x.device
@@ -150,7 +150,7 @@ class DpSgd(Mechanism):
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
         """The method's local training through the hooks above, then this round's accounting."""
         assert ctx.client is not None
-        d = self.cfg.dp_sgd
+        d: DpSgdParams = self.cfg.dp_sgd
         after = super().local_train(model, data, ctx, step)
         q, _ = poisson_plan(len(data.train_y), self.cfg.train.batch_size)
         own_steps = ctx.client_steps + (after - step)  # the decay clock may count other clients' steps
@@ -187,7 +187,7 @@ class DpSgd(Mechanism):
         return super().aggregate(recorded(), global_state, ctx)
 
     def summary(self) -> dict[str, Any]:
-        d = self.cfg.dp_sgd
+        d: DpSgdParams = self.cfg.dp_sgd
         clients = [self._clients[c] for c in sorted(self._clients)]
         eps = [c["epsilon"] for c in clients]
         finite = all(math.isfinite(e) for e in eps)
@@ -211,7 +211,7 @@ class DpSgd(Mechanism):
                       generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The client's privatised gradient: each sample's gradient (as the method exposes it)
         clipped to ``max_grad_norm``, summed, plus N(0, (sigma * max_grad_norm)^2), over the batch."""
-        d = self.cfg.dp_sgd
+        d: DpSgdParams = self.cfg.dp_sgd
         total: dict[str, torch.Tensor] = {}
         for i in range(len(labels)):
             one = super().wire_gradient(module, inputs[i : i + 1], labels[i : i + 1], generator)

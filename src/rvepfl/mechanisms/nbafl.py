@@ -48,7 +48,9 @@ class NbaflParams:
     clip_norm: float = 20.0
     """Clipping threshold C of each client's parameters (the whole shared state as one vector, L2 norm)."""
     exposures: int = 0
-    """L: uploads of each client's parameters the noise is calibrated for (0: L = train.rounds, one per round); sigma_u = c * L * dS_u / epsilon as in the NbAFL paper's Theorem 1, so 1 gives the per-upload sigma_u = c * dS_u / epsilon."""
+    """L: uploads of each client's parameters the noise is calibrated for (0: L = train.rounds, one
+    per round); sigma_u = c * L * dS_u / epsilon as in the NbAFL paper's Theorem 1, so 1 gives the
+    per-upload sigma_u = c * dS_u / epsilon."""
 
     def check(self, section: str) -> None:
         need(self.epsilon > 0, f"{section}.epsilon", self.epsilon, "> 0")
@@ -76,7 +78,7 @@ class NbAfl(Mechanism):
 
     def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
-        nb = cfg.nbafl
+        nb: NbaflParams = cfg.nbafl
         sizes = spec.client_train_sizes
         if len(sizes) != cfg.data.num_clients:
             raise ConfigError(

@@ -40,7 +40,8 @@ SHARED_PREFIX = "global_model."
 @dataclass(frozen=True)
 class DittoParams:
     lam: float = 0.1
-    """Ditto's lambda: weight of the proximal term lam/2 * ||v - w_t||^2 that pulls the personal model v towards the round's global state w_t (0: purely local personal models)."""
+    """Ditto's lambda: weight of the proximal term lam/2 * ||v - w_t||^2 that pulls the personal
+    model v towards the round's global state w_t (0: purely local personal models)."""
     personal_epochs: int = 0
     """Local epochs of the personal model after the global model's (0: as many as train.local_epochs)."""
 
@@ -65,14 +66,15 @@ class DittoModel(nn.Module):
 
 
 def _global_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model.global_model(x), y)
+    return F.cross_entropy(model.global_model(x), y)  # type: ignore[operator]  # a submodule
 
 
 def _personal_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float,
                    anchor: dict[str, torch.Tensor]) -> torch.Tensor:
-    loss = F.cross_entropy(model.personal(x), y)
+    loss = F.cross_entropy(model.personal(x), y)  # type: ignore[operator]  # a submodule
     if lam > 0:
-        distance = sum((p - anchor[k]).pow(2).sum() for k, p in model.personal.named_parameters())
+        personal: nn.Module = model.personal  # type: ignore[assignment]  # a submodule
+        distance = sum((p - anchor[k]).pow(2).sum() for k, p in personal.named_parameters())
         loss = loss + 0.5 * lam * distance
     return loss
 
@@ -91,7 +93,8 @@ class Ditto(Method):
         return key.startswith(SHARED_PREFIX)
 
     def personal_epochs(self) -> int:
-        return self.cfg.ditto.personal_epochs or self.cfg.train.local_epochs
+        d: DittoParams = self.cfg.ditto
+        return d.personal_epochs or self.cfg.train.local_epochs
 
     def planned_steps(self, num_samples: int) -> int:
         return (self.cfg.train.local_epochs + self.personal_epochs()) * self.batches_per_epoch(num_samples)
@@ -105,7 +108,8 @@ class Ditto(Method):
         generator = self.batch_generator(ctx)
         step = self.train_epochs(model, data, list(model.global_model.parameters()), self.cfg.train.local_epochs,
                                  generator, step, ctx, loss=_global_loss)
-        personal = partial(_personal_loss, lam=self.cfg.ditto.lam, anchor=received)
+        d: DittoParams = self.cfg.ditto
+        personal = partial(_personal_loss, lam=d.lam, anchor=received)
         return self.train_epochs(model, data, list(model.personal.parameters()), self.personal_epochs(),
                                  generator, step, ctx, loss=personal)
 

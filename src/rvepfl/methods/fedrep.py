@@ -37,7 +37,8 @@ class FedRep(FedPer):
     section = "personal"
 
     def planned_steps(self, num_samples: int) -> int:
-        epochs = self.cfg.personal.head_epochs + self.cfg.train.local_epochs
+        personal: PersonalParams = self.cfg.personal
+        epochs = personal.head_epochs + self.cfg.train.local_epochs
         return epochs * self.batches_per_epoch(num_samples)
 
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
@@ -46,5 +47,6 @@ class FedRep(FedPer):
         head = [p for k, p in model.named_parameters() if not self.is_shared(k)]
         body = [p for k, p in model.named_parameters() if self.is_shared(k)]
         generator = self.batch_generator(ctx)
-        step = self.train_epochs(model, data, head, self.cfg.personal.head_epochs, generator, step, ctx)
+        personal: PersonalParams = self.cfg.personal
+        step = self.train_epochs(model, data, head, personal.head_epochs, generator, step, ctx)
         return self.train_epochs(model, data, body, self.cfg.train.local_epochs, generator, step, ctx)

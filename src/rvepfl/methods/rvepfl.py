@@ -43,11 +43,12 @@ class RvePfl(Method):
     bf16_parity = True
 
     def build_model(self) -> nn.Module:
+        params: ModelParams = self.cfg.model
         return PersonalModel(
             self.spec.channels,
             self.spec.image_size,
             self.spec.num_classes,
-            sample_at_eval=self.cfg.model.sample_at_eval,
+            sample_at_eval=params.sample_at_eval,
         )
 
     def is_shared(self, key: str) -> bool:
@@ -56,9 +57,10 @@ class RvePfl(Method):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the classifier on z (plus beta times the encoder's KL term). ``model``
         is the personal model, or a wrapper that passes its attributes through (Opacus's)."""
-        z, mu, logvar = model.encoder(x, sample=True)
-        loss = F.cross_entropy(model.classifier(z), y)
-        beta = self.cfg.model.kl_weight
+        z, mu, logvar = model.encoder(x, sample=True)  # type: ignore[operator]  # a submodule
+        loss = F.cross_entropy(model.classifier(z), y)  # type: ignore[operator]  # a submodule
+        params: ModelParams = self.cfg.model
+        beta = params.kl_weight
         if beta > 0:
             loss = loss + beta * kl_divergence(mu, logvar)
         return loss

@@ -68,4 +68,5 @@ def store_carrier(optimizer: torch.optim.Adam, model: nn.Module, params: Sequenc
             continue
         name = names[id(p)]
         for part in _PARTS:
-            carrier[f"{name}/{part}"] = state[part].detach().to("cpu", copy=True).reshape(carrier[f"{name}/{part}"].shape)
+            key = f"{name}/{part}"
+            carrier[key] = state[part].detach().to("cpu", copy=True).reshape(carrier[key].shape)
