@@ -223,8 +223,8 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
 
     A process killed inside safetensors' ``save_file`` leaves that library's ``.tmpXXXXXX`` file
     as well as ours; :func:`remove_temp_files` removes both. (Serialising in memory and writing
-    the bytes through :func:`atomic_write_bytes` would leave only ours, but took 2.5x as long for
-    a 79 MB encoder, measured: 0.24 s against 0.09 s.)"""
+    the bytes through :func:`atomic_write_bytes` would leave only ours, but is slower: BENCHMARKS.md,
+    "Figures measured once".)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)

@@ -2,12 +2,11 @@
 training faster, and the torch threads of an attack, which keep it fast on a shared machine.
 
 Training the RVE-PFL encoder allocates and frees the same large buffers every step (the dense
-layer's 75 MB weight gradient, the 9 MB conv activations). glibc serves blocks above its mmap
-threshold (at most 32 MB by default) with fresh ``mmap`` calls and returns freed heap tops to the
-kernel, so every step pays for hundreds of thousands of page faults while the kernel zeroes new
-pages. Raising the mmap and trim thresholds keeps those buffers in the heap for reuse, so page
-faults fall by an order of magnitude and a local epoch gets faster: ``python -m benchmarks``
-measures the effect as ``allocator_speedup`` (the figure is in BENCHMARKS.md). The buffers are
+layer's weight gradient, the conv activations). glibc serves blocks above its mmap threshold with
+fresh ``mmap`` calls and returns freed heap tops to the kernel, so every step pays for many page
+faults while the kernel zeroes new pages. Raising the mmap and trim thresholds keeps those buffers
+in the heap for reuse, so page faults fall and a local epoch gets faster: ``python -m benchmarks``
+measures the effect as ``allocator_speedup`` (the figures are in BENCHMARKS.md). The buffers are
 reused instead of returned and requested again, so freed memory stays with the process.
 
 Set ``RVEPFL_TUNE_ALLOCATOR=0`` to leave the allocator alone.
@@ -77,10 +76,9 @@ def attack_threads(requested: int | None = None) -> Iterator[int]:
     in the process changed it). Yields the count in use. The count holds for everything the block
     runs in this process: the attack, and the evaluator and LiRA reference models it trains.
 
-    Why one thread by default: with torch's default, one thread per core, an attack slows down by
-    an order of magnitude as soon as another process shares the cores. With one other 2-thread job
-    on a 2-core machine, `rvepfl attack ig` took 157-237 s per observation against 6.8 s alone
-    (issue #16): every parallel operation ends when its slowest thread does, with more runnable
+    Why one thread by default: with torch's default, one thread per core, an attack slows down
+    many times over as soon as another process shares the cores (issue #16; BENCHMARKS.md,
+    "Threads on a shared machine"): every parallel operation ends when its slowest thread does, with more runnable
     threads than cores one of them is often waiting for a core, and OpenMP's threads spin while
     they wait (:func:`passive_openmp`), taking core time from the late one. A single thread waits
     for nobody and loses only the share of a core the other job takes. ``python -m benchmarks
@@ -114,10 +112,9 @@ def passive_openmp() -> bool:
     once torch is imported. It matters only with several threads in one process (`rvepfl attack
     --threads N`, a config's ``threads``): by default GNU OpenMP's threads spin for a while at every
     barrier, which on a machine shared with another job takes the cores from the threads that have
-    work. On the 2-core development machine, shared with other jobs, a 2-thread `rvepfl attack ig`
-    beside a 2-thread competing process took 5.0 and 6.3 s with the passive policy against 14.4 and
-    18.6 s without (30 iterations, alternating runs), and the competitor did more work too.
-    ``python -m benchmarks --only contention`` measures it on the machine at hand, alone too (a
+    work (BENCHMARKS.md, "Threads on a shared machine", has the figures: with the passive policy
+    a 2-thread attack beside a competing process is much faster, and the competitor does more work
+    too). ``python -m benchmarks --only contention`` measures it on the machine at hand, alone too (a
     sleeping thread takes longer to wake up than a spinning one). A single-threaded process, the
     default of `rvepfl attack` and of the training workers, has no barrier to wait at.
 

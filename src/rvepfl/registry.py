@@ -148,8 +148,3 @@ def build_method(cfg: RunConfig, spec: DataSpec) -> Method:
     """The method (or composition) ``cfg.method`` names, built for ``cfg`` and the data ``spec``."""
     return method_class(cfg.method)(cfg, spec)
 
-
-def describe(name: str) -> dict[str, Any]:
-    """A method's or mechanism's name, description and settings (for ``rvepfl methods``)."""
-    cls = method_class(name)
-    return {"name": name, "description": cls.description, "sections": cls.sections()}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rvepfl.fl.aggregate import mean_state
+from rvepfl.maths.aggregate import mean_state
 
 
 def test_golden_mean_and_weighted_mean():

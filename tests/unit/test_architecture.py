@@ -1,5 +1,6 @@
-"""The shape of the code (docs/architecture.md): no import cycle in src/, the client's side of a
-round imports nothing of the server, and the attacks name no method."""
+"""The shape of the code (docs/architecture.md): no import cycle in src/, no import from a lower
+layer to a higher one, every module named in docs/architecture.md, the client's side of a round
+imports nothing of the server, and the attacks name no method."""
 
 from __future__ import annotations
 
@@ -9,8 +10,28 @@ from pathlib import Path
 
 from rvepfl import registry
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
 PACKAGE = SRC / "rvepfl"
+
+#: The layers of ``src/rvepfl``, lowest first (docs/architecture.md, "Layers"). A module may import
+#: (type-only imports included) modules of its own layer and of lower ones, never of a higher one.
+#: A module belongs to the layer of the longest name listed that is itself or a package above it;
+#: the package root ``rvepfl`` (``__version__``) is listed for itself only.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pure maths", ("rvepfl.maths",)),
+    ("foundations", ("rvepfl", "rvepfl.errors", "rvepfl.seeding", "rvepfl.io", "rvepfl.params", "rvepfl.precision",
+                     "rvepfl.perf", "rvepfl.progress", "rvepfl.metrics")),
+    ("building blocks", ("rvepfl.engine_config", "rvepfl.data", "rvepfl.models", "rvepfl.wire", "rvepfl.shared_adam")),
+    ("methods", ("rvepfl.methods",)),
+    ("mechanisms", ("rvepfl.mechanisms",)),
+    ("configuration", ("rvepfl.registry", "rvepfl.config")),
+    ("engine", ("rvepfl.fl", "rvepfl.rundir", "rvepfl.tensorboard", "rvepfl.figures")),
+    ("Flower", ("rvepfl.flower",)),
+    ("attacks", ("rvepfl.attacks",)),
+    ("experiments", ("rvepfl.experiments",)),
+    ("entry points", ("rvepfl.cli", "rvepfl.__main__")),
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -93,6 +114,17 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _layer(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s layer (-1: none)."""
+    best, rank = "", -1
+    for i, (_, names) in enumerate(LAYERS):
+        for name in names:
+            inside = module == name or (name != "rvepfl" and module.startswith(name + "."))
+            if inside and len(name) > len(best):
+                best, rank = name, i
+    return rank
+
+
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
@@ -106,6 +138,45 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_no_import_cycle_in_src():
     """Imports for type hints count too: a reader, and a type checker, follow them as well."""
     assert _cycles(_graph(type_only=True)) == []
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in sorted(_modules()) if _layer(m) < 0] == []
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer to a higher one in ``graph``."""
+    return sorted(f"{m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})"
+                  for m, targets in graph.items() for t in targets if _layer(t) > _layer(m))
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    """Pure maths at the bottom, the entry points at the top; imports for type hints count too."""
+    assert _upward(_graph(type_only=True)) == []
+
+
+def test_an_upward_import_is_caught():
+    assert _upward({"rvepfl.maths.aggregate": {"rvepfl.fl.server"}, "rvepfl.fl.server": {"rvepfl.maths"}}) == [
+        "rvepfl.maths.aggregate (pure maths) imports rvepfl.fl.server (engine)"]
+    assert _layer("rvepfl") == 1 and _layer("rvepfl.newthing") == -1
+
+
+def test_the_pure_maths_imports_nothing_else_of_rvepfl():
+    graph = _graph(type_only=True)
+    assert sorted((m, t) for m in graph if _layer(m) == 0 for t in graph[m] if _layer(t) != 0) == []
+
+
+def test_every_module_is_named_in_the_architecture_doc():
+    """docs/architecture.md names every module (``rvepfl/fl/server.py``) and package
+    (``rvepfl/fl/``) of src/ in backquotes, each with a line on what it holds."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        name = f"{rel.parent.as_posix()}/" if path.name == "__init__.py" else rel.as_posix()
+        if f"`{name}`" not in doc:
+            missing.append(name)
+    assert missing == []
 
 
 def test_imports_for_type_hints_count_only_when_asked(tmp_path):

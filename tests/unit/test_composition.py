@@ -14,12 +14,12 @@ from rvepfl.config import Config, apply_overrides, config_hash, dumps_config, le
 from rvepfl.errors import ConfigError
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
+from rvepfl.maths import add_gaussian_noise, clip_by_l2
 from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods import DataSpec, RoundContext
-from rvepfl.methods.wire import observed_gradient
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
 from rvepfl.seeding import seed_torch, torch_generator
+from rvepfl.wire import observed_gradient
 from tests.helpers.methods import tiny_cfg
 
 

@@ -11,9 +11,9 @@ from rvepfl.config import Config, apply_overrides
 from rvepfl.errors import ConfigError
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
+from rvepfl.maths import add_gaussian_noise, clip_by_l2, l2_norm
 from rvepfl.methods import ClientData, DataSpec, RoundContext, Upload
 from rvepfl.models import Classifier
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2, l2_norm
 from rvepfl.registry import available_methods, method_class
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import torch_generator

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rvepfl.privacy import (
+from rvepfl.maths import (
     add_gaussian_noise,
     clip_by_l2,
     downlink_sigma,

@@ -15,8 +15,8 @@ from rvepfl.errors import ConfigError
 from rvepfl.fl.client import prepare
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.flower.appconfig import check_flower_config
-from rvepfl.methods.shared_adam import initial_carrier, load_carrier, store_carrier
 from rvepfl.rundir import PUBLISHED_CSVS, RunDir
+from rvepfl.shared_adam import initial_carrier, load_carrier, store_carrier
 from tests.helpers.methods import tiny_cfg
 
 

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from rvepfl.config import Config, apply_overrides, config_hash
 from rvepfl.errors import ConfigError
-from rvepfl.fl.aggregate import mean_state, median_state, trimmed_mean_state
 from rvepfl.fl.client import ClientOutcome, prepare
 from rvepfl.fl.simulation import initialise, train
 from rvepfl.fl.validation import check_outcome, refusal
+from rvepfl.maths.aggregate import mean_state, median_state, trimmed_mean_state
 from rvepfl.methods import Upload
 from rvepfl.rundir import RunDir
 from tests.helpers import adversary

@@ -9,9 +9,8 @@ It reads [0, 1] pixels (N, C, H, W) and standardises each image by its own mean 
 deviation (over all its pixels and channels), so callers never need a data set's normalisation
 and the evaluator judges shape, not brightness or contrast. That matters for MI-Face: its images
 are faint strokes on a mean-grey start, which an evaluator normalised with the data set's
-statistics labels as one and the same class (measured on bundled MNIST, for one and the same
-attack: 1 of 10 classes right with data set statistics, 9 of 10 with per-image
-standardisation, at a held-out accuracy of about 97 % either way).
+statistics labels as one and the same class (BENCHMARKS.md, "Figures measured once", has the
+comparison on bundled MNIST).
 
 All its randomness (the held-out split, the initial weights, the batch order) comes from named
 sub-streams of the ``attack`` stream of ``seed``, never from torch's global generator; the same
@@ -203,8 +202,8 @@ def train_evaluator(
         Number of classes (>= 2).
     epochs, batch_size, learning_rate
         Adam with a one-cycle schedule peaking at ``learning_rate``, over shuffled mini-batches
-        drawn from in-memory tensors (no DataLoader). The defaults reach about 96 % held-out
-        accuracy on 3,000 bundled MNIST images in 4-9 s on one or two CPU threads.
+        drawn from in-memory tensors (no DataLoader). What the defaults reach on bundled MNIST,
+        and how fast, is in BENCHMARKS.md ("Figures measured once").
     width
         Channels of the first conv block (then 2x and 4x).
     seed

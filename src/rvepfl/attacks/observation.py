@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvepfl.errors import RvepflError
-from rvepfl.methods.wire import observed_gradient, parameter_gradients
+from rvepfl.wire import observed_gradient, parameter_gradients
 
 __all__ = [
     "BatchedMatcher",

@@ -38,9 +38,9 @@ from rvepfl.fl.server import Progress, Result, ServerSetup, run_rounds, write_ru
 from rvepfl.fl.store import ClientStore
 from rvepfl.fl.workers import ClientPool, ClientTask
 from rvepfl.io import load_tensors, save_tensors, write_json
-from rvepfl.methods.shared_adam import initial_carrier
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
+from rvepfl.shared_adam import initial_carrier
 from rvepfl.tensorboard import tensorboard_events
 
 __all__ = ["InProcess", "initialise", "resolve_workers", "train"]

@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from rvepfl.errors import ConfigError
-from rvepfl.fl.aggregate import RunningMean
+from rvepfl.maths import RunningMean, add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
 from rvepfl.params import need
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.seeding import SERVER, torch_generator
 
 if TYPE_CHECKING:

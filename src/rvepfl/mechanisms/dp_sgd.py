@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from rvepfl.maths import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods.base import ClientData, DataSpec, Method, RoundContext, Upload
 from rvepfl.params import need
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.seeding import derive_seed
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ classifier, as in the paper's experiments; ``rvepfl+nbafl`` puts it on RVE-PFL's
 - **server**: after aggregating, N(0, sigma_d^2) noise is added to the aggregate when the
   uplink noise alone does not cover the downlink.
 
-The noise levels come from :func:`rvepfl.privacy.nbafl.nbafl_noise` (formulas and their
+The noise levels come from :func:`rvepfl.maths.nbafl_noise.nbafl_noise` (formulas and their
 conditions are there). L, the number of exposures of a client's parameters, is
 ``nbafl.exposures``; 0 means L = T, the number of rounds: a client uploads at most once per
 round, so T is the most exposures it can have (exact with all clients every round; an upper
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from rvepfl.errors import ConfigError
+from rvepfl.maths import add_gaussian_noise, clip_by_l2, nbafl_noise
 from rvepfl.mechanisms.base import Mechanism
 from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
 from rvepfl.params import need
-from rvepfl.privacy import add_gaussian_noise, clip_by_l2, nbafl_noise
 from rvepfl.seeding import SERVER, torch_generator
 
 if TYPE_CHECKING:
@@ -65,9 +65,8 @@ class NbAfl(Mechanism):
     rank = 0
     Params = NbaflParams
     section = "nbafl"
-    # Measured: ../shared/measurements/bf16-parity-2026-12-06/ (BENCHMARKS.md, "Mixed precision"):
-    # bf16-mixed within 0.1 point of float32 over 3 seeds on the quick config, 2-core AMD EPYC with
-    # avx512_bf16.
+    # bf16-mixed measured against float32: BENCHMARKS.md, "Mixed precision" (the raw figures in
+    # ../shared/measurements/bf16-parity-2026-12-06/).
     bf16_parity_on = ("fedavg",)
 
     @classmethod

@@ -39,12 +39,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.fl.aggregate import RunningMean, median_state, trimmed_mean_state
-from rvepfl.methods.shared_adam import load_carrier, store_carrier
-from rvepfl.methods.wire import SharedPath, observed_gradient
+from rvepfl.maths import RunningMean, clip_by_l2, median_state, trimmed_mean_state
 from rvepfl.precision import FLOAT32, Precision
-from rvepfl.privacy import clip_by_l2
 from rvepfl.seeding import torch_generator
+from rvepfl.shared_adam import load_carrier, store_carrier
+from rvepfl.wire import SharedPath, observed_gradient
 
 if TYPE_CHECKING:
     from rvepfl.engine_config import RunConfig
@@ -142,7 +141,7 @@ class Method(ABC):
         ``train.precision`` and the device."""
         self.carried_optimiser: dict[str, torch.Tensor] | None = None
         """With ``train.optimiser = "published-shared"``, the Adam state the previous client's
-        training left (:mod:`rvepfl.methods.shared_adam`); the engine sets and saves it."""
+        training left (:mod:`rvepfl.shared_adam`); the engine sets and saves it."""
 
     @classmethod
     def sections(cls) -> dict[str, type]:

@@ -14,9 +14,8 @@ class FedAvg(Method):
     name = "fedavg"
     description = "FedAvg: the classifier alone on raw images, averaged (McMahan et al., 2017)"
     rank = 10
-    # Measured: ../shared/measurements/bf16-parity-2026-12-06/ (BENCHMARKS.md, "Mixed precision"):
-    # bf16-mixed within 0.1 point of float32 over 3 seeds on the quick config, 2-core AMD EPYC with
-    # avx512_bf16.
+    # bf16-mixed measured against float32: BENCHMARKS.md, "Mixed precision" (the raw figures in
+    # ../shared/measurements/bf16-parity-2026-12-06/).
     bf16_parity = True
 
     def build_model(self) -> nn.Module:

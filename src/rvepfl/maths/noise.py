@@ -1,4 +1,4 @@
-"""Pure differential-privacy mechanisms over model states (dicts of tensors).
+"""Pure differential-privacy noise over model states (dicts of tensors): L2 norm, clipping, Gaussian noise.
 
 A state is treated as *one* vector, the concatenation of all its tensors: clipping bounds the L2
 norm of that vector, and noise is drawn independently for every coordinate. Noise always comes

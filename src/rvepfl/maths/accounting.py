@@ -58,8 +58,9 @@ def rdp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delt
 
 @lru_cache(maxsize=1024)
 def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    # Cached: the RDP of a subsampled mechanism costs ~0.2 s, and clients of equal size share it.
-    # Opacus is imported here, not at module level: importing it takes seconds.
+    # Cached: the RDP of a subsampled mechanism is slow to compute (BENCHMARKS.md, "Figures measured
+    # once"), and clients of equal size share it. Opacus is imported here, not at module level:
+    # importing it is slow too.
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as rdp_analysis
 
