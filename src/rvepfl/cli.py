@@ -219,8 +219,8 @@ def train(
     config's (configs/quick.toml). At the end the run's accuracy plot is written too.
     """
     from rvepfl.fl.client import prepare
-    from rvepfl.fl.server import check_partition
-    from rvepfl.fl.simulation import initialise, keep_precision
+    from rvepfl.fl.lifecycle import open_run
+    from rvepfl.fl.simulation import begin_run, keep_precision
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
     from rvepfl.tensorboard import check_tensorboard
@@ -253,22 +253,18 @@ def train(
         saved = load_config(run.config)
         cfg = apply_overrides(saved, overrides)
         check_tensorboard(cfg, run.path)
-        if run.unstarted():  # stopped while being created, before its progress marker: create it again
-            fed = prepare(cfg)
-            run.remove_temp_files()
-            initialise(fed, run)
+        # A directory stopped while being created (no progress marker yet) is created again.
+        start = open_run(run, cfg, saved=saved, another=lambda run, recorded, chash: CheckpointError(
+            f"{run.config} was edited after the run started: its hash no longer matches state/progress.json"))
+        fed = prepare(cfg)
+        begin_run(fed, start)
+        if start.status == "new":
             typer.echo(f"starting {run.path} again from its config.toml: it was stopped while being created", err=True)
         else:
-            state = run.read_progress()
-            if not run.made_with(saved):
-                raise CheckpointError(f"{run.config} was edited after the run started: its hash no longer matches "
-                                      "state/progress.json")
-            fed = prepare(cfg)
-            check_partition(fed.partition, run)
             keep_precision(fed, run)
             if cfg != saved:  # speed or fault settings changed: config.toml says what runs from now on
                 atomic_write_text(run.config, dumps_config(cfg))
-            typer.echo(f"resuming {run.path} after round {state['completed_round']}/{cfg.train.rounds}", err=True)
+            typer.echo(f"resuming {run.path} after round {start.done}/{cfg.train.rounds}", err=True)
     else:
         cfg = apply_overrides(load_config(config), overrides)
         fed = prepare(cfg)  # validates the data before anything is written
@@ -276,8 +272,9 @@ def train(
         if path.exists() and any(path.iterdir()):
             _fail(f"run directory {path} already exists: continue it with --resume {path}, or choose another --out")
         check_tensorboard(cfg, path)
-        run = RunDir(path)
-        initialise(fed, run)
+        start = open_run(RunDir(path), cfg)  # new: the directory is empty
+        run = start.run
+        begin_run(fed, start)
         typer.echo(
             f"training {cfg.method} on {fed.dataset.source}: {cfg.data.num_clients} clients, "
             f"{cfg.train.rounds} rounds, {cfg.train.local_epochs} local epochs, batch {cfg.train.batch_size}, "
@@ -287,7 +284,7 @@ def train(
     started = time.perf_counter()
     stream = ProgressStream()
     try:
-        summary = run_training(fed, run, _printer(stream, quiet))
+        summary = run_training(fed, run, _printer(stream, quiet), start=start)
     except KeyboardInterrupt:
         stream.clear()
         typer.echo(f"\ninterrupted: continue with `rvepfl train --resume {run.path}`", err=True)

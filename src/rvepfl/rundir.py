@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rvepfl.config import Config, config_hash, legacy_config_hash
+from rvepfl.config import Config, legacy_config_hash
 from rvepfl.errors import CheckpointError, short_repr
 from rvepfl.io import is_temp_file, read_csv_rows, remove_temp_files, write_csv, write_json
 
@@ -222,18 +222,19 @@ class RunDir:
         """Remove the temporary files of writes that a stopped process left in the run directory."""
         return remove_temp_files(self.path)
 
-    def made_with(self, cfg: Config) -> bool:
-        """Whether the run's progress marker records ``cfg``'s config hash (or, for a run made
-        before methods owned their settings, the hash that scheme gave ``cfg``)."""
+    def made_with(self, cfg: Config, chash: str) -> bool:
+        """Whether the run's progress marker records ``chash``, ``cfg``'s config hash (or, for a
+        run made before methods owned their settings, the hash that scheme gave ``cfg``)."""
         recorded = self.read_progress()["config_hash"]
-        return recorded == config_hash(cfg) or recorded == legacy_config_hash(cfg)
+        return recorded == chash or recorded == legacy_config_hash(cfg)
 
-    def check_config(self, cfg: Config) -> dict[str, Any]:
-        """The progress marker, once checked to be of a run of ``cfg`` (:meth:`made_with`)."""
+    def check_config(self, cfg: Config, chash: str) -> dict[str, Any]:
+        """The progress marker, once checked to be of a run of ``cfg``, whose config hash is
+        ``chash`` (:meth:`made_with`)."""
         state = self.read_progress()
-        if not self.made_with(cfg):
+        if not self.made_with(cfg, chash):
             raise CheckpointError(f"{self.path} belongs to another configuration (hash {state['config_hash']}, "
-                                  f"this one {config_hash(cfg)})")
+                                  f"this one {chash})")
         return state
 
     def write_progress(self, completed_round: int, config_hash: str, **extra: Any) -> None:

@@ -61,10 +61,10 @@ if _spec and _worker:
                 fh.write(f"pid {os.getpid()} after round {round_}\\n")
             os._exit(1)
 
-    def _train_once(fed, run, progress=None):
+    def _train_once(fed, run, progress=None, **opened):
         if run.path.name != _label or os.path.exists(_mark):
-            return _train(fed, run, progress)
-        return _train(fed, run, _DieAfterFirstRound())
+            return _train(fed, run, progress, **opened)
+        return _train(fed, run, _DieAfterFirstRound(), **opened)
 
     _runner.train = _train_once
 '''

@@ -351,7 +351,7 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         for done, (r, run) in enumerate(local, start=1):
             prefix = f"[{r.index}/{count}] {r.title}"
             t0 = time.perf_counter()
-            statuses[r.label] = train_and_attack(r, run, states[r.label], suite.audit, out, prefix, progress, say,
+            statuses[r.label] = train_and_attack(r, states[r.label], suite.audit, out, prefix, progress, say,
                                                  status, pool).status
             peak = max(peak, disk_use(out))  # the run trained and attacked, before its pruning
             if plan.prune:

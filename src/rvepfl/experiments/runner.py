@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from rvepfl.attacks.registry import attack
 from rvepfl.attacks.runner import attack_state, run_attack
 from rvepfl.attacks.threat import Target
-from rvepfl.config import Config, config_hash, published_warnings
+from rvepfl.config import Config, published_warnings
 from rvepfl.errors import CheckpointError, NoAttackSurface
 from rvepfl.experiments.attack_pool import AttackPool, attack_pool
 from rvepfl.experiments.plots import accuracy_plot, privacy_utility_plot
@@ -54,8 +54,9 @@ from rvepfl.experiments.results import (
 from rvepfl.experiments.spec import AttackJob, AuditPlan, RunSpec, Suite, default_out
 from rvepfl.experiments.tables import write_accuracy_table, write_attack_table
 from rvepfl.fl.client import prepare
-from rvepfl.fl.server import Progress, check_partition
-from rvepfl.fl.simulation import initialise, train
+from rvepfl.fl.lifecycle import RunStart, open_run
+from rvepfl.fl.server import Progress
+from rvepfl.fl.simulation import begin_run, train
 from rvepfl.io import atomic_write_text, remove_temp_files
 from rvepfl.perf import attack_threads
 from rvepfl.progress import Eta, time_left
@@ -176,10 +177,11 @@ def run_suite(
 
 
 # -- training ------------------------------------------------------------------------------------
-def checked_runs(suite: Suite, out: Path) -> tuple[list[tuple[RunSpec, RunDir]], dict[str, str]]:
-    """Every run of ``suite`` with its directory under ``out``, and each one's state (``new``,
-    ``resume``, ``complete``) by label; raises before anything is written if a directory holds
-    another configuration's run or its TensorBoard events cannot be written."""
+def checked_runs(suite: Suite, out: Path) -> tuple[list[tuple[RunSpec, RunDir]], dict[str, RunStart]]:
+    """Every run of ``suite`` with its directory under ``out``, and where each one stands (its
+    status ``new``, ``resume`` or ``complete``, its config hash) by label; raises before anything
+    is written if a directory holds another configuration's run or its TensorBoard events cannot be
+    written."""
     plan = [(r, RunDir(out / "runs" / r.label)) for r in suite.runs]
     states = {r.label: _state(run, r.cfg) for r, run in plan}
     for r, run in plan:
@@ -187,19 +189,17 @@ def checked_runs(suite: Suite, out: Path) -> tuple[list[tuple[RunSpec, RunDir]],
     return plan, states
 
 
-def _state(run: RunDir, cfg: Config) -> str:
-    """``new``, ``resume`` or ``complete``; raises if the directory holds something else."""
-    if run.unstarted():  # empty, or stopped while being created: nothing trained yet
-        return "new"
-    if not run.progress.exists():
-        raise CheckpointError(f"{run.path} exists but is not an rvepfl run directory (no state/progress.json): "
-                              "remove it, or give another --out")
-    state = run.read_progress()
-    if not run.made_with(cfg):
-        raise CheckpointError(
-            f"{run.path} holds a run of another configuration (hash {state['config_hash']}, the compare file "
-            f"now gives {config_hash(cfg)}): remove it, or give another --out")
-    return "complete" if int(state["completed_round"]) >= cfg.train.rounds else "resume"
+def _state(run: RunDir, cfg: Config) -> RunStart:
+    """Where ``run`` stands (new when empty, or stopped while being created: nothing trained
+    yet); raises if the directory holds something else."""
+    return open_run(
+        run, cfg,
+        not_a_run=lambda run: CheckpointError(
+            f"{run.path} exists but is not an rvepfl run directory (no state/progress.json): "
+            "remove it, or give another --out"),
+        another=lambda run, recorded, chash: CheckpointError(
+            f"{run.path} holds a run of another configuration (hash {recorded}, the compare file "
+            f"now gives {chash}): remove it, or give another --out"))
 
 
 def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
@@ -224,14 +224,14 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
         prefix = f"[{r.index}/{count}] {r.title}"
         state = states[r.label]
         rounds = r.cfg.train.rounds
-        if state == "complete":
+        if state.status == "complete":
             eta.skip(rounds)
             say(f"{prefix}: complete, skipped ({run.path}); {left(finished)}")
             statuses[r.label] = "skipped"
         else:
             estimate = eta.left()
             ahead = "" if estimate is None else f" ({time_left(estimate, ' in the training')})"
-            statuses[r.label], done, seconds = train_run(r, run, state, prefix, progress, say, ahead)
+            statuses[r.label], done, seconds = train_run(r, state, prefix, progress, say, ahead)
             eta.skip(done)
             eta.advance(rounds - done)
             acc = read_curve(run, r.cfg)[-1]
@@ -240,29 +240,28 @@ def _train(suite: Suite, out: Path, progress: Callable[[str], Progress] | None,
     return statuses, curves
 
 
-def train_run(r: RunSpec, run: RunDir, state: str, prefix: str, progress: Callable[[str], Progress] | None,
+def train_run(r: RunSpec, start: RunStart, prefix: str, progress: Callable[[str], Progress] | None,
               say: Log, ahead: str = "") -> tuple[str, int, float]:
-    """Train (``state`` new) or resume (``state`` resume) one run of a suite to its last round.
+    """Train (status new) or resume (status resume) one run of a suite, opened as ``start``, to its
+    last round.
 
     Returns its status (``trained`` or ``resumed``), the rounds it had done before, and the
     seconds it took here; ``ahead`` is appended to its first line (the time left, say)."""
     started = time.perf_counter()
+    run = start.run
     fed = prepare(r.cfg)
-    if state == "resume":
-        check_partition(fed.partition, run)
-        done = int(run.read_progress()["completed_round"])
-        say(f"{prefix}: resuming {run.path} after round {done}/{r.cfg.train.rounds}{ahead}")
+    begin_run(fed, start)
+    if start.status == "resume":
+        say(f"{prefix}: resuming {run.path} after round {start.done}/{r.cfg.train.rounds}{ahead}")
         status = "resumed"
     else:
-        done = 0
-        initialise(fed, run)
         say(f"{prefix}: training -> {run.path}{ahead}")
         status = "trained"
     for line in published_warnings(r.cfg):
         say(f"{prefix}: WARNING: {line}")
-    train(fed, run, progress(prefix) if progress else None)
+    train(fed, run, progress(prefix) if progress else None, start=start)
     del fed
-    return status, done, time.perf_counter() - started
+    return status, start.done, time.perf_counter() - started
 
 
 # -- attacking -----------------------------------------------------------------------------------
@@ -370,21 +369,23 @@ class RunDone:
     """Wall time of the training and the attacks."""
 
 
-def train_and_attack(r: RunSpec, run: RunDir, state: str, plan: AuditPlan | None, out: Path, prefix: str,
+def train_and_attack(r: RunSpec, start: RunStart, plan: AuditPlan | None, out: Path, prefix: str,
                      progress: Callable[[str], Progress] | None, say: Log, status: Log | None = None,
                      pool: AttackPool | None = None) -> RunDone:
-    """Train run ``r`` (``state`` new), resume it (resume) or take it as it is (complete), then
+    """Train run ``r`` (opened as ``start``: status new), resume it (resume) or take it as it is
+    (complete), then
     run every job of ``plan`` on it (none when None): the step a frontier takes for each run, and
     a Ray task for a run of an audit or a frontier (:mod:`rvepfl.experiments.ray_fanout`).
 
     ``say`` receives the training's lines, its final accuracy and one line per attack job;
     ``progress``, ``status`` and ``pool`` are as in :func:`run_suite` and :func:`attack_run`."""
     started = time.perf_counter()
-    if state == "complete":
+    run = start.run
+    if start.status == "complete":
         result = "skipped"
         say(f"{prefix}: complete, skipped ({run.path})")
     else:
-        result, _, seconds = train_run(r, run, state, prefix, progress, say)
+        result, _, seconds = train_run(r, start, prefix, progress, say)
         say(f"{prefix}: final mean client test acc {100 * read_curve(run, r.cfg)[-1]:.2f} % ({seconds:.0f} s)")
     curve = read_curve(run, r.cfg)
     attacks = []
@@ -402,7 +403,7 @@ def run_on_node(task: RunTask, out: Path) -> tuple[RunDone, list[str]]:
     again after its worker died resumes); what it did, and its lines."""
     run = RunDir(out / "runs" / task.r.label)
     lines: list[str] = []
-    done = train_and_attack(task.r, run, _state(run, task.r.cfg), task.audit, out, task.prefix, None, lines.append)
+    done = train_and_attack(task.r, _state(run, task.r.cfg), task.audit, out, task.prefix, None, lines.append)
     return done, lines
 
 

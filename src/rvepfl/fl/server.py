@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import rvepfl
-from rvepfl.config import Config, config_hash, dumps_config, published_warnings
+from rvepfl.config import Config, dumps_config, published_warnings
 from rvepfl.data import Partition
 from rvepfl.errors import CheckpointError, RoundFailedError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, initial_model
@@ -109,16 +109,17 @@ class Dispatcher(Protocol):
         """The summary's engine fields (``engine``, ``device``, ``workers``, ``threads``...)."""
 
 
-def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any], partition: Partition) -> None:
+def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any], partition: Partition,
+                    chash: str) -> None:
     """Write a new run directory's config.toml, partition.json, partition.npz and progress marker
-    (round 0)."""
+    (round 0, with ``cfg``'s config hash ``chash``)."""
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, dumps_config(cfg))
     write_json(run.path / "partition.json", partition_summary)
     buf = io.BytesIO()
     np.savez_compressed(buf, **partition.to_arrays())  # type: ignore[arg-type]  # numpy's stub: arrays by name
     atomic_write_bytes(run.path / "partition.npz", buf.getvalue())
-    run.write_progress(0, config_hash(cfg))
+    run.write_progress(0, chash)
 
 
 def check_partition(partition: Partition, run: RunDir) -> None:
@@ -255,7 +256,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _summary(setup: ServerSetup, dispatcher: Dispatcher, log: MetricsLog, elapsed: float,
+def _summary(setup: ServerSetup, chash: str, dispatcher: Dispatcher, log: MetricsLog, elapsed: float,
              sizes: dict[str, int], *, status: str) -> dict[str, Any]:
     cfg = setup.cfg
 
@@ -272,7 +273,7 @@ def _summary(setup: ServerSetup, dispatcher: Dispatcher, log: MetricsLog, elapse
         "method": cfg.method,
         "dataset": cfg.data.dataset,
         "seed": cfg.seed,
-        "config_hash": config_hash(cfg),
+        "config_hash": chash,
         **({"published_defects": warnings} if (warnings := published_warnings(cfg)) else {}),
         "rounds_completed": len(timing),
         "final": {"test": last("test"), "train": last("train"), "general": last("general")},
@@ -288,7 +289,7 @@ def _summary(setup: ServerSetup, dispatcher: Dispatcher, log: MetricsLog, elapse
 
 
 def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress: Progress | None = None, *,
-               resume: str) -> dict[str, Any]:
+               chash: str, resume: str) -> dict[str, Any]:
     """Run (or continue) the federation of ``setup`` in ``run`` through ``dispatcher``; return the
     summary written to summary.json.
 
@@ -302,13 +303,14 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
         How the engine reaches each round's clients.
     progress
         Receives the progress events (default: none).
+    chash
+        The config's hash (:attr:`rvepfl.fl.lifecycle.RunStart.config_hash`).
     resume
         How to continue the run after a round failed, for the error message.
     """
     progress = progress or _Silent()
     cfg, method, t = setup.cfg, setup.method, setup.cfg.train
-    chash = config_hash(cfg)
-    state = run.check_config(cfg)
+    state = run.check_config(cfg, chash)
     done = int(state["completed_round"])
     elapsed = float(state.get("elapsed_seconds", 0.0))
     federation_steps = int(state.get("federation_steps", 0))
@@ -349,10 +351,11 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
         run.write_progress(r, chash, elapsed_seconds=elapsed, federation_steps=federation_steps)
         done = r
         dispatcher.committed(r, clients, book.failures)
-        summary = _summary(setup, dispatcher, log, elapsed, sizes, status="complete" if r == t.rounds else "running")
+        summary = _summary(setup, chash, dispatcher, log, elapsed, sizes,
+                           status="complete" if r == t.rounds else "running")
         write_json(run.summary, summary)
         progress.round_done(r, means, seconds)
     if not summary:
-        summary = _summary(setup, dispatcher, log, elapsed, sizes, status="complete")
+        summary = _summary(setup, chash, dispatcher, log, elapsed, sizes, status="complete")
         write_json(run.summary, summary)
     return summary

@@ -34,7 +34,8 @@ from rvepfl.fl.client import (
     initial_model,
     partition_summary,
 )
-from rvepfl.fl.server import Progress, Result, ServerSetup, run_rounds, write_run_start
+from rvepfl.fl.lifecycle import RunStart
+from rvepfl.fl.server import Progress, Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.fl.store import ClientStore
 from rvepfl.fl.workers import ClientPool, ClientTask
 from rvepfl.io import load_tensors, save_tensors, write_json
@@ -43,17 +44,31 @@ from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.shared_adam import initial_carrier
 from rvepfl.tensorboard import tensorboard_events
 
-__all__ = ["InProcess", "initialise", "resolve_workers", "train"]
+__all__ = ["InProcess", "begin_run", "initialise", "resolve_workers", "train"]
 
 _CARRIER_KIND = "rvepfl-published-shared-optimiser"
 
 
-def initialise(fed: Federation, run: RunDir) -> None:
-    """Create a new run directory's config, partition and empty progress marker."""
+def initialise(fed: Federation, run: RunDir, start: RunStart | None = None) -> None:
+    """Create a new run directory's config, partition and empty progress marker (``start``: the
+    run as :func:`rvepfl.fl.lifecycle.open_run` found it; without it, the config hash is computed
+    here)."""
+    chash = start.config_hash if start is not None else config_hash(fed.cfg)
     d = fed.dataset
     summary = partition_summary(dataset=d.name, source=d.source, num_train=len(d.train_y), num_test=len(d.test_y),
                                 partition=fed.partition, label_counts=fed.label_counts())
-    write_run_start(run, fed.cfg, summary, fed.partition)
+    write_run_start(run, fed.cfg, summary, fed.partition, chash)
+
+
+def begin_run(fed: Federation, start: RunStart) -> None:
+    """Begin the run ``start`` opened (:func:`rvepfl.fl.lifecycle.open_run`) with ``fed``: a new
+    one's first files (once the temporary files of a stopped creation are gone), or, to resume, the
+    check that ``fed``'s partition is the one the run saved."""
+    if start.status == "new":
+        start.run.remove_temp_files()
+        initialise(fed, start.run, start)
+    else:
+        check_partition(fed.partition, start.run)
 
 
 def keep_precision(fed: Federation, run: RunDir) -> None:
@@ -104,12 +119,12 @@ class InProcess:
     """The in-process engine's dispatcher: clients trained one after another in this process, or
     (``workers`` > 1, or a ``faults.client_timeout`` to enforce) in a pool of worker processes."""
 
-    def __init__(self, fed: Federation, run: RunDir) -> None:
+    def __init__(self, fed: Federation, run: RunDir, chash: str) -> None:
         cfg = fed.cfg
         self.fed, self.run = fed, run
         self.workers, self.threads = resolve_workers(cfg, fed.device)
         self.model, self.initial_private, _ = initial_model(fed.method, cfg.seed, fed.device)
-        self.store = ClientStore(run.state / "clients", config_hash=config_hash(cfg), deferred_flush=True)
+        self.store = ClientStore(run.state / "clients", config_hash=chash, deferred_flush=True)
         self.pool: ClientPool | None = None
         self.flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvepfl-flush")
 
@@ -119,7 +134,7 @@ class InProcess:
             self.fed.method.carried_optimiser = self._carrier(done)
         # A client past its time limit can only be stopped in a process of its own.
         if (self.workers > 1 or self.fed.cfg.faults.client_timeout > 0) and done < self.fed.cfg.train.rounds:
-            self.pool = ClientPool(self.fed.cfg, self.run.path, self.workers, self.threads)
+            self.pool = ClientPool(self.fed.cfg, self.run.path, self.workers, self.threads, self.store.config_hash)
 
     def run_round(self, round_: int, clients: list[int], clocks: list[int | None], committed: int,
                   global_state: dict[str, torch.Tensor], export: bool) -> Iterator[Result]:
@@ -205,18 +220,22 @@ class InProcess:
             self.pool.close()
 
 
-def train(fed: Federation, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+def train(fed: Federation, run: RunDir, progress: Progress | None = None, *,
+          start: RunStart | None = None) -> dict[str, Any]:
     """Run (or continue) the federation in ``run``; return the summary written to summary.json.
-    With ``tensorboard = true`` the progress events also go to ``run``'s TensorBoard events."""
+    With ``tensorboard = true`` the progress events also go to ``run``'s TensorBoard events.
+    ``start``: the run as :func:`rvepfl.fl.lifecycle.open_run` found it (without it, the config
+    hash is computed here)."""
+    chash = start.config_hash if start is not None else config_hash(fed.cfg)
     run.remove_temp_files()  # uncommitted writes of a stopped run
     keep_precision(fed, run)
     tune_allocator()
     if fed.cfg.threads:
         torch.set_num_threads(fed.cfg.threads)
     with tensorboard_events(fed.cfg, run, progress, fed.method.summary) as listener:
-        dispatcher = InProcess(fed, run)
+        dispatcher = InProcess(fed, run, chash)
         try:
-            return run_rounds(run, ServerSetup(fed.cfg, fed.method, fed.partition), dispatcher, listener,
+            return run_rounds(run, ServerSetup(fed.cfg, fed.method, fed.partition), dispatcher, listener, chash=chash,
                               resume=f"resume with `rvepfl train --resume {run.path}`")
         finally:
             dispatcher.close()

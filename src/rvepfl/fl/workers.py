@@ -78,8 +78,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _initialise(cfg: Config, run_path: str, threads: int) -> None:
-    from rvepfl.config import config_hash
+def _initialise(cfg: Config, run_path: str, threads: int, chash: str) -> None:
     from rvepfl.fl.client import initial_model, prepare
     from rvepfl.fl.store import ClientStore
     from rvepfl.perf import tune_allocator
@@ -90,7 +89,7 @@ def _initialise(cfg: Config, run_path: str, threads: int) -> None:
     fed = prepare(cfg)
     model, initial_private, _ = initial_model(fed.method, cfg.seed, fed.device)
     # The engine flushes each saved state to disk itself while this worker trains the next client.
-    store = ClientStore(RunDir(run_path).state / "clients", config_hash=config_hash(cfg), deferred_flush=True)
+    store = ClientStore(RunDir(run_path).state / "clients", config_hash=chash, deferred_flush=True)
     _worker.update(fed=fed, model=model, initial_private=initial_private, store=store)
 
 
@@ -103,14 +102,14 @@ def _send_error(conn: Connection, kind: str, exc: BaseException, seconds: float)
         conn.send((kind, describe_exception(exc), seconds, None))
 
 
-def _main(conn: Connection, cfg: Config, run_path: str, threads: int, parent: int) -> None:
+def _main(conn: Connection, cfg: Config, run_path: str, threads: int, chash: str, parent: int) -> None:
     """A worker: build the federation, say ready, then run one task at a time until told to stop."""
     _die_with_parent()
     if os.getppid() != parent:  # the engine died before this worker asked to die with it
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     try:
-        _initialise(cfg, run_path, threads)
+        _initialise(cfg, run_path, threads, chash)
     except Exception as exc:  # noqa: BLE001 - reported to the engine, which stops the run
         _send_error(conn, "init-error", exc, 0.0)
         return
@@ -138,9 +137,9 @@ def _main(conn: Connection, cfg: Config, run_path: str, threads: int, parent: in
 class _Worker:
     """One worker process, its end of the pipe, and the task it holds."""
 
-    def __init__(self, context: Any, cfg: Config, run_path: Path, threads: int) -> None:
+    def __init__(self, context: Any, cfg: Config, run_path: Path, threads: int, chash: str) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_main, args=(child, cfg, str(run_path), threads, os.getpid()),
+        self.process = context.Process(target=_main, args=(child, cfg, str(run_path), threads, chash, os.getpid()),
                                        daemon=True, name="rvepfl-client-worker")
         self.process.start()
         child.close()
@@ -168,10 +167,12 @@ class ClientPool:
         Number of processes (>= 1).
     threads
         Torch intra-op threads of each worker (>= 1).
+    chash
+        The run's config hash (the client store records it).
     """
 
-    def __init__(self, cfg: Config, run_path: Path, workers: int, threads: int) -> None:
-        self._spawn = lambda: _Worker(multiprocessing.get_context("spawn"), cfg, run_path, threads)
+    def __init__(self, cfg: Config, run_path: Path, workers: int, threads: int, chash: str) -> None:
+        self._spawn = lambda: _Worker(multiprocessing.get_context("spawn"), cfg, run_path, threads, chash)
         self._workers = [self._spawn() for _ in range(workers)]
 
     def run(self, tasks: list[ClientTask], timeout: float = 0.0) -> Iterator[tuple[int, Any, float]]:

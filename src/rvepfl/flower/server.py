@@ -46,6 +46,7 @@ from rvepfl.config import Config, config_hash
 from rvepfl.data.partition import ClientSplit, Partition
 from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, describe_exception, partition_summary
+from rvepfl.fl.lifecycle import RunStart, open_run
 from rvepfl.fl.server import Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
@@ -113,7 +114,7 @@ class FlowerServer:
         self.grid, self.cfg, self.run, self.log = grid, cfg, run, log
         self.progress = ProgressPrinter(log)
         self.wait_nodes, self.poll = wait_nodes, poll
-        self.chash = config_hash(cfg)
+        self.chash = config_hash(cfg)  # the run's, computed once: the nodes' queries carry it
         self.nodes: dict[int, int] = {}  # client -> node id
         self.facts: dict[int, dict[str, Any]] = {}  # client -> its node's facts
         self.asked: set[int] = set()  # node ids asked for facts
@@ -237,12 +238,17 @@ class FlowerServer:
                                  num_test=int(f0["num-test-images"]), partition=partition, label_counts=counts)
 
     # -- the run -------------------------------------------------------------------------------
-    def _start(self, setup: ServerSetup) -> None:
-        """Initialise a new run directory or check a stopped one; set the run key."""
+    def _start(self, setup: ServerSetup) -> RunStart:
+        """Initialise a new run directory or check a stopped one; set the run key; return where the
+        run stands (:func:`rvepfl.fl.lifecycle.open_run`)."""
         run = self.run
         key_file = run.path / "flower" / "run.json"
-        if run.progress.exists():
-            state = run.check_config(self.cfg)
+        # (rvepfl flower-local keeps its app, logs and node directories in <run>/flower.)
+        start = open_run(run, self.cfg, chash=self.chash,
+                         fresh=lambda run: not run.path.exists() or all(p.name == "flower" for p in run.path.iterdir()),
+                         not_a_run=lambda run: ConfigError(
+                             f"Run directory {run.path} exists and is not an rvepfl run: choose another server.out"))
+        if start.status != "new":
             check_partition(setup.partition, run)
             try:
                 self.run_key = str(json.loads(key_file.read_text(encoding="utf-8"))["run_key"])
@@ -250,24 +256,22 @@ class FlowerServer:
                 raise CheckpointError(f"Cannot read {key_file}: {exc}") from None
             received = run.path / "flower" / "received.json"
             if received.exists():
-                done = int(state["completed_round"])
-                self.received = [e for e in json.loads(received.read_text(encoding="utf-8")) if e["round"] <= done]
-            self.log(f"continuing {run.path} after round {state['completed_round']}/{self.cfg.train.rounds}")
-            return
-        if run.path.exists() and any(p.name != "flower" for p in run.path.iterdir()):
-            # (rvepfl flower-local keeps its app, logs and node directories in <run>/flower.)
-            raise ConfigError(f"Run directory {run.path} exists and is not an rvepfl run: choose another server.out")
-        write_run_start(run, self.cfg, self._partition_summary(setup.partition), setup.partition)
+                self.received = [e for e in json.loads(received.read_text(encoding="utf-8"))
+                                 if e["round"] <= start.done]
+            self.log(f"continuing {run.path} after round {start.done}/{self.cfg.train.rounds}")
+            return start
+        write_run_start(run, self.cfg, self._partition_summary(setup.partition), setup.partition, start.config_hash)
         self.run_key = secrets.token_hex(8)
         write_json(key_file, {"run_key": self.run_key, "engine": "flower"})
+        return start
 
     def run_federation(self) -> dict[str, Any]:
         """Discover the nodes, then run every remaining round; return the summary."""
         self.discover()
         setup = self.setup()
         with tensorboard_events(self.cfg, self.run, self.progress, setup.method.summary) as progress:
-            self._start(setup)
-            return run_rounds(self.run, setup, self, progress,
+            start = self._start(setup)
+            return run_rounds(self.run, setup, self, progress, chash=start.config_hash,
                               resume=f"start the run again with the same server.out ({self.run.path}) to continue")
 
     # -- the server loop's dispatcher ------------------------------------------------------------
