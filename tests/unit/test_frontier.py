@@ -159,3 +159,19 @@ def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, mo
     for r in rows:  # every cell a mean inside its interval; the AUC a probability
         assert float(r["accuracy_low"]) <= float(r["accuracy_mean"]) <= float(r["accuracy_high"])
         assert 0.0 <= float(r["mia-stolen_low"]) <= float(r["mia-stolen_mean"]) <= float(r["mia-stolen_high"]) <= 1.0
+
+
+def test_a_stolen_jobs_clients_are_groups_of_the_exact_bound(tmp_path):
+    from rvepfl.experiments.frontier import _job_sample
+    from rvepfl.experiments.spec import AttackJob
+
+    rows = ["client,image,label,evaluator_label,evaluator_correct"]
+    rows += [f"{c},{k},{k},{k},1" for c in range(3) for k in range(10)]
+    path = tmp_path / "scores.csv"
+    path.write_text("\n".join(rows) + "\n")
+    sample = _job_sample(AttackJob("miface", "stolen"), path)
+    assert sample.clusters == 3 and sample.counts() == (10.0, 10.0)
+    released = tmp_path / "released.csv"
+    released.write_text("image,label,evaluator_label,evaluator_correct\n"
+                        + "".join(f"{k},{k},{k},1\n" for k in range(10)))
+    assert _job_sample(AttackJob("miface", "released"), released).clusters == 1

@@ -131,6 +131,18 @@ def test_a_share_of_nothing_or_everything_is_not_a_point():
     assert round(fedavg.low, 3) == 0.884
 
 
+def test_clients_attacked_on_the_same_classes_count_once_in_the_exact_bound():
+    # 4 clients x 10 classes, every one recognised, in 3 seeds: FedAvg's clients hold one model, so
+    # the 120 rows are 30 independent results at most; the bound counts 30, not 120
+    draw = SeedDraw(3)
+    clustered = cell_interval([MeanSample(np.ones(40), clusters=4)] * 3, draw, "stolen, 4 clients")
+    assert clustered.low == pytest.approx(clopper_pearson(30, 30)[0]) and round(clustered.low, 3) == 0.884
+    naive = cell_interval([MeanSample(np.ones(40))] * 3, draw, "stolen, as if independent")
+    assert naive.low == pytest.approx(clopper_pearson(120, 120)[0]) and naive.low > clustered.low
+    with pytest.raises(ValueError, match="positive divisor of the 40 units"):
+        MeanSample(np.ones(40), clusters=3)
+
+
 def test_a_share_spread_over_seeds_keeps_the_t_interval():
     draw = SeedDraw(3)
     samples = [MeanSample(bernoulli(10, k, s)) for s, k in enumerate((1, 5, 9))]
@@ -141,7 +153,7 @@ def test_a_share_spread_over_seeds_keeps_the_t_interval():
 
 
 def test_counts_are_only_for_zero_one_units():
-    assert MeanSample(np.array([0.0, 1.0, 1.0])).counts() == (2, 3)
+    assert MeanSample(np.array([0.0, 1.0, 1.0])).counts() == (2.0, 3.0)
     assert MeanSample(np.array([0.0, 0.5])).counts() is None
     mixed = cell_interval([MeanSample(np.zeros(2)), MeanSample(np.array([0.0, 0.5])), MeanSample(np.zeros(2))],
                           SeedDraw(3), "mixed")

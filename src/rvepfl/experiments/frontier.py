@@ -415,7 +415,10 @@ def _job_sample(job: AttackJob, scores_csv: Path):
     if any(c == "" for c in correct):
         raise CheckpointError(f"{scores_csv} has reconstructions without the evaluator's label: the frontier scores "
                               "attacks by the evaluator; keep images out of every client with data.subset")
-    return MeanSample(np.array([float(c) for c in correct]))
+    # A stolen-model job attacks each client's model on the same classes: the clients are groups
+    # whose results may move together, which the exact bound must not count as independent units.
+    clients = {r.get("client", "") for r in rows}
+    return MeanSample(np.array([float(c) for c in correct]), clusters=len(clients))
 
 
 def frontier_curves(plan: FrontierPlan, out: Path) -> list[PointCurve]:

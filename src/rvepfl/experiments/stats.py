@@ -131,8 +131,9 @@ def t_quantile(df: int) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def clopper_pearson(successes: int, trials: int) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) 95 % interval of a binomial proportion.
+def clopper_pearson(successes: float, trials: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 95 % interval of a binomial proportion (the beta quantiles,
+    defined for fractional counts too, as an effective count gives).
 
     It inverts two one-sided binomial tests, so it covers the true proportion at least 95 % of the
     time whatever it is, 0 and 1 included: no success in ``trials`` still bounds it above by
@@ -176,16 +177,25 @@ class MeanSample:
 
     >>> s = MeanSample(np.array([1.0, 0.0, 1.0, 1.0]))
     >>> s.statistic(), s.counts()
-    (0.75, (3, 4))
+    (0.75, (3.0, 4.0))
     >>> r = s.resample(np.random.default_rng(0), 3)
     >>> r.shape, bool(((r >= 0) & (r <= 1)).all()), MeanSample(np.array([0.5, 1.0])).counts()
     ((3,), True, None)
     """
 
     values: np.ndarray
+    clusters: int = 1
+    """The groups the units come in whose results may move together: the clients of a stolen-model
+    attack, each attacked on the same classes, whose models share a classifier (FedAvg's are one
+    and the same model). The exact bound then counts one group's worth of units (the units over
+    ``clusters``), the count that holds however alike the groups are; the t interval over seeds
+    needs no such count (each seed's statistic already carries what its groups share)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", _checked("values", self.values))
+        if not isinstance(self.clusters, int) or self.clusters < 1 or self.values.size % self.clusters:
+            raise ValueError(f"Expected `clusters` a positive divisor of the {self.values.size} units, "
+                             f"got {self.clusters!r}")
 
     def statistic(self) -> float:
         return float(self.values.mean())
@@ -194,11 +204,16 @@ class MeanSample:
         n = self.values.size
         return self.values[rng.integers(0, n, size=(size, n))].mean(axis=1)
 
-    def counts(self) -> tuple[int, int] | None:
-        """``(successes, units)`` when every unit is 0 or 1, else None."""
+    def counts(self) -> tuple[float, float] | None:
+        """``(successes, units)`` when every unit is 0 or 1, else None; over :attr:`clusters` groups,
+        one group's worth (both divided by ``clusters``, so the successes may be fractional).
+
+        >>> MeanSample(np.array([1.0, 1.0, 1.0, 0.0] * 2), clusters=2).counts()
+        (3.0, 4.0)
+        """
         if not ((self.values == 0.0) | (self.values == 1.0)).all():
             return None
-        return int(self.values.sum()), int(self.values.size)
+        return float(self.values.sum()) / self.clusters, float(self.values.size) / self.clusters
 
 
 def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
@@ -382,7 +397,7 @@ class Interval:
                         self.basis)
 
 
-def _share_counts(samples: Sequence[SeedSample]) -> tuple[int, int] | None:
+def _share_counts(samples: Sequence[SeedSample]) -> tuple[float, float] | None:
     """The counts pooled over seeds when every seed's sample is a share, else None."""
     counts = [s.counts() if isinstance(s, MeanSample) else None for s in samples]
     if any(c is None for c in counts):
