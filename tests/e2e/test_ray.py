@@ -30,7 +30,7 @@ import pytest
 
 from rvepfl.cli import main
 from rvepfl.errors import ConfigError
-from tests.helpers.suites import toml_text
+from tests.helpers.suites import frontier_text, toml_text
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLED_RUN = "mnist-nbafl-epsilon1-seed0"
@@ -171,16 +171,7 @@ def _ray_cli(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-FRONTIER = toml_text(["fedavg", "nbafl"], [0], rounds=2, name="ray-frontier") + """[audit]
-attacks = ["miface"]
-miface_threats = ["released", "stolen"]
-evaluator_images = 300
-[audit.iterations]
-miface = 3
-[sweep.nbafl]
-key = "nbafl.epsilon"
-values = [1.0, 100.0]
-"""
+FRONTIER = frontier_text([0], rounds=2, name="ray-frontier")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from torch import nn
 
 from rvepfl.attacks.observation import GradientObservation, observed_gradient
 from rvepfl.data.datasets import NORMALISATION
+from rvepfl.seeding import torch_generator
 
 MEAN, STD = NORMALISATION["mnist"][0][0], NORMALISATION["mnist"][1][0]
 BOUNDS = ((0 - MEAN) / STD, (1 - MEAN) / STD)  # normalised pixel range
@@ -33,3 +34,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def observe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds=BOUNDS) -> GradientObservation:
     return GradientObservation(model, observed_gradient(model, x, y), len(y), SHAPE, 10, bounds)
+
+
+class Fragile(nn.Module):
+    """A linear model that turns NaN once its input leaves [-10, 10]: an attack at a large step
+    diverges on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        g = torch_generator(0, "init")
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc(torch.where(x.abs() < 10, x, torch.full_like(x, math.nan)))

@@ -36,3 +36,18 @@ def finished_suite(root: Path, command: str, text: str) -> Path:
     (root / "suite.toml").write_text(text)
     assert main([command, "--config", str(root / "suite.toml"), "--out", str(root / "out"), "--quiet"]) == 0
     return root / "out"
+
+
+def frontier_text(seeds: list[int], rounds: int = 1, name: str = "tiny-frontier") -> str:
+    """A frontier file: FedAvg and NbAFL (epsilon 1 and 100) as :func:`toml_text` makes them,
+    attacked by MI-Face (3 iterations) on the released and the stolen model."""
+    return toml_text(["fedavg", "nbafl"], seeds, rounds=rounds, name=name) + """[audit]
+attacks = ["miface"]
+miface_threats = ["released", "stolen"]
+evaluator_images = 300
+[audit.iterations]
+miface = 3
+[sweep.nbafl]
+key = "nbafl.epsilon"
+values = [1.0, 100.0]
+"""

@@ -34,8 +34,7 @@ from rvepfl.attacks.scores import image_scores, to_pixels
 from rvepfl.attacks.threat import GroundTruth
 from rvepfl.errors import RvepflError
 from rvepfl.io import read_csv_rows
-from rvepfl.seeding import torch_generator
-from tests.helpers.gradient_attacks import observe, pixels
+from tests.helpers.gradient_attacks import Fragile, observe, pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
@@ -96,26 +95,10 @@ def test_the_default_seeds_are_zero_and_one_observation_is_a_batch_of_one(mnist,
     _assert_same([inverting_gradients(obs, iterations=10, seed=0)], [batched], [x[:1]])
 
 
-class _Fragile(nn.Module):
-    """A linear model that turns NaN once its input leaves [-10, 10] (as in test_attacks_observation.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-        g = torch_generator(0, "init")
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        return self.fc(torch.where(x.abs() < 10, x, torch.full_like(x, math.nan)))
-
-
 def test_each_observation_diverges_alone_as_it_does_one_at_a_time():
     # Measured at lr 3: the six observations stop after 50, 5, 6, 4, 4 and 4 finite iterations,
     # batched or not; the others go on while one has stopped.
-    model = _Fragile()
+    model = Fragile()
     g = torch.Generator().manual_seed(1)
     obs = [GradientObservation(model, observed_gradient(model, torch.randn(1, 1, 2, 2, generator=g),
                                                         torch.tensor([i % 3])), 1, (1, 2, 2), 3)

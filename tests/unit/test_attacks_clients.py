@@ -27,12 +27,7 @@ TINY_RUN = ["--method", "fedper", "--subset", "600", "--clients", "3", "--rounds
 FAST = {"iterations": 5, "evaluator_images": 100}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

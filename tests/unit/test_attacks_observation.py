@@ -21,7 +21,7 @@ from rvepfl.attacks.upload import UploadAttack
 from rvepfl.errors import RvepflError
 from rvepfl.models import Classifier
 from rvepfl.seeding import torch_generator
-from tests.helpers.gradient_attacks import SHAPE, observe
+from tests.helpers.gradient_attacks import SHAPE, Fragile, observe
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py: one torch thread
 
@@ -72,24 +72,8 @@ def test_observed_gradient_restores_modes_and_matches_autograd(mnist, classifier
 
 
 # -- 2. NaN and validation ----------------------------------------------------------------------
-class _Fragile(nn.Module):
-    """A linear model that turns NaN once its input leaves [-10, 10]: L-BFGS at a large step diverges."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-        g = torch_generator(0, "init")
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        return self.fc(torch.where(x.abs() < 10, x, torch.full_like(x, math.nan)))
-
-
 def test_attacks_stop_at_nan_and_return_the_best_finite_iterate():
-    model = _Fragile()
+    model = Fragile()
     obs = GradientObservation(model, observed_gradient(model, torch.ones(1, 1, 2, 2), torch.tensor([1])),
                               1, (1, 2, 2), 3)
 

@@ -14,18 +14,9 @@ from rvepfl.errors import ConfigError
 from rvepfl.experiments import frontier as frontier_module
 from rvepfl.experiments.frontier import disk_use, frontier_from_dict, prune_run
 from rvepfl.rundir import RunDir
-from tests.helpers.suites import toml_text
+from tests.helpers.suites import frontier_text
 
-BASE = toml_text(["fedavg", "nbafl"], [0, 1], name="tiny-frontier") + """[audit]
-attacks = ["miface"]
-miface_threats = ["released", "stolen"]
-evaluator_images = 300
-[audit.iterations]
-miface = 3
-[sweep.nbafl]
-key = "nbafl.epsilon"
-values = [1.0, 100.0]
-"""
+BASE = frontier_text([0, 1])
 
 
 def _values(text: str = BASE, **tables: str) -> dict:
