@@ -10,7 +10,8 @@ configuration (bundled MNIST, 300 images, one thread in every process), and comp
 
 - the six published CSVs and ``client_failures.csv``: byte for byte;
 - ``round_timing.csv``: its ``Round#`` and ``Clients`` columns (the others are seconds);
-- ``partition.npz`` (the arrays) and every tensor of every checkpoint (bit for bit).
+- ``partition.npz`` (the arrays) and every tensor of every checkpoint (bit for bit);
+- ``summary.json``'s ``method_details`` (noise levels, budgets): equal.
 
 With ``--legacy-resume`` it also checks that a run directory made by the base commit resumes
 with this tree: the base trains the ``rvepfl`` case and is SIGKILLed after the first client of
@@ -64,6 +65,8 @@ CASES: dict[str, list[str]] = {
                        "--set", "train.aggregation=\"weighted\"", "--set", "train.lr_decay_clock=\"client\""],
     "fedavg-sampled": ["--method", "fedavg", "--client-fraction", "0.67", "--set", "train.checkpoint_every=1"],
     "rvepfl-workers": ["--method", "rvepfl", "--workers", "2"],
+    "rvepfl+nbafl": ["--method", "rvepfl+nbafl", "--set", "nbafl.epsilon=5"],
+    "ditto+dp-fedavg": ["--method", "ditto+dp-fedavg", "--set", "dp_fedavg.noise_multiplier=0.5"],
 }
 
 
@@ -149,6 +152,11 @@ def compare_runs(a: Path, b: Path) -> list[str]:
     for rel in ca:
         if (b / rel).exists() and _tensors(a / rel) != _tensors(b / rel):
             diffs.append(f"{rel}: tensors differ")
+    import json
+
+    details = [json.loads((run / "summary.json").read_text()).get("method_details") for run in (a, b)]
+    if details[0] != details[1]:
+        diffs.append(f"summary.json's method_details differ: {details[0]} != {details[1]}")
     return diffs
 
 

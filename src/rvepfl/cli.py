@@ -456,7 +456,7 @@ def methods() -> None:
     for name, cls in registry.methods().items():
         show(name, cls, cls.sections())
     typer.echo("Privacy mechanisms: alone (on fedavg, e.g. `nbafl`), or on any method they can wrap "
-               "(METHOD+MECHANISM, e.g. `rvepfl+nbafl`):")
+               "(METHOD+MECHANISM, e.g. `rvepfl+nbafl`; more after it wrap in turn, e.g. `fedavg+dp-sgd+nbafl`):")
     for name, mech in registry.mechanisms().items():
         show(name, mech, mech.sections())
 

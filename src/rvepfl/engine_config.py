@@ -15,7 +15,7 @@ nothing of rvepfl's but the precision names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from rvepfl.precision import PrecisionName
 
@@ -131,7 +131,8 @@ class EngineConfig:
     name: str = "quick"
     """Name of the configuration; the default run directory is runs/<name>-<time>."""
     method: str = "rvepfl"
-    """Federated method: a method, a mechanism alone (on FedAvg) or METHOD+MECHANISM (see `rvepfl methods`)."""
+    """Federated method: a method, a mechanism alone (on FedAvg) or METHOD+MECHANISM[+MECHANISM...]
+    (see `rvepfl methods`)."""
     seed: int = 0
     """Master seed; every source of randomness derives from it."""
     threads: int = 0
@@ -164,10 +165,9 @@ class EngineConfig:
 
 if TYPE_CHECKING:
     class RunConfig(EngineConfig):
-        """What a type checker knows of :class:`rvepfl.config.Config`: :class:`EngineConfig` plus
-        the sections of methods and mechanisms, read by name (``cfg.model``, ``cfg.nbafl``), which
-        that class adds as fields when it is made at import time."""
-
-        def __getattr__(self, section: str) -> Any: ...
+        """What a type checker knows of :class:`rvepfl.config.Config`: :class:`EngineConfig`. The
+        sections of methods and mechanisms, which that class adds as fields when it is made at
+        import time, are read typed through :meth:`rvepfl.methods.base.Method.settings` (or by
+        name with ``getattr``, untyped, where the section is a variable)."""
 else:  # at run time, the class every Config is made from
     RunConfig = EngineConfig

@@ -11,12 +11,20 @@ The ``method`` key of a config names one of:
 - a mechanism alone (``nbafl``, ``dp-fedavg``, ``dp-sgd``): the mechanism on the method it
   stands for (:attr:`~rvepfl.mechanisms.base.Mechanism.standalone`, FedAvg), which is what these
   names have always meant;
-- ``METHOD+MECHANISM`` (``rvepfl+nbafl``): the mechanism wrapping the method, when it can.
+- ``METHOD+MECHANISM`` (``rvepfl+nbafl``): the mechanism wrapping the method, when it can;
+- ``METHOD+MECHANISM+MECHANISM...`` (``fedavg+dp-sgd+nbafl``): each mechanism wrapping what its
+  left names, when it can.
+
+Whether a mechanism can wrap a class is decided by the class's declared contract
+(:class:`~rvepfl.methods.base.Contract`) and the mechanism's needs
+(:meth:`~rvepfl.mechanisms.base.Mechanism.refusal`); docs/architecture.md has the table.
 
 >>> method_class("rvepfl+nbafl").sections().keys()
 dict_keys(['model', 'nbafl'])
 >>> method_class("nbafl").__bases__ == (mechanisms()["nbafl"], methods()["fedavg"])
 True
+>>> method_class("fedavg+dp-sgd+nbafl").mechanisms
+('dp-sgd', 'nbafl')
 """
 
 from __future__ import annotations
@@ -100,31 +108,37 @@ def _unknown(spec: str) -> ConfigError:
     first_method, first_mechanism = next(iter(methods())), next(iter(mechanisms()))
     return ConfigError(
         f"Unknown method {short_repr(spec)}: choose one of {', '.join(methods())}; a mechanism alone "
-        f"({', '.join(mechanisms())}, on {next(iter(mechanisms().values())).standalone}); or METHOD+MECHANISM "
-        f"(e.g. {first_method}+{first_mechanism})")
+        f"({', '.join(mechanisms())}, on {next(iter(mechanisms().values())).standalone}); or "
+        f"METHOD+MECHANISM[+MECHANISM...] (e.g. {first_method}+{first_mechanism})")
 
 
-def _compose(method: type[Method], mechanism: type[Mechanism], name: str) -> type[Method]:
-    reason = mechanism.cannot_wrap(method)
+def _compose(inner: type[Method], mechanism: type[Mechanism], name: str) -> type[Method]:
+    """``mechanism`` wrapping ``inner`` (a method, or a method already wrapped), named ``name``, when
+    the mechanism's needs accept ``inner``'s contract; else a one-line :class:`ConfigError`."""
+    if mechanism.name in inner.mechanisms:
+        raise ConfigError(f"{mechanism.name} appears twice in method {name!r}: name each mechanism once")
+    reason = mechanism.refusal(inner.contract)
     if reason is not None:
-        raise ConfigError(f"{mechanism.name} cannot wrap {method.name}: {reason}")
-    return type(f"{mechanism.__name__}On{method.__name__}", (mechanism, method), {
+        raise ConfigError(f"{mechanism.name} cannot wrap {inner.name}: {reason}")
+    return type(f"{mechanism.__name__}On{inner.__name__}", (mechanism, inner), {
         "name": name,
-        "description": f"{mechanism.description}; on {method.name}",
-        "bf16_parity": method.name in vars(mechanism).get("bf16_parity_on", ()),
+        "description": f"{mechanism.description}; on {inner.name}",
+        "contract": mechanism.wrapped(inner.contract),
+        "mechanisms": (*inner.mechanisms, mechanism.name),
+        "bf16_parity": not inner.mechanisms and inner.name in vars(mechanism).get("bf16_parity_on", ()),
         "__module__": __name__,
-        "__doc__": f"{mechanism.__name__} wrapping {method.__name__} (``{name}``).",
+        "__doc__": f"{mechanism.__name__} wrapping {inner.__name__} (``{name}``).",
     })
 
 
 @functools.cache
 def method_class(spec: str) -> type[Method]:
     """The class a ``method`` value names (see the module docstring); a one-line
-    :class:`ConfigError` for an unknown name or a mechanism on a method it cannot wrap."""
+    :class:`ConfigError` for an unknown name or a mechanism that cannot wrap what it is named after."""
     if not isinstance(spec, str):
         raise ConfigError(f"Expected `method` to be a string, got {short_repr(spec)}")
     known, wrappers = methods(), mechanisms()
-    base_name, plus, rest = spec.partition("+")
+    inner, plus, last = spec.rpartition("+")
     if not plus:
         if spec in known:
             return known[spec]
@@ -132,16 +146,16 @@ def method_class(spec: str) -> type[Method]:
             mechanism = wrappers[spec]
             return _compose(known[mechanism.standalone], mechanism, spec)
         raise _unknown(spec)
-    if base_name not in known or "+" in rest:
-        if base_name in wrappers:
+    first = spec.partition("+")[0]
+    if first not in known:
+        if first in wrappers:
             raise ConfigError(f"Expected METHOD+MECHANISM with a method first ({', '.join(known)}), got {spec!r}")
-        if "+" in rest and base_name in known:
-            raise ConfigError(f"Expected at most one mechanism in `method` (METHOD+MECHANISM), got {spec!r}")
         raise _unknown(spec)
-    if rest not in wrappers:
-        raise ConfigError(f"Unknown mechanism {short_repr(rest)} in method {short_repr(spec)}: choose one of "
+    wrapped = method_class(inner)
+    if last not in wrappers:
+        raise ConfigError(f"Unknown mechanism {short_repr(last)} in method {short_repr(spec)}: choose one of "
                           f"{', '.join(wrappers)}")
-    return _compose(known[base_name], wrappers[rest], spec)
+    return _compose(wrapped, wrappers[last], spec)
 
 
 def build_method(cfg: RunConfig, spec: DataSpec) -> Method:

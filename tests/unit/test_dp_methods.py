@@ -41,11 +41,11 @@ def test_nbafl_uploads_clipped_parameters_plus_seeded_noise():
     ctx = RoundContext(round=3, client=2, seed=5)
     up = method.upload(model, ctx, 110, {})
     clipped, norm = clip_by_l2(method.shared_state(model), 1.0)
-    expected = add_gaussian_noise(clipped, method.noise.sigma_u, torch_generator(5, "noise", 3, 2))
+    expected = add_gaussian_noise(clipped, method.nbafl_noise.sigma_u, torch_generator(5, "noise", 3, 2))
     assert set(up.state) == set(model.state_dict())
     assert all(torch.allclose(up.state[k], expected[k]) for k in expected)
     assert up.info["norm_before_clip"] == pytest.approx(norm) and norm > 1.0
-    assert method.noise.m == 100 and method.noise.L == 10  # L = T when exposures = 0
+    assert method.nbafl_noise.m == 100 and method.nbafl_noise.L == 10  # L = T when exposures = 0
 
 
 def test_nbafl_server_adds_downlink_noise_only_when_needed():
@@ -54,10 +54,10 @@ def test_nbafl_server_adds_downlink_noise_only_when_needed():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ups = [Upload(c, 100, state) for c in range(4)]
     server = RoundContext(round=1, client=None, seed=0)
-    assert quiet.noise.sigma_d == 0
+    assert quiet.nbafl_noise.sigma_d == 0
     assert all(torch.equal(v, state[k]) for k, v in quiet.aggregate(ups, state, server).items())
     loud = nbafl(**{"nbafl.exposures": 1, "nbafl.epsilon": 1.0})  # T = 10 > L sqrt(N) = 2
-    sigma_d = loud.noise.sigma_d
+    sigma_d = loud.nbafl_noise.sigma_d
     assert sigma_d > 0
     noise = torch.cat([(v - state[k]).flatten() for k, v in loud.aggregate(ups, state, server).items()])
     assert noise.std().item() == pytest.approx(sigma_d, rel=0.05)

@@ -30,8 +30,8 @@ from torch import nn
 
 from rvepfl.errors import ConfigError
 from rvepfl.maths import RunningMean, add_gaussian_noise, clip_by_l2, rdp_epsilon
-from rvepfl.mechanisms.base import Mechanism
-from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
+from rvepfl.mechanisms.base import Mechanism, Need
+from rvepfl.methods.base import DataSpec, RoundContext, Upload
 from rvepfl.params import need
 from rvepfl.seeding import SERVER, torch_generator
 
@@ -66,15 +66,13 @@ class DpFedAvg(Mechanism):
     rank = 10
     Params = DpFedAvgParams
     section = "dp_fedavg"
-    uploads_update = True
-
-    @classmethod
-    def cannot_wrap(cls, method: type[Method]) -> str | None:
-        if method.uploads_update:
-            return "this method already uploads an update"
-        if method.aggregate is not Method.aggregate:
-            return "its server replaces the mean of the uploads, and this method aggregates in a way of its own"
-        return None
+    hooks = frozenset({"upload", "aggregate", "wire_gradient"})
+    needs = (
+        Need("uploads", ("state",), "this method already uploads an update"),
+        Need("server", ("mean",),
+             "its server replaces the mean of the uploads, and this method aggregates in a way of its own"),
+    )
+    gives = {"uploads": "update", "server": "own", "upload": "transformed"}
 
     def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
@@ -83,16 +81,14 @@ class DpFedAvg(Mechanism):
             raise ConfigError(
                 f"{cfg.method}'s server takes the noised mean of the clipped updates (dp_fedavg.clip_norm bounds "
                 "each one): use train.aggregation = \"mean\" and no train.max_update_norm with it")
-        self.num_clients = cfg.data.num_clients
-        self.per_round = cfg.clients_per_round
-        self.sample_rate = self.per_round / self.num_clients
-        self._rounds_accounted = 0
-        self._epsilon = 0.0
+        self.dp_fedavg_sample_rate = cfg.clients_per_round / cfg.data.num_clients
+        self.dp_fedavg_rounds_accounted = 0
+        self.dp_fedavg_epsilon = 0.0
 
     def epsilon(self, rounds: int) -> float:
         """Epsilon after ``rounds`` rounds (Opacus RDP accountant; inf without noise)."""
-        d: DpFedAvgParams = self.cfg.dp_fedavg
-        return rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=self.sample_rate, steps=rounds,
+        d = self.settings(DpFedAvgParams)
+        return rdp_epsilon(noise_multiplier=d.noise_multiplier, sample_rate=self.dp_fedavg_sample_rate, steps=rounds,
                            delta=d.delta)
 
     def upload(
@@ -100,7 +96,7 @@ class DpFedAvg(Mechanism):
     ) -> Upload:
         trained = super().upload(model, ctx, num_samples, received)
         update = {k: v - received[k].to(v.dtype) for k, v in trained.state.items()}
-        d: DpFedAvgParams = self.cfg.dp_fedavg
+        d = self.settings(DpFedAvgParams)
         clipped, norm = clip_by_l2(update, d.clip_norm)
         assert ctx.client is not None
         return Upload(client=ctx.client, num_samples=num_samples, state=clipped,
@@ -109,32 +105,31 @@ class DpFedAvg(Mechanism):
     def aggregate(
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
-        d: DpFedAvgParams = self.cfg.dp_fedavg
+        d = self.settings(DpFedAvgParams)
         running = RunningMean(float(len(ctx.clients)) if ctx.clients else None)
         for sent in uploads:
-            running.add(sent.state)
+            running.add(self.receive(sent).state)
         mean_update = running.result()
         std = d.noise_multiplier * d.clip_norm / len(running)
         noisy = add_gaussian_noise(mean_update, std, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
         new = {k: (v.double() + noisy[k].double()).to(v.dtype) for k, v in global_state.items()}
-        self._rounds_accounted = ctx.round
-        self._epsilon = self.epsilon(ctx.round)
+        self.dp_fedavg_rounds_accounted = ctx.round
+        self.dp_fedavg_epsilon = self.epsilon(ctx.round)
         return new
 
-    def summary(self) -> dict[str, Any]:
-        d: DpFedAvgParams = self.cfg.dp_fedavg
+    def mechanism_summary(self) -> dict[str, Any]:
+        d = self.settings(DpFedAvgParams)
         details: dict[str, Any] = {
-            **super().summary(),
             "noise_multiplier": d.noise_multiplier,
             "clip_norm": d.clip_norm,
             "delta": d.delta,
-            "N": self.num_clients,
-            "K": self.per_round,
-            "sample_rate": self.sample_rate,
-            "noise_std": d.noise_multiplier * d.clip_norm / self.per_round,
+            "N": self.cfg.data.num_clients,
+            "K": self.cfg.clients_per_round,
+            "sample_rate": self.dp_fedavg_sample_rate,
+            "noise_std": d.noise_multiplier * d.clip_norm / self.cfg.clients_per_round,
             "accountant": "opacus RDP (sampled Gaussian, one step per round)",
-            "rounds_accounted": self._rounds_accounted,
-            "epsilon": _finite(self._epsilon),
+            "rounds_accounted": self.dp_fedavg_rounds_accounted,
+            "epsilon": _finite(self.dp_fedavg_epsilon),
             "epsilon_after_all_rounds": _finite(self.epsilon(self.cfg.train.rounds)),
         }
         if d.noise_multiplier == 0:
@@ -147,6 +142,6 @@ class DpFedAvg(Mechanism):
         aggregate: ``-clip(-lr * g, C) / lr``."""
         grads = super().wire_gradient(module, inputs, labels, generator)
         lr = self.cfg.train.lr
-        d: DpFedAvgParams = self.cfg.dp_fedavg
+        d = self.settings(DpFedAvgParams)
         clipped, _ = clip_by_l2({k: -lr * g for k, g in grads.items()}, d.clip_norm)
         return {k: -v / lr for k, v in clipped.items()}

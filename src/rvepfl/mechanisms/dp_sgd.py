@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from rvepfl.maths import add_gaussian_noise, clip_by_l2, rdp_epsilon
-from rvepfl.mechanisms.base import Mechanism
-from rvepfl.methods.base import ClientData, DataSpec, Method, RoundContext, Upload
+from rvepfl.mechanisms.base import Mechanism, Need
+from rvepfl.methods.base import ClientData, DataSpec, RoundContext, Upload
 from rvepfl.params import need
 from rvepfl.seeding import derive_seed
 
@@ -85,20 +85,24 @@ class DpSgd(Mechanism):
     Params = DpSgdParams
     section = "dp_sgd"
 
-    @classmethod
-    def cannot_wrap(cls, method: type[Method]) -> str | None:
-        if method.local_train is not Method.local_train:
-            return ("it privatises the standard local loop over every parameter, and this method trains in "
-                    "phases of its own")
-        if method.is_shared is not Method.is_shared:
-            return ("it clips and noises every parameter's gradient, and this method keeps part of its model "
-                    "private, where noise buys no privacy: protect its shared part with nbafl or dp-fedavg")
-        return None
+    hooks = frozenset({"batches_per_epoch", "local_batches", "local_optimiser", "local_train", "upload", "receive",
+                       "wire_gradient"})
+    needs = (
+        Need("loop", ("standard",),
+             "it privatises the standard local loop over every parameter, and this method trains in phases of its own"),
+        Need("private", (False,),
+             "it clips and noises every parameter's gradient, and this method keeps part of its model private, where "
+             "noise buys no privacy: protect its shared part with nbafl or dp-fedavg"),
+        Need("upload", ("plain",),
+             "its per-sample clipping and noise come before any transform of the upload: name it first after the "
+             "method (METHOD+dp-sgd+MECHANISM)"),
+    )
+    gives = {"loop": "privatised"}
 
     def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
-        self._pending: dict[int, dict[str, Any]] = {}  # client side: the last round's accounting
-        self._clients: dict[int, dict[str, Any]] = {}  # server side: what the clients reported
+        self.dp_sgd_pending: dict[int, dict[str, Any]] = {}  # client side: the last round's accounting
+        self.dp_sgd_clients: dict[int, dict[str, Any]] = {}  # server side: what the clients reported
 
     # -- the local loop's hooks ------------------------------------------------------------------
     def batches_per_epoch(self, num_samples: int) -> int:
@@ -125,7 +129,7 @@ class DpSgd(Mechanism):
         from opacus.optimizers import DPOptimizer
 
         assert ctx.client is not None
-        d: DpSgdParams = self.cfg.dp_sgd
+        d = self.settings(DpSgdParams)
         n = len(data.train_y)
         q, _ = poisson_plan(n, self.cfg.train.batch_size)
         device = data.train_x.device
@@ -150,11 +154,11 @@ class DpSgd(Mechanism):
     def local_train(self, model: nn.Module, data: ClientData, ctx: RoundContext, step: int) -> int:
         """The method's local training through the hooks above, then this round's accounting."""
         assert ctx.client is not None
-        d: DpSgdParams = self.cfg.dp_sgd
+        d = self.settings(DpSgdParams)
         after = super().local_train(model, data, ctx, step)
         q, _ = poisson_plan(len(data.train_y), self.cfg.train.batch_size)
         own_steps = ctx.client_steps + (after - step)  # the decay clock may count other clients' steps
-        self._pending[ctx.client] = {
+        self.dp_sgd_pending[ctx.client] = {
             "client": ctx.client,
             "sample_rate": q,
             "steps": own_steps,
@@ -169,30 +173,23 @@ class DpSgd(Mechanism):
         """The method's upload, with the client's accounting (its epsilon so far) as ``info``."""
         sent = super().upload(model, ctx, num_samples, received)
         assert ctx.client is not None
-        if ctx.client in self._pending:
-            sent.info["dp_sgd"] = self._pending.pop(ctx.client)
+        if ctx.client in self.dp_sgd_pending:
+            sent.info["dp_sgd"] = self.dp_sgd_pending.pop(ctx.client)
         return sent
 
-    def aggregate(
-        self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
-    ) -> dict[str, torch.Tensor]:
-        """The method's aggregation; the server records each client's reported epsilon."""
+    def receive(self, sent: Upload) -> Upload:
+        """The wrapped server's look at the upload; the server records the client's reported epsilon."""
+        sent = super().receive(sent)
+        if "dp_sgd" in sent.info:
+            self.dp_sgd_clients[sent.client] = sent.info["dp_sgd"]
+        return sent
 
-        def recorded() -> Iterator[Upload]:
-            for sent in uploads:
-                if "dp_sgd" in sent.info:
-                    self._clients[sent.client] = sent.info["dp_sgd"]
-                yield sent
-
-        return super().aggregate(recorded(), global_state, ctx)
-
-    def summary(self) -> dict[str, Any]:
-        d: DpSgdParams = self.cfg.dp_sgd
-        clients = [self._clients[c] for c in sorted(self._clients)]
+    def mechanism_summary(self) -> dict[str, Any]:
+        d = self.settings(DpSgdParams)
+        clients = [self.dp_sgd_clients[c] for c in sorted(self.dp_sgd_clients)]
         eps = [c["epsilon"] for c in clients]
         finite = all(math.isfinite(e) for e in eps)
         details: dict[str, Any] = {
-            **super().summary(),
             "noise_multiplier": d.noise_multiplier,
             "max_grad_norm": d.max_grad_norm,
             "delta": d.delta,
@@ -211,7 +208,7 @@ class DpSgd(Mechanism):
                       generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The client's privatised gradient: each sample's gradient (as the method exposes it)
         clipped to ``max_grad_norm``, summed, plus N(0, (sigma * max_grad_norm)^2), over the batch."""
-        d: DpSgdParams = self.cfg.dp_sgd
+        d = self.settings(DpSgdParams)
         total: dict[str, torch.Tensor] = {}
         for i in range(len(labels)):
             one = super().wire_gradient(module, inputs[i : i + 1], labels[i : i + 1], generator)

@@ -28,8 +28,8 @@ from torch import nn
 
 from rvepfl.errors import ConfigError
 from rvepfl.maths import add_gaussian_noise, clip_by_l2, nbafl_noise
-from rvepfl.mechanisms.base import Mechanism
-from rvepfl.methods.base import DataSpec, Method, RoundContext, Upload
+from rvepfl.mechanisms.base import Mechanism, Need
+from rvepfl.methods.base import DataSpec, RoundContext, Upload
 from rvepfl.params import need
 from rvepfl.seeding import SERVER, torch_generator
 
@@ -69,15 +69,14 @@ class NbAfl(Mechanism):
     # ../shared/measurements/bf16-parity-2026-12-06/).
     bf16_parity_on = ("fedavg",)
 
-    @classmethod
-    def cannot_wrap(cls, method: type[Method]) -> str | None:
-        if method.uploads_update:
-            return "it clips and noises the uploaded parameters, and this method uploads an update"
-        return None
+    hooks = frozenset({"upload", "aggregate", "wire_gradient"})
+    needs = (Need("uploads", ("state",),
+                  "it clips and noises the uploaded parameters, and this method uploads an update"),)
+    gives = {"server": "own", "upload": "transformed"}
 
     def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
-        nb: NbaflParams = cfg.nbafl
+        nb = self.settings(NbaflParams)
         sizes = spec.client_train_sizes
         if len(sizes) != cfg.data.num_clients:
             raise ConfigError(
@@ -85,8 +84,8 @@ class NbAfl(Mechanism):
             )
         if min(sizes) < 1:
             raise ConfigError("NbAFL needs every client to have at least one training sample; the smallest has 0")
-        self.exposures_default = nb.exposures == 0
-        self.noise = nbafl_noise(
+        self.nbafl_exposures_default = nb.exposures == 0
+        self.nbafl_noise = nbafl_noise(
             epsilon=nb.epsilon,
             delta=nb.delta,
             clip_norm=nb.clip_norm,
@@ -101,10 +100,10 @@ class NbAfl(Mechanism):
         self, model: nn.Module, ctx: RoundContext, num_samples: int, received: dict[str, torch.Tensor]
     ) -> Upload:
         plain = super().upload(model, ctx, num_samples, received)
-        clipped, norm = clip_by_l2(plain.state, self.noise.C)
+        clipped, norm = clip_by_l2(plain.state, self.nbafl_noise.C)
         assert ctx.client is not None
         generator = torch_generator(ctx.seed, "noise", ctx.round, ctx.client)
-        noisy = add_gaussian_noise(clipped, self.noise.sigma_u, generator)
+        noisy = add_gaussian_noise(clipped, self.nbafl_noise.sigma_u, generator)
         return Upload(client=plain.client, num_samples=num_samples, state=noisy,
                       info={**plain.info, "norm_before_clip": norm})
 
@@ -112,13 +111,14 @@ class NbAfl(Mechanism):
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         aggregate = super().aggregate(uploads, global_state, ctx)
-        if self.noise.sigma_d == 0:
+        if self.nbafl_noise.sigma_d == 0:
             return aggregate
-        return add_gaussian_noise(aggregate, self.noise.sigma_d, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
+        server = torch_generator(ctx.seed, "noise", ctx.round, SERVER)
+        return add_gaussian_noise(aggregate, self.nbafl_noise.sigma_d, server)
 
-    def summary(self) -> dict[str, Any]:
-        details: dict[str, Any] = {**super().summary(), **self.noise.as_dict()}
-        details["L_source"] = ("nbafl.exposures = 0: L = T, one upload per round" if self.exposures_default
+    def mechanism_summary(self) -> dict[str, Any]:
+        details: dict[str, Any] = self.nbafl_noise.as_dict()
+        details["L_source"] = ("nbafl.exposures = 0: L = T, one upload per round" if self.nbafl_exposures_default
                                else "nbafl.exposures")
         details["clipped"] = "the whole shared state (parameters, not updates) as one vector"
         if self.cfg.train.aggregation == "weighted":
@@ -134,6 +134,6 @@ class NbAfl(Mechanism):
         lr = self.cfg.train.lr
         theta = {k: p.detach().double() for k, p in module.named_parameters()}
         stepped = {k: theta[k] - lr * grads[k] for k in grads}
-        clipped, _ = clip_by_l2(stepped, self.noise.C)
-        upload = add_gaussian_noise(clipped, self.noise.sigma_u, generator)
+        clipped, _ = clip_by_l2(stepped, self.nbafl_noise.C)
+        upload = add_gaussian_noise(clipped, self.nbafl_noise.sigma_u, generator)
         return {k: (theta[k] - upload[k]) / lr for k in grads}

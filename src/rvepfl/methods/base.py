@@ -15,15 +15,24 @@ Hooks, in the order a round calls them:
    mechanism such as DP-SGD changes the optimiser and the sampler without copying the loop.
 4. :meth:`Method.upload` per client: what the client sends (the shared entries by default).
 5. :meth:`Method.aggregate` on the server: the new global shared state (a mean by default), from
-   the uploads of the clients that finished the round, handed over one at a time as they arrive.
+   the uploads of the clients that finished the round, handed over one at a time as they arrive;
+   it hands each upload to :meth:`Method.receive` first (where a mechanism reads what a client
+   reported, such as DP-SGD's accounting).
 
 What an attacker sees on the wire comes from the same class: :meth:`Method.shared_path` (the
 shared module and its input), :meth:`Method.wire_gradient` (one local step as uploaded) and
 :meth:`Method.uploaded_update` (a whole round's update read off an upload).
 
+A method declares what it is in :attr:`Method.contract` (a :class:`Contract`): whether it trains
+with the standard loop, keeps part of its model private, aggregates by the mean and uploads its
+state or an update. Which mechanisms can wrap it is decided by that declaration alone
+(:meth:`rvepfl.mechanisms.base.Mechanism.refusal`), and a composition's own contract is what its
+mechanism makes of the method's; ``tests/unit/test_contract.py`` checks every declaration against
+what the class does.
+
 A method's settings are its own frozen dataclass ``Params``, read from the config section
-``section`` (see :mod:`rvepfl.params`); the config hash covers only the sections of the method
-and mechanism a run uses.
+``section`` (see :mod:`rvepfl.params`) through :meth:`Method.settings`, typed; the config hash
+covers only the sections of the method and mechanisms a run uses.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -48,7 +57,9 @@ from rvepfl.wire import SharedPath, observed_gradient
 if TYPE_CHECKING:
     from rvepfl.engine_config import RunConfig
 
-__all__ = ["ClientData", "DataSpec", "Loss", "Method", "RoundContext", "SharedPath", "Upload"]
+__all__ = ["ClientData", "Contract", "DataSpec", "Loss", "Method", "RoundContext", "SharedPath", "Upload"]
+
+P = TypeVar("P")
 
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """An objective on one batch: (module, images, labels) -> scalar loss."""
@@ -89,6 +100,35 @@ class RoundContext:
     fewer; see ``[faults]``); empty when unknown."""
 
 
+@dataclass(frozen=True)
+class Contract:
+    """What a method (or a composition) declares of itself; a mechanism wraps it or refuses by
+    these fields alone (:class:`rvepfl.mechanisms.base.Mechanism`).
+
+    >>> Contract()
+    Contract(loop='standard', private=False, server='mean', uploads='state', upload='plain')
+    """
+
+    loop: Literal["standard", "phased", "privatised"] = "standard"
+    """How local training runs. ``standard``: :meth:`Method.local_train`'s loop, every parameter
+    for ``train.local_epochs`` epochs through :meth:`Method.train_epochs` (the method may change
+    the objective, :meth:`Method.loss`); ``phased``: phases of its own (FedRep's head then body,
+    Ditto's two models); ``privatised``: the standard loop with a mechanism's optimiser and
+    sampler (DP-SGD)."""
+    private: bool = False
+    """Whether part of the model never leaves the client (:meth:`Method.is_shared` is false for
+    some state entry of the built model)."""
+    server: Literal["mean", "own"] = "mean"
+    """How the server aggregates. ``mean``: :meth:`Method.aggregate`, the rule
+    ``train.aggregation`` names; ``own``: a rule of its own (a mechanism's noise included)."""
+    uploads: Literal["state", "update"] = "state"
+    """What :meth:`Method.upload` sends: the trained shared state, or the update (trained minus
+    received shared state)."""
+    upload: Literal["plain", "transformed"] = "plain"
+    """Whether the upload is what training left (``plain``) or already clipped or noised by a
+    mechanism (``transformed``): the wire then reads through that transform."""
+
+
 @dataclass
 class Upload:
     """What one client sends to the server after a round."""
@@ -111,10 +151,11 @@ class Method(ABC):
     rank
         Position in listings (lower first).
     Params, section
-        The method's settings dataclass and the config section it is read from (None: none).
-    uploads_update
-        Whether :meth:`upload` sends the update (new minus received shared state) rather than the
-        new shared state itself.
+        The method's settings dataclass and the config section it is read from (None: none);
+        read them with :meth:`settings`.
+    contract
+        What the method declares of itself (:class:`Contract`); a composition's is what its
+        mechanisms make of it. ``tests/unit/test_contract.py`` checks it against the class.
     bf16_parity
         Whether this class's bf16-mixed accuracy has been measured to match float32's
         (``python -m benchmarks.parity``): only then does ``train.precision = "auto"`` choose
@@ -128,7 +169,8 @@ class Method(ABC):
     rank: ClassVar[int] = 100
     Params: ClassVar[type | None] = None
     section: ClassVar[str | None] = None
-    uploads_update: ClassVar[bool] = False
+    contract: ClassVar[Contract] = Contract()
+    mechanisms: ClassVar[tuple[str, ...]] = ()
     bf16_parity: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, spec: DataSpec) -> None:
@@ -142,6 +184,31 @@ class Method(ABC):
         self.carried_optimiser: dict[str, torch.Tensor] | None = None
         """With ``train.optimiser = "published-shared"``, the Adam state the previous client's
         training left (:mod:`rvepfl.shared_adam`); the engine sets and saves it."""
+
+    def settings(self, params: type[P]) -> P:
+        """This run's values of the settings dataclass ``params``, typed: the config section that
+        this class, or a class it is made of, reads ``params`` from.
+
+        >>> from rvepfl.config import Config
+        >>> from rvepfl.registry import method_class
+        >>> from rvepfl.mechanisms.nbafl import NbaflParams
+        >>> method = method_class("rvepfl+nbafl")(Config(method="rvepfl+nbafl"), DataSpec(1, 28, 10, (9,) * 10))
+        >>> method.settings(NbaflParams).epsilon
+        60.0
+        """
+        for section, cls in type(self).sections().items():
+            if cls is params:
+                value = getattr(self.cfg, section)
+                if not isinstance(value, params):
+                    raise TypeError(f"Expected the config section [{section}] to hold {params.__name__}, "
+                                    f"got {type(value).__name__}")
+                return value
+        raise TypeError(f"{type(self).__name__} reads no section of {params.__name__}")
+
+    @property
+    def uploads_update(self) -> bool:
+        """Whether :meth:`upload` sends an update rather than the state (:attr:`contract`)."""
+        return self.contract.uploads == "update"
 
     @classmethod
     def sections(cls) -> dict[str, type]:
@@ -312,6 +379,7 @@ class Method(ABC):
         the round are not in it.
         """
         t = self.cfg.train
+        uploads = (self.receive(sent) for sent in uploads)
         if t.max_update_norm is not None:
             uploads = (self._bounded(sent, global_state, t.max_update_norm) for sent in uploads)
         if t.aggregation == "median":
@@ -323,6 +391,11 @@ class Method(ABC):
         for sent in uploads:
             running.add(sent.state, float(sent.num_samples) if weighted else 1.0)
         return running.result()
+
+    def receive(self, sent: Upload) -> Upload:
+        """The server's first look at each upload, before it is aggregated: a rule that replaces
+        :meth:`aggregate` calls it too. Default: the upload as it came."""
+        return sent
 
     def _bounded(self, sent: Upload, global_state: dict[str, torch.Tensor], bound: float) -> Upload:
         """``sent`` with its update (upload minus ``global_state``, or the upload itself when the

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.methods.base import ClientData, Method, RoundContext, SharedPath
+from rvepfl.methods.base import ClientData, Contract, Method, RoundContext, SharedPath
 from rvepfl.models import Classifier
 from rvepfl.params import need
 
@@ -85,6 +85,7 @@ class Ditto(Method):
     rank = 40
     Params = DittoParams
     section = "ditto"
+    contract = Contract(loop="phased", private=True)
 
     def build_model(self) -> nn.Module:
         return DittoModel(self.spec.channels, self.spec.image_size, self.spec.num_classes)
@@ -93,7 +94,7 @@ class Ditto(Method):
         return key.startswith(SHARED_PREFIX)
 
     def personal_epochs(self) -> int:
-        d: DittoParams = self.cfg.ditto
+        d = self.settings(DittoParams)
         return d.personal_epochs or self.cfg.train.local_epochs
 
     def planned_steps(self, num_samples: int) -> int:
@@ -108,7 +109,7 @@ class Ditto(Method):
         generator = self.batch_generator(ctx)
         step = self.train_epochs(model, data, list(model.global_model.parameters()), self.cfg.train.local_epochs,
                                  generator, step, ctx, loss=_global_loss)
-        d: DittoParams = self.cfg.ditto
+        d = self.settings(DittoParams)
         personal = partial(_personal_loss, lam=d.lam, anchor=received)
         return self.train_epochs(model, data, list(model.personal.parameters()), self.personal_epochs(),
                                  generator, step, ctx, loss=personal)

@@ -8,6 +8,7 @@ FedAvg.
 
 from __future__ import annotations
 
+from rvepfl.methods.base import Contract
 from rvepfl.methods.fedavg import FedAvg
 
 __all__ = ["HEAD_PREFIX", "FedPer"]
@@ -20,6 +21,7 @@ class FedPer(FedAvg):
     name = "fedper"
     description = "FedPer: classifier body shared and averaged, head private (Arivazhagan et al., 2019)"
     rank = 20
+    contract = Contract(private=True)
 
     def is_shared(self, key: str) -> bool:
         return not key.startswith(HEAD_PREFIX)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rvepfl.methods.base import ClientData, RoundContext
+from rvepfl.methods.base import ClientData, Contract, RoundContext
 from rvepfl.methods.fedper import FedPer
 from rvepfl.params import need
 
@@ -35,9 +35,10 @@ class FedRep(FedPer):
     rank = 30
     Params = PersonalParams
     section = "personal"
+    contract = Contract(loop="phased", private=True)
 
     def planned_steps(self, num_samples: int) -> int:
-        personal: PersonalParams = self.cfg.personal
+        personal = self.settings(PersonalParams)
         epochs = personal.head_epochs + self.cfg.train.local_epochs
         return epochs * self.batches_per_epoch(num_samples)
 
@@ -47,6 +48,6 @@ class FedRep(FedPer):
         head = [p for k, p in model.named_parameters() if not self.is_shared(k)]
         body = [p for k, p in model.named_parameters() if self.is_shared(k)]
         generator = self.batch_generator(ctx)
-        personal: PersonalParams = self.cfg.personal
+        personal = self.settings(PersonalParams)
         step = self.train_epochs(model, data, head, personal.head_epochs, generator, step, ctx)
         return self.train_epochs(model, data, body, self.cfg.train.local_epochs, generator, step, ctx)

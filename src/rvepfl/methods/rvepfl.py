@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvepfl.methods.base import Method, SharedPath
+from rvepfl.methods.base import Contract, Method, SharedPath
 from rvepfl.models import PersonalModel, kl_divergence
 from rvepfl.params import need
 
@@ -37,12 +37,13 @@ class RvePfl(Method):
     rank = 0
     Params = ModelParams
     section = "model"
+    contract = Contract(private=True)
     # bf16-mixed measured against float32: BENCHMARKS.md, "Mixed precision" (the raw figures in
     # ../shared/measurements/bf16-parity-2026-12-06/).
     bf16_parity = True
 
     def build_model(self) -> nn.Module:
-        params: ModelParams = self.cfg.model
+        params = self.settings(ModelParams)
         return PersonalModel(
             self.spec.channels,
             self.spec.image_size,
@@ -58,7 +59,7 @@ class RvePfl(Method):
         is the personal model, or a wrapper that passes its attributes through (Opacus's)."""
         z, mu, logvar = model.encoder(x, sample=True)  # type: ignore[operator]  # a submodule
         loss = F.cross_entropy(model.classifier(z), y)  # type: ignore[operator]  # a submodule
-        params: ModelParams = self.cfg.model
+        params = self.settings(ModelParams)
         beta = params.kl_weight
         if beta > 0:
             loss = loss + beta * kl_divergence(mu, logvar)
