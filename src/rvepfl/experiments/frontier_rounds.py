@@ -87,17 +87,23 @@ def _rows(curves: Sequence[PointCurve]) -> list[list[object]]:
 
 def rounds_plot(path: Path, dataset: str, curves: Sequence[PointCurve], title: str) -> Path:
     """Mean client test accuracy per round of every point of ``dataset``: the mean over seeds, the
-    range over seeds shaded."""
+    range over seeds shaded; one colour per method (in the order the methods first come), one line
+    style and marker per setting of it."""
     fig = agg_figure(8.0, 5.0)
     ax = fig.add_subplot()
     rounds = 0
+    colours: dict[str, str] = {}
+    settings: dict[str, int] = {}
     for c in curves:
         if c.dataset != dataset:
             continue
         pct = c.percent()
         x = np.arange(1, pct.shape[1] + 1)
         rounds = max(rounds, pct.shape[1])
-        (line,) = ax.plot(x, pct.mean(0), marker="o", markersize=3, label=c.label)
+        colour = colours.setdefault(c.method, f"C{len(colours) % 10}")
+        k = settings[c.method] = settings.get(c.method, -1) + 1
+        (line,) = ax.plot(x, pct.mean(0), color=colour, linestyle=("-", "--", ":", "-.")[k % 4],
+                          marker="osD^v"[k % 5], markersize=3, label=c.label)
         if pct.shape[0] > 1:
             ax.fill_between(x, pct.min(0), pct.max(0), color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_title(title, fontsize=10)
