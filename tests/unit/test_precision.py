@@ -114,15 +114,15 @@ def test_evaluation_runs_under_the_precision_and_reports_float_metrics() -> None
 
 def test_a_composition_has_parity_only_on_the_methods_its_mechanism_was_measured_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    method, mechanism = registry.methods()["rvepfl"], registry.mechanisms()["nbafl"]
+    method, mechanism = registry.methods()["rvepfl"], registry.mechanisms()["dp-fedavg"]
     assert method.bf16_parity and mechanism.bf16_parity_on == ("fedavg",)
-    # rvepfl alone and nbafl (on fedavg) were measured; rvepfl+nbafl was not
-    assert registry._compose(registry.methods()["fedavg"], mechanism, "nbafl").bf16_parity
-    assert not registry._compose(method, mechanism, "rvepfl+nbafl").bf16_parity
-    # what was measured: these three, and no other (read off each class itself, as the engine does)
-    specs = [*registry.available_methods(), "rvepfl+nbafl", "rvepfl+dp-fedavg", "fedper+nbafl"]
+    # rvepfl alone and dp-fedavg (on fedavg) were measured; rvepfl+dp-fedavg was not
+    assert registry._compose(registry.methods()["fedavg"], mechanism, "dp-fedavg").bf16_parity
+    assert not registry._compose(method, mechanism, "rvepfl+dp-fedavg").bf16_parity
+    # what was measured, and no other (read off each class itself, as the engine does); a stack never
+    specs = [*registry.available_methods(), "rvepfl+nbafl", "rvepfl+dp-fedavg", "fedper+nbafl", "fedavg+dp-sgd+nbafl"]
     measured = sorted(spec for spec in specs if vars(registry.method_class(spec)).get("bf16_parity", False))
-    assert measured == ["fedavg", "nbafl", "rvepfl"]
+    assert measured == ["dp-fedavg", "fedavg", "nbafl", "rvepfl", "rvepfl+nbafl"]
     monkeypatch.setattr(mechanism, "bf16_parity_on", ("fedavg", "rvepfl"))
-    assert registry._compose(method, mechanism, "rvepfl+nbafl").bf16_parity
+    assert registry._compose(method, mechanism, "rvepfl+dp-fedavg").bf16_parity
     assert "bf16_parity" not in vars(registry.methods()["fedper"])

@@ -66,6 +66,8 @@ class DpFedAvg(Mechanism):
     rank = 10
     Params = DpFedAvgParams
     section = "dp_fedavg"
+    # bf16-mixed measured against float32 on fedavg: BENCHMARKS.md, "Mixed precision" (2026-12-07).
+    bf16_parity_on = ("fedavg",)
     hooks = frozenset({"upload", "aggregate", "wire_gradient"})
     needs = (
         Need("uploads", ("state",), "this method already uploads an update"),

@@ -65,9 +65,9 @@ class NbAfl(Mechanism):
     rank = 0
     Params = NbaflParams
     section = "nbafl"
-    # bf16-mixed measured against float32: BENCHMARKS.md, "Mixed precision" (the raw figures in
-    # ../shared/measurements/bf16-parity-2026-12-06/).
-    bf16_parity_on = ("fedavg",)
+    # bf16-mixed measured against float32: BENCHMARKS.md, "Mixed precision" (on fedavg: the raw
+    # figures in ../shared/measurements/bf16-parity-2026-12-06/; on rvepfl: 2026-12-07).
+    bf16_parity_on = ("fedavg", "rvepfl")
 
     hooks = frozenset({"upload", "aggregate", "wire_gradient"})
     needs = (Need("uploads", ("state",),
