@@ -145,7 +145,7 @@ def test_dp_methods_put_their_defence_into_the_observation(trained):
     nbafl = Target(trained("nbafl"))
     x, gt = nbafl.client_batch(0, 1, draw=0, seed=0)
     obs = nbafl.observe_gradient(1, 0, x, gt.labels, seed=0, draw=0)
-    sigma = nbafl.method.noise.sigma_u / nbafl.cfg.train.lr
+    sigma = nbafl.method.nbafl_noise.sigma_u / nbafl.cfg.train.lr
     flat = torch.cat([g.flatten() for g in obs.gradients]).double()
     # The parameter noise sigma_u, seen through a step of size lr, swamps the gradient.
     assert float(flat.std()) == pytest.approx(sigma, rel=0.1)
@@ -200,7 +200,7 @@ def test_dp_methods_put_their_defence_into_the_update(trained):
     x, gt = nbafl.client_batch(0, 1, draw=0, seed=0)
     obs = nbafl.observe_update(1, 0, x, gt.labels, local_steps=2, seed=0, draw=0)
     # The upload's noise sigma_u, seen through 2 steps of size lr, swamps the update.
-    sigma = nbafl.method.noise.sigma_u / (nbafl.cfg.train.lr * 2)
+    sigma = nbafl.method.nbafl_noise.sigma_u / (nbafl.cfg.train.lr * 2)
     assert float(flat(obs.gradients).std()) == pytest.approx(sigma, rel=0.1)
 
     # DP-FedAvg's server sees the clipped update: one step (norm 0.46) is under clip_norm 1,
