@@ -144,6 +144,9 @@ def test_frontier_smoke_end_to_end_and_a_stopped_frontier_continues(tmp_path, mo
     assert "## Training curves" in (out / "frontier.md").read_text()
     record = json.loads((out / "frontier.json").read_text())
     assert record["peak_disk_bytes"] > 0 and len(record["attacked"]) == 3
+    assert main(["frontier", "--config", str(config), "--out", str(out), "--quiet"]) == 0  # all complete
+    again = json.loads((out / "frontier.json").read_text())  # the report again: no time added
+    assert (again["seconds"], again["attacked"]) == (record["seconds"], record["attacked"])
     with open(out / "frontier.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["method"], r["value"]) for r in rows] == [("fedavg", ""), ("nbafl", "1.0"), ("nbafl", "100.0")]

@@ -322,8 +322,9 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
         nonlocal record
         fresh = statuses[r.label] != "skipped" or r.label not in attacked
         attacked.add(r.label)
+        # a run found complete and attacked adds nothing: the record is the time of the work itself
         record = {"peak_disk_bytes": peak, "attacked": sorted(attacked),
-                  "seconds": float(record.get("seconds", 0.0)) + seconds}
+                  "seconds": float(record.get("seconds", 0.0)) + (seconds if fresh else 0.0)}
         write_json(record_path, record)
         if fresh:
             eta.advance(1)
