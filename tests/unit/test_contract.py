@@ -152,8 +152,8 @@ def test_a_methods_contract_says_what_the_class_does(name):
     cls = registry.methods()[name]
     contract = cls.contract
     cfg = tiny_cfg(name)
-    model = cls(cfg, _spec(cfg)).build_model()
-    assert contract.private == any(not cls(cfg, _spec(cfg)).is_shared(k) for k in model.state_dict())
+    method = cls(cfg, _spec(cfg))
+    assert contract.private == any(not method.is_shared(k) for k in method.build_model().state_dict())
     assert (contract.loop == "standard") == (not _overrides(cls, LOOP_HOOKS)), _overrides(cls, LOOP_HOOKS)
     assert contract.loop in ("standard", "phased")  # "privatised" is DP-SGD's, never a method's own
     assert (contract.server == "mean") == (not _overrides(cls, SERVER_HOOKS)), _overrides(cls, SERVER_HOOKS)
