@@ -649,6 +649,7 @@ def frontier(
     smoke: Annotated[bool, typer.Option("--smoke", help="Shrink every run and attack to check the file end to end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only one line per run and attack.")] = False,
     ray_address: Annotated[Optional[str], typer.Option(help=_default(_RAY_ADDRESS_HELP, _RAY_ADDRESS_DEFAULT))] = None,
+    runs_at_once: Annotated[Optional[int], typer.Option(help=_default("Runs side by side on this machine, each in its own process (overrides frontier.runs_at_once).", "the file's, else 1"))] = None,
 ) -> None:
     """Sweep each method's privacy knob: who is more accurate at equal protection.
 
@@ -659,6 +660,11 @@ def frontier(
     from rvepfl.experiments.frontier import load_frontier, run_frontier
 
     plan = load_frontier(config, smoke=smoke)
+    if runs_at_once is not None:
+        if runs_at_once < 1:
+            raise ConfigError(f"Expected --runs-at-once >= 1 (runs side by side, each in its own process), got "
+                              f"{runs_at_once}")
+        plan = dataclasses.replace(plan, runs_at_once=runs_at_once)
     _check_ray_address(ray_address)
     suite = plan.suite
     typer.echo(f"{suite.name}: {len(suite.runs)} runs x {len(suite.jobs())} attacks", err=True)

@@ -244,3 +244,79 @@ miface = 2
     with open(out / "audit.csv", newline="") as fh:
         images = {r["attack"]: int(r["images"]) for r in csv.DictReader(fh)}
     assert images["miface"] == 20  # 10 classes x 2 clients
+
+
+# -- clients that hold the same model ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fedavg_run(tmp_path_factory) -> Path:
+    from rvepfl.cli import main
+
+    out = tmp_path_factory.mktemp("fedavg") / "run"
+    tiny = [*TINY_RUN]
+    tiny[tiny.index("fedper")] = "fedavg"
+    assert main(["train", *tiny, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name, request_", [
+    ("miface", {"restarts": 2, **FAST}),
+    ("gmi", {"iterations": 3, "restarts": 2, "evaluator_images": 100,
+             "params": {"prior_steps": 5, "prior_images": 500}}),
+])
+def test_clients_with_the_same_model_are_inverted_once_with_the_same_rows(fedavg_run, tmp_path, monkeypatch,
+                                                                          name, request_):
+    from rvepfl.attacks.inversion import InversionAttack, model_digest
+
+    target = Target(fedavg_run)
+    models = [target.model(target.cfg.train.rounds, c) for c in range(3)]
+    assert len({model_digest(m) for m in models}) == 1  # FedAvg: every client holds the global model
+    chosen = attack(name)
+    real = type(chosen).invert
+    inverted: list[int] = []
+
+    def counted(self, target, settings, *args, **kwargs):
+        inverted.append(settings.client)
+        return real(self, target, settings, *args, **kwargs)
+
+    monkeypatch.setattr(type(chosen), "invert", counted)
+    InversionAttack._last.clear()
+    out = tmp_path / "all"
+    summary = _job(target, name, out, "all", **request_)
+    assert inverted == [0]
+    pooled = _rows(out / "scores.csv")
+    assert summary["rows"] == 30
+    for c in (1, 2):
+        part = json.loads((out / "clients" / f"{c:04d}" / "summary.json").read_text())
+        assert part["same_model_as_client"] == 0 and part["seconds"] < summary["clients"]["0"]["seconds"]
+        assert all(float(r["seconds"]) == 0.0 for r in pooled if r["client"] == str(c))
+    saved = load_tensors(out / "reconstructions.safetensors", kind="rvepfl-attack-reconstructions")
+    for c in range(3):  # each, inverted alone in a fresh process, gives the same rows and images
+        InversionAttack._last.clear()
+        alone = tmp_path / f"client{c}"
+        _job(target, name, alone, client=c, **request_)
+        assert inverted[-1] == c
+        assert _without_seconds([r for r in pooled if r["client"] == str(c)]) == _without_seconds(
+            _rows(alone / "scores.csv"))
+        mine = load_tensors(alone / "reconstructions.safetensors", kind="rvepfl-attack-reconstructions")
+        assert torch.equal(saved["reconstruction"][10 * c: 10 * (c + 1)], mine["reconstruction"])
+
+
+def test_clients_with_their_own_models_are_each_inverted(run, tmp_path, monkeypatch):
+    from rvepfl.attacks.inversion import InversionAttack
+
+    target = Target(run)  # FedPer: each client's head is its own
+    chosen = attack("miface")
+    real = type(chosen).invert
+    inverted: list[int] = []
+
+    def counted(self, target, settings, *args, **kwargs):
+        inverted.append(settings.client)
+        return real(self, target, settings, *args, **kwargs)
+
+    monkeypatch.setattr(type(chosen), "invert", counted)
+    InversionAttack._last.clear()
+    summary = _job(target, "miface", tmp_path / "all", "all", **FAST)
+    assert inverted == [0, 1, 2]
+    assert all("same_model_as_client" not in json.loads((tmp_path / "all" / "clients" / f"{c:04d}" /
+                                                         "summary.json").read_text()) for c in range(3))
+    assert summary["rows"] == 30

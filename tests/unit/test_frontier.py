@@ -52,6 +52,8 @@ def test_a_sweep_is_a_run_per_point_and_seed_on_the_same_clients():
     ('[sweep.nbafl]\nkey = "nbafl.epsilon"\nvalue = [1.0]', r"Unknown key `sweep.nbafl.value`"),
     ('[frontier]\nreference = "fedper"', "Expected `frontier.reference` to name an entry of `methods`"),
     ('[frontier]\nagainst = ["fedavg"]', "Expected `frontier.against` to name swept methods"),
+    ('[frontier]\nruns_at_once = 0', r"Expected `frontier.runs_at_once` to be an integer >= 1"),
+    ('[frontier]\nruns_at_once = true', r"Expected `frontier.runs_at_once` to be an integer >= 1"),
 ])
 def test_bad_frontier_files_are_one_clear_line(sweep, match):
     text = BASE.split("[sweep.nbafl]")[0] if sweep.startswith("[sweep.") else BASE
@@ -169,3 +171,40 @@ def test_a_stolen_jobs_clients_are_groups_of_the_exact_bound(tmp_path):
     released.write_text("image,label,evaluator_label,evaluator_correct\n"
                         + "".join(f"{k},{k},{k},1\n" for k in range(10)))
     assert _job_sample(AttackJob("miface", "released"), released).clusters == 1
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_give_the_same_frontier_byte_for_byte(tmp_path, capsys):
+    config = tmp_path / "frontier.toml"  # the stolen job: FedAvg's clients share one model, inverted once
+    config.write_text(BASE.replace("seeds = [0, 1]", "seeds = [0]"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["frontier", "--config", str(config), "--out", str(one), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["frontier", "--config", str(config), "--out", str(two), "--quiet", "--runs-at-once", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "3 runs, 2 at a time, each in its own process" in err
+    for name in ("frontier.csv", "frontier_verdict.csv", "frontier_rounds.csv"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    record = json.loads((two / "frontier.json").read_text())
+    assert record["seconds"] > 0 and len(record["attacked"]) == 3
+    assert main(["frontier", "--config", str(config), "--out", str(two), "--quiet", "--runs-at-once", "2"]) == 0
+    again = json.loads((two / "frontier.json").read_text())  # complete: nothing redone, no time added
+    assert (again["seconds"], again["attacked"]) == (record["seconds"], record["attacked"])
+
+
+def _die(task, out):  # a run's process killed mid-run
+    import os
+
+    os._exit(9)
+
+
+def test_a_run_process_that_dies_is_one_line(tmp_path):
+    from rvepfl.experiments.ray_fanout import RunTask
+    from rvepfl.experiments.run_pool import RunWorkerDied, runs_side_by_side
+
+    plan = frontier_from_dict(_values())
+    tasks = [RunTask(r, None, f"[{r.index}/6] {r.title}") for r in plan.suite.runs[:2]]
+    with pytest.raises(RunWorkerDied, match=r"a run's process died .* run the same command again to resume"):
+        list(runs_side_by_side(_die, tasks, tmp_path, 2))
+    with pytest.raises(ValueError, match="at least 2 processes"):
+        list(runs_side_by_side(_die, tasks, tmp_path, 1))

@@ -702,6 +702,14 @@ class Gmi(InversionAttack):
             prior.save(path)
         return prior, f"{path.name}: trained on {words}"
 
+    def inverted_model(self, target: Target, settings: AttackSettings) -> nn.Module:
+        return target.image_model(settings.threat, settings.round, settings.client)
+
+    def inversion_key(self, target: Target, settings: AttackSettings, evaluator_note: str,
+                      cache: Path) -> tuple[Any, ...]:
+        prior = prior_path(target, settings, prior_source(target, settings)[0], cache)
+        return (*super().inversion_key(target, settings, evaluator_note, cache), prior.name)
+
     def invert(self, target: Target, settings: AttackSettings, log: Log, status: Log | None, *,
                evaluator: Any | None, cache: Path) -> Inversion:
         s, p = settings, settings.params

@@ -13,10 +13,21 @@ Under ``stolen`` a job may attack several clients' personal models (``--client a
 client's job in ``OUT/clients/<cccc>/``, then one ``scores.csv`` of classes x clients rows, one
 grid (a row per client) and the summary's pooled scores, with each client's under ``clients``
 (:meth:`rvepfl.attacks.base.Attack.run_clients`).
+
+Clients that hold the same model are inverted once. A method without a private part gives every
+client the same global model, and an inversion depends on the model, the settings other than the
+client, the evaluator and (GMI) the prior alone, so a job over its clients would find the same
+images once per client. Now a client whose model is the same, byte
+for byte, as the client just inverted (:func:`model_digest`, with everything else the inversion
+reads: :meth:`InversionAttack.inversion_key`) takes that inversion: the same images and columns as
+inverting it again, scored against its own images, its ``seconds`` the time it took (none), its
+summary naming the client it shares the model with.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from rvepfl.attacks.base import (
     Attack,
@@ -43,7 +55,7 @@ from rvepfl.attacks.threat import Target
 from rvepfl.errors import ConfigError
 from rvepfl.io import load_tensors, save_tensors, write_csv, write_json
 
-__all__ = ["SCORE_COLUMNS", "Inversion", "InversionAttack", "pooled_share"]
+__all__ = ["SCORE_COLUMNS", "Inversion", "InversionAttack", "model_digest", "pooled_share"]
 
 SCORE_COLUMNS = ["mean_mse", "mean_psnr", "mean_ssim", "nearest_mse", "nearest_psnr", "nearest_ssim",
                  "evaluator_label", "evaluator_correct"]
@@ -64,6 +76,29 @@ class Inversion:
     """Entries for the summary (e.g. a control's share), merged into it."""
 
 
+def model_digest(model: nn.Module) -> str:
+    """A digest of everything in ``model`` that its outputs can depend on: its modules' classes
+    and plain settings (e.g. a personal model's ``sample_at_eval``), and every parameter's and
+    buffer's name, dtype, shape and bytes. Two models with the same digest compute the same
+    function (with the same random draws, for one that samples).
+
+    >>> a, b = nn.Linear(2, 3), nn.Linear(2, 3)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> model_digest(a) == model_digest(b), model_digest(a) == model_digest(nn.Linear(2, 3))
+    (True, False)
+    """
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        plain = {k: v for k, v in sorted(vars(module).items())
+                 if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, tuple))}
+        h.update(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{plain!r};".encode())
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class InversionAttack(Attack):
     """An attack that inverts a released or stolen model into one image per class."""
 
@@ -77,10 +112,41 @@ class InversionAttack(Attack):
     own_columns: ClassVar[tuple[str, ...]] = ()
     """The member's columns of ``scores.csv``, after ``class`` (``Inversion.columns``' keys)."""
 
+    _last: ClassVar[dict[str, tuple[tuple[Any, ...], int, Inversion]]] = {}
+    """Per attack, in this process: the last inversion, its :meth:`inversion_key` and client."""
+
     def invert(self, target: Target, settings: AttackSettings, log: Log, status: Log | None, *,
                evaluator: Any | None, cache: Path) -> Inversion:
         """The attack proper."""
         raise NotImplementedError
+
+    def inverted_model(self, target: Target, settings: AttackSettings) -> nn.Module:
+        """The model :meth:`invert` inverts under ``settings``."""
+        raise NotImplementedError
+
+    def inversion_key(self, target: Target, settings: AttackSettings, evaluator_note: str,
+                      cache: Path) -> tuple[Any, ...]:
+        """Everything :meth:`invert`'s result depends on: the inverted model's :func:`model_digest`,
+        the settings other than the client and the evaluator (its file); a member that reads
+        more (GMI: its prior) adds it. Two clients with the same key get the same inversion."""
+        return (self.name, model_digest(self.inverted_model(target, settings)),
+                dataclasses.replace(settings, client=0).digest(), evaluator_note)
+
+    def invert_once(self, target: Target, settings: AttackSettings, log: Log, status: Log | None, *,
+                    evaluator: Any | None, evaluator_note: str, cache: Path) -> Inversion:
+        """:meth:`invert`, or the inversion of the client just inverted in this process when its
+        :meth:`inversion_key` is this one's (the same model, byte for byte, and settings):
+        then the same images and columns, in no time, and the summary says whose they are."""
+        key = self.inversion_key(target, settings, evaluator_note, cache)
+        last = InversionAttack._last.get(self.name)
+        if last is not None and last[0] == key and last[1] != settings.client:
+            log(f"{self.name}: client {settings.client}'s model is client {last[1]}'s, byte for byte: its "
+                "inversion is the same, taken as it is")
+            return dataclasses.replace(last[2], seconds=0.0,
+                                       extra={**last[2].extra, "same_model_as_client": last[1]})
+        result = self.invert(target, settings, log, status, evaluator=evaluator, cache=cache)
+        InversionAttack._last[self.name] = (key, settings.client, result)
+        return result
 
     def columns(self, threat: str) -> list[str]:
         """``scores.csv``'s columns under ``threat``: a stolen model's rows start with its client."""
@@ -128,7 +194,8 @@ class InversionAttack(Attack):
         digest = s.digest()
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        result = self.invert(target, s, log, status, evaluator=evaluator, cache=cache)
+        result = self.invert_once(target, s, log, status, evaluator=evaluator, evaluator_note=evaluator_note,
+                                  cache=cache)
         pixels, classes = result.pixels, result.classes
         # The class's real images: every client's training images (stolen: the victim client's).
         if s.threat == "stolen":

@@ -392,6 +392,13 @@ class MiFace(InversionAttack):
         for client in settings.victims:
             target.inversion_model(settings.threat, settings.round, client)
 
+    def inverted_model(self, target, settings):
+        return target.inversion_model(settings.threat, settings.round, settings.client)[0]
+
+    def inversion_key(self, target, settings, evaluator_note, cache):
+        bounds = target.inversion_model(settings.threat, settings.round, settings.client)[1]
+        return (*super().inversion_key(target, settings, evaluator_note, cache), bounds)
+
     def invert(self, target, settings, log, status, *, evaluator, cache) -> Inversion:
         s = settings
         model, bounds = target.inversion_model(s.threat, s.round, s.client)

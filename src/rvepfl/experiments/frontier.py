@@ -12,6 +12,7 @@ table per method whose privacy knob is swept, and an optional ``[frontier]`` tab
                                    # else the first swept method)
     against = ["nbafl"]            # the swept methods it is compared with (default: every other)
     prune = true                   # keep only what the attacks need of a finished run (default)
+    runs_at_once = 1               # runs side by side, each in its own process (default 1)
 
 Every method without a sweep table is a fixed point. A run of a sweep point is named
 ``<dataset>-<method>-<point>-seed<k>`` (``mnist-nbafl-epsilon20-seed0``); every point of every
@@ -24,6 +25,11 @@ complete (the other clients' states serve only a resume, which a finished run no
 The peak disk use so far, measured after each run's training and attacks, before its pruning, is
 recorded in ``frontier.json`` with the time the frontier took. A stopped frontier continues where it stopped
 when run again: finished runs and attacks are not redone.
+
+With ``runs_at_once = N`` (N >= 2), N runs are taken at a time, each trained, attacked, measured
+and pruned in its own process (:mod:`rvepfl.experiments.run_pool`), which keeps the cores busy
+where one run at a time leaves them waiting; the frontier's files are the same. ``frontier.json``
+then records the wall time from the first run to the last, not the sum of the runs' own times.
 
 Given a Ray cluster's address, every run is instead a task on the cluster that trains, attacks,
 measures and prunes it with the same functions (:mod:`rvepfl.experiments.ray_fanout`); the output
@@ -39,7 +45,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +78,7 @@ if TYPE_CHECKING:
 __all__ = ["FrontierPlan", "FrontierReport", "Sweep", "frontier_from_dict", "load_frontier", "prune_run",
            "run_frontier"]
 
-_FRONTIER_KEYS = ("reference", "against", "prune")
+_FRONTIER_KEYS = ("reference", "against", "prune", "runs_at_once")
 _SWEEP_KEYS = ("key", "values")
 _RESERVED_KNOBS = ("name", "method", "seed", "threads", "workers", "device", "tensorboard")
 
@@ -96,6 +102,9 @@ class FrontierPlan:
     reference: str
     against: tuple[str, ...]
     prune: bool = True
+    runs_at_once: int = 1
+    """Runs taken at a time on this machine, each in its own process (1: one at a time, its
+    attacks in the attack pool)."""
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -185,7 +194,11 @@ def frontier_from_dict(values: dict[str, Any], *, smoke: bool = False, source: s
     prune = frontier.get("prune", True)
     if not isinstance(prune, bool):
         raise ConfigError(f"Expected `frontier.prune` to be true or false, got {prune!r}")
-    return FrontierPlan(replace(suite, runs=tuple(runs)), sweeps, reference, tuple(against), prune)
+    at_once = frontier.get("runs_at_once", 1)
+    if not isinstance(at_once, int) or isinstance(at_once, bool) or at_once < 1:
+        raise ConfigError(f"Expected `frontier.runs_at_once` to be an integer >= 1 (runs side by side, each in its "
+                          f"own process; at most the cores), got {at_once!r}")
+    return FrontierPlan(replace(suite, runs=tuple(runs)), sweeps, reference, tuple(against), prune, at_once)
 
 
 def load_frontier(path: str | Path, *, smoke: bool = False) -> FrontierPlan:
@@ -302,7 +315,7 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
     count = len(suite.runs)
     dirs, states = checked_runs(suite, out)
     if ray_address is not None:
-        from rvepfl.experiments.ray_fanout import RunTask, check_address, ray_cluster
+        from rvepfl.experiments.ray_fanout import check_address, ray_cluster
 
         check_address(ray_address)  # Ray installed and a cluster there, before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -335,19 +348,41 @@ def run_frontier(plan: FrontierPlan, out: str | Path | None = None, *,
     statuses: dict[str, str] = {}
     jobs = suite.audit.jobs()
     local = dirs
+
+    def side_by_side(results: Iterator[tuple[RunTask, tuple[RunDone, list[str], int]]]) -> None:
+        """Take the runs' results as they come from processes or tasks side by side: each run's
+        time is the wall time since the previous one finished (their own times overlap)."""
+        nonlocal peak
+        last = time.perf_counter()
+        for done, (task, (step, lines, disk)) in enumerate(results, start=1):
+            for line in lines:
+                say(line)
+            statuses[task.r.label] = step.status
+            peak = max(peak, disk)
+            now = time.perf_counter()
+            finished(done, task.r, now - last)
+            last = now
+
+    def tasks() -> list[RunTask]:
+        from rvepfl.experiments.ray_fanout import RunTask
+
+        audit = suite.audit
+        assert audit is not None
+        return [RunTask(r, audit, f"[{r.index}/{count}] {r.title}",
+                        prune=audit.kept_clients(r.cfg.data.num_clients) if plan.prune else None)
+                for r in suite.runs]
+
     if ray_address is not None:  # every run a task on the cluster: none is left for the loop below
         local = []
         with ray_cluster(ray_address, out) as cluster:
             say(f"ray: {count} runs as tasks on {cluster.describe()}")
-            tasks = [RunTask(r, suite.audit, f"[{r.index}/{count}] {r.title}",
-                             prune=suite.audit.kept_clients(r.cfg.data.num_clients) if plan.prune else None)
-                     for r in suite.runs]
-            for done, (task, (step, lines, disk)) in enumerate(cluster.run(_run_on_node, tasks), start=1):
-                for line in lines:
-                    say(line)
-                statuses[task.r.label] = step.status
-                peak = max(peak, disk)
-                finished(done, task.r, step.seconds)
+            side_by_side(cluster.run(_run_on_node, tasks()))
+    elif plan.runs_at_once > 1:  # runs side by side in processes here: none is left for the loop below
+        from rvepfl.experiments.run_pool import runs_side_by_side
+
+        local = []
+        say(f"{count} runs, {plan.runs_at_once} at a time, each in its own process")
+        side_by_side(runs_side_by_side(_run_on_node, tasks(), out, plan.runs_at_once))
     with attack_pool(suite.audit.workers if local else 1) as pool:
         for done, (r, run) in enumerate(local, start=1):
             prefix = f"[{r.index}/{count}] {r.title}"
