@@ -258,6 +258,24 @@ def fedavg_run(tmp_path_factory) -> Path:
     return out
 
 
+def _count_inversions(monkeypatch, name: str) -> list[int]:
+    """The clients ``name``'s inversions run on from now, in order, in a process with no
+    inversion kept from before."""
+    from rvepfl.attacks.inversion import InversionAttack
+
+    cls = type(attack(name))
+    real = cls.invert
+    inverted: list[int] = []
+
+    def counted(self, target, settings, *args, **kwargs):
+        inverted.append(settings.client)
+        return real(self, target, settings, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "invert", counted)
+    InversionAttack._last.clear()
+    return inverted
+
+
 @pytest.mark.parametrize("name, request_", [
     ("miface", {"restarts": 2, **FAST}),
     ("gmi", {"iterations": 3, "restarts": 2, "evaluator_images": 100,
@@ -270,16 +288,7 @@ def test_clients_with_the_same_model_are_inverted_once_with_the_same_rows(fedavg
     target = Target(fedavg_run)
     models = [target.model(target.cfg.train.rounds, c) for c in range(3)]
     assert len({model_digest(m) for m in models}) == 1  # FedAvg: every client holds the global model
-    chosen = attack(name)
-    real = type(chosen).invert
-    inverted: list[int] = []
-
-    def counted(self, target, settings, *args, **kwargs):
-        inverted.append(settings.client)
-        return real(self, target, settings, *args, **kwargs)
-
-    monkeypatch.setattr(type(chosen), "invert", counted)
-    InversionAttack._last.clear()
+    inverted = _count_inversions(monkeypatch, name)
     out = tmp_path / "all"
     summary = _job(target, name, out, "all", **request_)
     assert inverted == [0]
@@ -302,19 +311,8 @@ def test_clients_with_the_same_model_are_inverted_once_with_the_same_rows(fedavg
 
 
 def test_clients_with_their_own_models_are_each_inverted(run, tmp_path, monkeypatch):
-    from rvepfl.attacks.inversion import InversionAttack
-
     target = Target(run)  # FedPer: each client's head is its own
-    chosen = attack("miface")
-    real = type(chosen).invert
-    inverted: list[int] = []
-
-    def counted(self, target, settings, *args, **kwargs):
-        inverted.append(settings.client)
-        return real(self, target, settings, *args, **kwargs)
-
-    monkeypatch.setattr(type(chosen), "invert", counted)
-    InversionAttack._last.clear()
+    inverted = _count_inversions(monkeypatch, "miface")
     summary = _job(target, "miface", tmp_path / "all", "all", **FAST)
     assert inverted == [0, 1, 2]
     assert all("same_model_as_client" not in json.loads((tmp_path / "all" / "clients" / f"{c:04d}" /
