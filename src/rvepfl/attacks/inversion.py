@@ -17,9 +17,9 @@ grid (a row per client) and the summary's pooled scores, with each client's unde
 Clients that hold the same model are inverted once. A method without a private part gives every
 client the same global model, and an inversion depends on the model, the settings other than the
 client, the evaluator and (GMI) the prior alone, so a job over its clients would find the same
-images once per client. Now a client whose model is the same, byte
-for byte, as the client just inverted (:func:`model_digest`, with everything else the inversion
-reads: :meth:`InversionAttack.inversion_key`) takes that inversion: the same images and columns as
+images once per client. Now a client whose model is the same, byte for byte, as the client just
+inverted (:func:`model_digest`, with everything else the inversion reads:
+:meth:`InversionAttack.inversion_key`) takes that inversion: the same images and columns as
 inverting it again, scored against its own images, its ``seconds`` the time it took (none), its
 summary naming the client it shares the model with.
 """
