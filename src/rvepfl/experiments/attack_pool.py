@@ -39,7 +39,7 @@ from typing import Any
 from rvepfl.attacks.runner import AttackSettings
 from rvepfl.errors import RvepflError
 
-__all__ = ["AttackPool", "AttackWorkerDied", "attack_pool"]
+__all__ = ["AttackPool", "AttackWorkerDied", "attack_pool", "kill_workers", "start_worker"]
 
 
 class AttackWorkerDied(RvepflError):
@@ -52,17 +52,32 @@ _targets: dict[str, Any] = {}
 _lines: Any = None  # in a worker: the pool's queue of ("line" or "status", text)
 
 
-def _initialise(parent: int, lines: Any) -> None:
-    global _lines
+def start_worker(parent: int) -> None:
+    """A pool worker's start (this pool's and :mod:`rvepfl.experiments.run_pool`'s): die with
+    ``parent`` (on Linux; exit at once if it is already gone), leave Ctrl-C to it, tune the
+    allocator."""
     from rvepfl.fl.workers import _die_with_parent
     from rvepfl.perf import tune_allocator
 
-    _lines = lines
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before this worker asked to die with it
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()
+
+
+def kill_workers(executor: ProcessPoolExecutor) -> None:
+    """Kill ``executor``'s live processes without waiting for their jobs (they resume or restart
+    on the next invocation)."""
+    for process in list(getattr(executor, "_processes", {}).values()):
+        if process.is_alive():
+            process.kill()
+
+
+def _initialise(parent: int, lines: Any) -> None:
+    global _lines
+    _lines = lines
+    start_worker(parent)
 
 
 def _attack(run_dir: str, settings: AttackSettings, dest: str, cache: str, threads: int | None,
@@ -127,9 +142,7 @@ class AttackPool:
 
     def close(self, *, kill: bool = False) -> None:
         if kill:  # do not wait for running jobs: they resume or restart on the next invocation
-            for process in list(getattr(self._executor, "_processes", {}).values()):
-                if process.is_alive():
-                    process.kill()
+            kill_workers(self._executor)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._lines.close()
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from rvepfl.errors import RvepflError
+from rvepfl.experiments.attack_pool import kill_workers, start_worker
 
 if TYPE_CHECKING:
     from rvepfl.experiments.ray_fanout import RunTask
@@ -42,17 +42,6 @@ T = TypeVar("T")
 
 class RunWorkerDied(RvepflError):
     """A run's process died (killed, out of memory) before the run finished."""
-
-
-def _initialise(parent: int) -> None:
-    from rvepfl.fl.workers import _die_with_parent
-    from rvepfl.perf import tune_allocator
-
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before this process asked to die with it
-        os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tune_allocator()
 
 
 def _in_process(function: Callable[[RunTask, Path], T], task: RunTask, out: str) -> T:
@@ -74,7 +63,7 @@ def runs_side_by_side(function: Callable[[RunTask, Path], T], tasks: Sequence[Ru
     if processes < 2:
         raise ValueError(f"Expected at least 2 processes, got {processes}")
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_initialise,
+    executor = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=start_worker,
                                    initargs=(os.getpid(),))
     pending: dict[Future[T], RunTask] = {executor.submit(_in_process, function, task, str(out)): task
                                          for task in tasks}
@@ -93,7 +82,5 @@ def runs_side_by_side(function: Callable[[RunTask, Path], T], tasks: Sequence[Ru
         clean = True
     finally:
         if not clean:  # do not wait for the runs still going: they resume on the next invocation
-            for process in list(getattr(executor, "_processes", {}).values()):
-                if process.is_alive():
-                    process.kill()
+            kill_workers(executor)
         executor.shutdown(wait=True, cancel_futures=True)
