@@ -1,6 +1,7 @@
 """Configuration: frozen dataclasses loaded from TOML, overridden by CLI flags, validated.
 
-A config has top-level keys, the engine's sections (``[data]``, ``[train]``, ``[faults]``) and
+A config has top-level keys, the engine's sections (``[data]``, ``[train]``, ``[faults]``,
+``[secure_aggregation]``) and
 one section per method or mechanism that has settings (``[model]`` for RVE-PFL, ``[nbafl]``,
 ``[dp_fedavg]``, ``[dp_sgd]``, ``[personal]`` for FedRep, ...). Those sections are not listed
 here: each method and mechanism declares its own dataclass (``Params``) and section beside its
@@ -52,6 +53,7 @@ from rvepfl.engine_config import (  # noqa: F401 - exported here, where they hav
     OptimiserScope,
     PartitionName,
     RunConfig,
+    SecureAggregationConfig,
     SplitMode,
     TestSplit,
     TrainConfig,
@@ -64,6 +66,7 @@ __all__ = [
     "DataConfig",
     "EngineConfig",
     "FaultsConfig",
+    "SecureAggregationConfig",
     "TrainConfig",
     "apply_overrides",
     "check_name",
@@ -97,7 +100,8 @@ else:
 
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_THREADS = 1024
-_ENGINE_SECTIONS = {"data": DataConfig, "train": TrainConfig, "faults": FaultsConfig}
+_ENGINE_SECTIONS = {"data": DataConfig, "train": TrainConfig, "faults": FaultsConfig,
+                    "secure_aggregation": SecureAggregationConfig}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -255,6 +259,7 @@ def _check(cfg: Config) -> Config:
     need(0 <= f.min_clients <= cfg.clients_per_round, "faults.min_clients", f.min_clients,
          f"between 0 and the {cfg.clients_per_round} clients of a round (0: all of them)")
     need(f.client_timeout >= 0, "faults.client_timeout", f.client_timeout, ">= 0 (0: no limit)")
+    _check_secure_aggregation(cfg)
     if d.test_split == "published-leaky":
         need(d.split == "combined", "data.split", d.split,
              'to be "combined" with `data.test_split = "published-leaky"` (the published code re-split each '
@@ -266,6 +271,34 @@ def _check(cfg: Config) -> Config:
              "to be 0 with `train.optimiser = \"published-shared\"` (a client past its time limit runs in a "
              "process of its own, where the shared optimiser is not)")
     return cfg
+
+
+def _check_secure_aggregation(cfg: Config) -> None:
+    s, t, k = cfg.secure_aggregation, cfg.train, cfg.clients_per_round
+    if not s.enabled:
+        return
+    need(k >= 2, "secure_aggregation.enabled", s.enabled,
+         f"to be false with {k} client a round (the sum of one upload is that upload)")
+    need(s.num_shares == 0 or 3 <= s.num_shares <= k, "secure_aggregation.num_shares", s.num_shares,
+         f"to be 0 (every client of the round) or between 3 and the {k} clients of a round")
+    shares = s.num_shares or k
+    need(s.reconstruction_threshold == 0 or 2 <= s.reconstruction_threshold <= shares,
+         "secure_aggregation.reconstruction_threshold", s.reconstruction_threshold,
+         f"to be 0 (more than half of the shares) or between 2 and the {shares} shares"
+         + (f": a round has only {k} clients, fewer than the threshold" if s.reconstruction_threshold > k else ""))
+    need(s.clipping_range > 0, "secure_aggregation.clipping_range", s.clipping_range, "> 0")
+    need(s.quantization_range >= 2, "secure_aggregation.quantization_range", s.quantization_range, ">= 2")
+    need(s.modulus_range > s.quantization_range and s.modulus_range & (s.modulus_range - 1) == 0
+         and s.modulus_range <= 2**32, "secure_aggregation.modulus_range", s.modulus_range,
+         "to be a power of 2 above quantization_range and at most 2**32")
+    need(k * s.quantization_range < s.modulus_range, "secure_aggregation.quantization_range", s.quantization_range,
+         f"to be below modulus_range / {k} (clients a round) = {s.modulus_range // k}, or the masked sum wraps")
+    need(t.aggregation in ("mean", "weighted"), "train.aggregation", t.aggregation,
+         'to be "mean" or "weighted" with secure aggregation: the server sees only the sum of the uploads, '
+         "not each one (turn secure_aggregation.enabled off for robust aggregation)")
+    need(t.max_update_norm is None, "train.max_update_norm", t.max_update_norm,
+         "to be left out with secure aggregation: the server cannot bound an update it does not see "
+         "(a client-side bound is DP-FedAvg's dp_fedavg.clip_norm)")
 
 
 def published_warnings(cfg: Config) -> list[str]:
@@ -371,6 +404,8 @@ def _run_dict(cfg: Config) -> dict[str, Any]:
     """The config as nested dicts without the sections of methods and mechanisms it does not use."""
     values = config_to_dict(cfg)
     used = set(used_sections(cfg))
+    if not cfg.secure_aggregation.enabled:  # off: the section says nothing (and older runs keep their hash)
+        values.pop("secure_aggregation")
     return {k: v for k, v in values.items() if k not in registry.sections() or k in used}
 
 

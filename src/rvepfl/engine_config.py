@@ -1,7 +1,7 @@
 """The engine's part of the configuration: the keys and sections every run has, whatever its method.
 
 :class:`EngineConfig` holds the top-level keys and the engine's sections (:class:`DataConfig`,
-:class:`TrainConfig`, :class:`FaultsConfig`). :mod:`rvepfl.config` makes the whole run
+:class:`TrainConfig`, :class:`FaultsConfig`, :class:`SecureAggregationConfig`). :mod:`rvepfl.config` makes the whole run
 configuration, :class:`rvepfl.config.Config`, from it plus one section per method or mechanism
 with settings, and loads, validates and hashes it; import these classes from there (it exports
 them too). They live here, below the registry, methods and mechanisms, so that those can name
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from rvepfl.precision import PrecisionName
 
-__all__ = ["DataConfig", "EngineConfig", "FaultsConfig", "RunConfig", "TrainConfig"]
+__all__ = ["DataConfig", "EngineConfig", "FaultsConfig", "RunConfig", "SecureAggregationConfig", "TrainConfig"]
 
 DatasetName = Literal["mnist", "fmnist", "cifar10"]
 PartitionName = Literal["iid", "shards", "dirichlet"]
@@ -124,6 +124,34 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    enabled: bool = False
+    """Secure aggregation (SecAgg+, Bell et al., CCS 2020): the server learns only the weighted
+    mean of a round's uploads, never one upload. On Flower, Flower's own protocol
+    (``SecAggPlusWorkflow`` and ``secaggplus_mod``); the in-process engine applies the same
+    quantisation without the masks, which cancel in the sum, so both give the same numbers. Only
+    for methods whose server takes a mean (train.aggregation = "mean" or "weighted", no
+    train.max_update_norm); the audit then finds no per-client surface for the server
+    (`gradient`, `update`) and measures `aggregate`."""
+    num_shares: int = 0
+    """Shares each client's secrets are split into, one per neighbour, itself included (0: every
+    client of the round, SecAgg's complete graph; else at least 3, SecAgg+'s sparse graph)."""
+    reconstruction_threshold: int = 0
+    """Shares that rebuild a secret, at least 2 and at most num_shares (0: more than half of the
+    shares). A round completes while every client keeps this many live neighbours: the
+    clients that may drop out of a round are the shares minus this threshold."""
+    clipping_range: float = 8.0
+    """Each uploaded value, times its client's weight over the largest weight, is clipped to
+    [-clipping_range, clipping_range] before it is quantised."""
+    quantization_range: int = 4194304
+    """Integers each value is quantised to (2**22: a step of 2 * clipping_range / 2**22, about
+    3.8e-6 with the defaults, with unbiased stochastic rounding)."""
+    modulus_range: int = 4294967296
+    """The modulus of the masked sums (2**32, a power of 2 above quantization_range *
+    clients a round, so that the sum never wraps)."""
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """The settings every run has, whatever its method: the top-level keys and the engine's
     sections. :class:`Config` adds one section per method and mechanism with settings."""
@@ -156,6 +184,7 @@ class EngineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     @property
     def clients_per_round(self) -> int:
