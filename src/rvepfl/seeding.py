@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["SERVER", "STREAMS", "derive_seed", "numpy_rng", "torch_generator", "seed_torch"]
 
-STREAMS = ("partition", "init", "sampling", "train", "noise", "attack", "published-split")
+STREAMS = ("partition", "init", "sampling", "train", "noise", "attack", "published-split", "secure-aggregation")
 
 SERVER = -1
 """The server's key in a per-party stream such as ``noise`` (clients are 0, 1, ...): the server's

@@ -40,6 +40,7 @@ from rvepfl.fl.client import ClientFailure, ClientOutcome, initial_model
 from rvepfl.fl.validation import check_outcome
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from rvepfl.methods import Method, RoundContext, Upload
+from rvepfl.methods.base import SecureMean
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.seeding import numpy_rng
@@ -107,6 +108,11 @@ class Dispatcher(Protocol):
 
     def details(self) -> dict[str, Any]:
         """The summary's engine fields (``engine``, ``device``, ``workers``, ``threads``...)."""
+
+    def secure_mean(self, method: Method) -> SecureMean:
+        """Under ``[secure_aggregation]``: how the server learns the mean of a round's uploads
+        (:mod:`rvepfl.fl.secure_aggregation`). Its ``masked`` attribute says whether the uploads
+        the dispatcher yields carry no state (the server saw only the protocol's sum)."""
 
 
 def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any], partition: Partition,
@@ -179,8 +185,9 @@ class RoundBook:
     train --resume DIR`")."""
 
     def __init__(self, cfg: Config, method: Method, round_: int, clients: list[int], progress: Progress,
-                 resume: str) -> None:
+                 resume: str, *, masked: bool = False) -> None:
         self.cfg, self.method, self.round, self.clients = cfg, method, round_, clients
+        self.masked = masked
         self.progress, self.resume = progress, resume
         self.required = cfg.faults.min_clients or len(clients)
         self.results: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "test": [], "general": []}
@@ -199,8 +206,8 @@ class RoundBook:
         count = len(self.clients)
         for i, (client, result, seconds) in enumerate(results):
             if not isinstance(result, ClientFailure):
-                why = check_outcome(result, client=client, expected=expected, max_samples=sizes[i],
-                                    planned_steps=planned[i])
+                why = check_outcome(result, client=client, expected=None if self.masked else expected,
+                                    max_samples=sizes[i], planned_steps=planned[i])
                 if why is not None:
                     result = ClientFailure(client, "rejected", seconds, f"upload refused: {why}")
             if isinstance(result, ClientFailure):
@@ -322,6 +329,9 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
     del initial_private
     log = MetricsLog.read(run.metrics, done)
     dispatcher.start(done, log)
+    secure = dispatcher.secure_mean(method) if cfg.secure_aggregation.enabled else None
+    method.secure_mean = secure
+    masked = bool(getattr(secure, "masked", False))
     summary: dict[str, Any] = {}
     per_federation = t.lr_decay_clock == "federation"
     for r in range(done + 1, t.rounds + 1):
@@ -330,7 +340,7 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
         progress.round_start(r, t.rounds, clients)
         planned, starts = round_clocks(method, setup.partition, clients, federation_steps)
         export = r == t.rounds or bool(t.checkpoint_every and r % t.checkpoint_every == 0)
-        book = RoundBook(cfg, method, r, clients, progress, resume)
+        book = RoundBook(cfg, method, r, clients, progress, resume, masked=masked)
         clocks = [s if per_federation else None for s in starts[:-1]]
         results = dispatcher.run_round(r, clients, clocks, done, global_state, export)
         split_sizes = [len(setup.partition.clients[c].train) for c in clients]

@@ -35,10 +35,13 @@ from rvepfl.fl.client import (
     partition_summary,
 )
 from rvepfl.fl.lifecycle import RunStart
+from rvepfl.fl.secure_aggregation import ClearSecureMean
 from rvepfl.fl.server import Progress, Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.fl.store import ClientStore
 from rvepfl.fl.workers import ClientPool, ClientTask
 from rvepfl.io import load_tensors, save_tensors, write_json
+from rvepfl.methods import Method
+from rvepfl.methods.base import SecureMean
 from rvepfl.perf import tune_allocator
 from rvepfl.rundir import MetricsLog, RunDir
 from rvepfl.shared_adam import initial_carrier
@@ -213,6 +216,11 @@ class InProcess:
         return {"engine": "in-process", "device": str(self.fed.device),
                 "threads": torch.get_num_threads() if self.workers == 1 else self.threads,
                 "workers": self.workers, "precision": self.fed.method.precision.summary()}
+
+    def secure_mean(self, method: Method) -> SecureMean:
+        """The protocol's quantisation in the clear: the numbers a Flower deployment with secure
+        aggregation gives (the in-process server is trusted with every upload anyway)."""
+        return ClearSecureMean(self.fed.cfg, method)
 
     def close(self) -> None:
         self.flusher.shutdown(wait=True, cancel_futures=True)

@@ -85,16 +85,22 @@ def _metrics_refusal(metrics: Any) -> str | None:
     return None
 
 
-def check_outcome(outcome: Any, *, client: int, expected: Mapping[str, torch.Tensor], max_samples: int | None,
-                  planned_steps: int) -> str | None:
+def check_outcome(outcome: Any, *, client: int, expected: Mapping[str, torch.Tensor] | None,
+                  max_samples: int | None, planned_steps: int) -> str | None:
     """Why the server refuses ``client``'s outcome of a round, or None when it accepts it (see the
-    module docstring). ``outcome`` is a :class:`~rvepfl.fl.client.ClientOutcome`."""
+    module docstring). ``outcome`` is a :class:`~rvepfl.fl.client.ClientOutcome`; ``expected``
+    None: the upload was masked (secure aggregation), so it must carry no state, and its state is
+    checked only in the round's aggregate (:mod:`rvepfl.flower.secagg`)."""
     upload = outcome.upload
     if upload.client != client:
         return f"its upload names client {upload.client!r}"
-    why = refusal(expected, upload.state)
-    if why is not None:
-        return why
+    if expected is None:
+        if not isinstance(upload.state, Mapping) or upload.state:
+            return "it sent a state in the clear under secure aggregation"
+    else:
+        why = refusal(expected, upload.state)
+        if why is not None:
+            return why
     n = upload.num_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         return f"it claims {n!r} training samples, not a whole number >= 1"

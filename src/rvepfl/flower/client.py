@@ -29,7 +29,10 @@ Two message types:
     The node's facts: partition id, its split's indices and label counts, the data set's shape,
     and a fingerprint of the whole partition, which the server compares across nodes.
 ``train``
-    One round: the global shared state in, the upload and the metrics out.
+    One round: the global shared state in, the upload and the metrics out. Under
+    ``[secure_aggregation]`` the round is Flower's SecAgg+ protocol: its four stages are ``train``
+    messages that Flower's ``secaggplus_mod`` answers (:mod:`rvepfl.flower.secagg`), and its
+    collect stage runs the round here and sends the upload weighted, quantised and masked.
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 
 from rvepfl.config import config_hash
 from rvepfl.errors import ConfigError
+from rvepfl.fl.secure_aggregation import rounding_seed
 from rvepfl.flower.appconfig import split_run_config
 
 __all__ = ["NodeSettings", "app", "handle_query", "handle_train", "node_settings", "partition_fingerprint",
@@ -118,8 +126,15 @@ def _federation(context: Context) -> tuple[Any, NodeSettings, str]:
     return _cache["fed"], settings, chash
 
 
+def _request_of(msg: Message) -> Mapping[str, Any]:
+    """The server's request: rvepfl's own record, or the legacy fit instructions of a round under
+    secure aggregation (Flower's workflow sends those)."""
+    content: Mapping[str, Any] = msg.content
+    return content["fitins.config"] if "fitins.config" in content else content["request"]
+
+
 def _check_hash(msg: Message, chash: str) -> None:
-    sent: Any = msg.content["request"]["config-hash"]  # as the server sent it
+    sent: Any = _request_of(msg)["config-hash"]  # as the server sent it
     if sent != chash:
         raise ConfigError(f"The server's config hash {sent} differs from this node's {chash}: "
                           "the node builds another federation (data set or version differ)")
@@ -176,7 +191,8 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     fed, settings, chash = _federation(context)
     _check_hash(msg, chash)
-    request: Mapping[str, Any] = msg.content["request"]  # its values are checked as they are read
+    request = _request_of(msg)  # its values are checked as they are read
+    secure = "fitins.config" in msg.content
     round_, committed = int(request["round"]), int(request["committed"])
     clock = int(request["clock"])
     run_key = str(request["run-key"])
@@ -185,7 +201,16 @@ def handle_train(msg: Message, context: Context) -> Message:
     client = settings.partition_id
 
     model, initial_private, initial_shared = initial_model(fed.method, fed.cfg.seed, fed.device)
-    received = state_from_record(msg.content["global"])  # type: ignore[arg-type]  # an ArrayRecord
+    if secure:
+        if int(request["client"]) != client:
+            raise ConfigError(f"The server asked client {request['client']} of node playing client {client}")
+        arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(msg.content["fitins.parameters"],  # type: ignore[arg-type]
+                                                                         keep_input=True))
+        if len(arrays) != len(initial_shared):
+            raise ConfigError("The global state received does not fit this node's model")
+        received = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(sorted(initial_shared), arrays)}
+    else:
+        received = state_from_record(msg.content["global"])  # type: ignore[arg-type]  # an ArrayRecord
     if set(received) != set(initial_shared) or any(
             received[k].shape != v.shape or received[k].dtype != v.dtype for k, v in initial_shared.items()):
         raise ConfigError("The global state received does not fit this node's model")
@@ -202,13 +227,47 @@ def handle_train(msg: Message, context: Context) -> Message:
     metrics: dict[str, Any] = {f"{kind}.{k}": float(v) for kind, m in outcome.metrics.items() for k, v in m.items()}
     metrics.update({"steps": outcome.steps, "train-seconds": outcome.train_seconds,
                     "eval-seconds": outcome.eval_seconds})
+    info = ConfigRecord({"client": upload.client, "num-samples": upload.num_samples,
+                         "info-json": json.dumps(upload.info)})
+    if secure:
+        return _masked_reply(msg, fed, upload, MetricRecord(metrics), info, round_, client)
     content = RecordDict({
         "upload": ArrayRecord({k: v.contiguous() for k, v in upload.state.items()}),
         "metrics": MetricRecord(metrics),
-        "upload-info": ConfigRecord({"client": upload.client, "num-samples": upload.num_samples,
-                                     "info-json": json.dumps(upload.info)}),
+        "upload-info": info,
     })
     return Message(content, reply_to=msg)
+
+
+def _masked_reply(msg: Message, fed: Any, upload: Any, metrics: MetricRecord, info: ConfigRecord, round_: int,
+                  client: int) -> Message:
+    """The reply to the protocol's collect stage, as Flower's ``secaggplus_mod`` takes it: the
+    upload's entries in sorted order as legacy fit results with the method's aggregation weight
+    (the mod weighs, quantises and masks them, then empties ``fitres.parameters``), and the
+    metrics and upload facts, which the server reads in the clear.
+
+    The mod's stochastic rounding draws from NumPy's global generator, which is seeded here, the
+    last thing before the mod quantises, from (seed, round, client)
+    (:func:`rvepfl.fl.secure_aggregation.rounding_seed`): the in-process engine draws the same numbers."""
+    keys = sorted(upload.state)
+    arrays = [upload.state[k].detach().cpu().contiguous().numpy() for k in keys]
+    weight = fed.method.aggregation_weight(upload.num_samples)
+    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(arrays),
+                    num_examples=weight, metrics={})
+    content = compat.fitres_to_recorddict(fitres, keep_input=True)
+    content["metrics"] = metrics
+    content["upload-info"] = info
+    np.random.seed(rounding_seed(fed.cfg.seed, round_, client))
+    return Message(content, reply_to=msg)
+
+
+def _secure_aggregation(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``secaggplus_mod`` for the protocol's messages (they carry its configuration
+    record); every other message goes straight to the handler."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    out: Message = call_next(msg, context)
+    return out
 
 
 @app.query()
@@ -216,7 +275,7 @@ def _query(msg: Message, context: Context) -> Message:
     return handle_query(msg, context)
 
 
-@app.train()
+@app.train(mods=[_secure_aggregation])
 def _train(msg: Message, context: Context) -> Message:
     return handle_train(msg, context)
 

@@ -47,11 +47,14 @@ from rvepfl.data.partition import ClientSplit, Partition
 from rvepfl.errors import CheckpointError, ConfigError, RoundFailedError, RvepflError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, describe_exception, partition_summary
 from rvepfl.fl.lifecycle import RunStart, open_run
+from rvepfl.fl.secure_aggregation import round_shares
 from rvepfl.fl.server import Result, ServerSetup, check_partition, run_rounds, write_run_start
 from rvepfl.flower.appconfig import split_run_config
 from rvepfl.flower.client import state_from_record
+from rvepfl.flower.secagg import ProtocolMean, secure_round
 from rvepfl.io import write_json
-from rvepfl.methods import DataSpec, Upload
+from rvepfl.methods import DataSpec, Method, Upload
+from rvepfl.methods.base import SecureMean
 from rvepfl.progress import ProgressPrinter
 from rvepfl.registry import build_method
 from rvepfl.rundir import MetricsLog, RunDir
@@ -121,6 +124,7 @@ class FlowerServer:
         self.received: list[dict[str, Any]] = []
         self.run_key = ""
         self.last_good: dict[int, int] = {}  # client -> its last committed round
+        self.protocol: ProtocolMean | None = None  # under secure aggregation
 
     # -- messages ------------------------------------------------------------------------------
     def _request(self, **values: Any) -> ConfigRecord:
@@ -288,6 +292,9 @@ class FlowerServer:
         the results in client order."""
         if any(self.nodes[c] not in set(self.grid.get_node_ids()) for c in clients):
             self._ask_new_nodes(min(60.0, self.wait_nodes))  # a restarted node takes its client back
+        if self.protocol is not None:
+            yield from self._secure_round(round_, clients, clocks, global_state, export)
+            return
         global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
         messages = {}
         for c, clock in zip(clients, clocks):
@@ -311,6 +318,45 @@ class FlowerServer:
                     continue
                 yield c, outcome, outcome.train_seconds + outcome.eval_seconds
 
+    def _secure_round(self, round_: int, clients: list[int], clocks: list[int | None],
+                      global_state: dict[str, torch.Tensor], export: bool) -> Iterator[Result]:
+        """The round under secure aggregation (:mod:`rvepfl.flower.secagg`): Flower's SecAgg+
+        protocol first, then each client's result in client order, its upload without a state
+        (the mean the protocol unmasked goes to the method through :class:`ProtocolMean`)."""
+        assert self.protocol is not None
+        requests = {self.nodes[c]: {"config-hash": self.chash, "round": round_, "committed": self.last_good[c],
+                                    "clock": -1 if clock is None else clock, "run-key": self.run_key,
+                                    "export": export, "client": c}
+                    for c, clock in zip(clients, clocks)}
+        result = secure_round(self._exchange, self.cfg, self.protocol.max_weight, round_, requests, global_state)
+        if result.mean is None:
+            failed = "; ".join(f"client {c} ({result.failures[self.nodes[c]][0]}: {result.failures[self.nodes[c]][2]})"
+                               for c in clients if self.nodes[c] in result.failures) or "no client failed"
+            shares, threshold = round_shares(self.cfg, len(clients))
+            raise RoundFailedError(
+                f"Round {round_}: secure aggregation stopped: a client kept fewer than the reconstruction threshold "
+                f"({threshold} of {shares} shares) of live neighbours ({failed}). The run stays at round "
+                f"{round_ - 1}: start it again with the same server.out ({self.run.path}) to continue")
+        self.protocol.set_round(result, {c: self.nodes[c] for c in clients}, global_state)
+        for c in clients:
+            node = self.nodes[c]
+            reply = result.replies.get(node)
+            if reply is None or node not in result.contributors:
+                kind, seconds, message = result.failures.get(node, ("died", 0.0, "no masked upload"))
+                yield c, ClientFailure(c, kind, seconds, message), seconds
+                continue
+            try:
+                outcome = self._outcome(reply, c, masked=True)
+            except Exception as exc:  # noqa: BLE001 - a reply an untrusted node shaped as it liked
+                yield c, ClientFailure(c, "rejected", 0.0, f"malformed reply: {describe_exception(exc)}"), 0.0
+                continue
+            yield c, outcome, outcome.train_seconds + outcome.eval_seconds
+
+    def secure_mean(self, method: Method) -> SecureMean:
+        """Flower's SecAgg+ protocol: the server holds only the mean it unmasks."""
+        self.protocol = ProtocolMean(method)
+        return self.protocol
+
     def reject(self, round_: int, client: int) -> None:
         """Nothing to undo here: a client whose outcome was refused keeps, on its node, the private
         state of its last round that counted (the next request names that round)."""
@@ -328,9 +374,16 @@ class FlowerServer:
                 "precision": {"requested": self.cfg.train.precision, "ran": None,
                               "reason": "each client node resolves train.precision on its own device"}}
 
-    def _outcome(self, reply: Message, client: int) -> ClientOutcome:
+    def _outcome(self, reply: Message, client: int, *, masked: bool = False) -> ClientOutcome:
+        """The outcome a node's reply describes; ``masked``: a reply to the protocol's collect
+        stage, whose upload the server cannot read (its ``fitres.parameters`` must be empty)."""
         content: Mapping[str, Any] = reply.content  # as the node shaped it: a bad value raises below
-        state = state_from_record(content["upload"])
+        if masked:
+            if len(content["fitres.parameters"]):
+                raise RuntimeError("its upload arrived in the clear under secure aggregation")
+            state: dict[str, torch.Tensor] = {}
+        else:
+            state = state_from_record(content["upload"])
         info = dict(content["upload-info"])
         if int(info["client"]) != client:
             raise RuntimeError(f"The node of client {client} answered for client {info['client']}")

@@ -7,7 +7,9 @@ is the mechanism on FedAvg):
 - **client**: uploads its model update (trained shared state minus the global state it
   received), clipped to L2 norm at most ``dp_fedavg.clip_norm`` (all tensors as one vector);
 - **server**: averages the K clipped updates with equal weights (``train.aggregation`` is
-  ignored: the noise is calibrated to an unweighted mean), adds N(0, s^2) noise with
+  ignored: the noise is calibrated to an unweighted mean; under secure aggregation the server
+  learns that mean from the protocol and adds its noise to it, as the paper's trusted server
+  does: the noise protects the released model, not the uploads), adds N(0, s^2) noise with
   s = noise_multiplier * clip_norm / K to every coordinate (the ``noise`` stream of
   (round, :data:`~rvepfl.seeding.SERVER`)), and adds the result to the global state.
 
@@ -21,7 +23,7 @@ reports the same value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from rvepfl.errors import ConfigError
-from rvepfl.maths import RunningMean, add_gaussian_noise, clip_by_l2, rdp_epsilon
+from rvepfl.maths import add_gaussian_noise, clip_by_l2, rdp_epsilon
 from rvepfl.mechanisms.base import Mechanism, Need
 from rvepfl.methods.base import DataSpec, RoundContext, Upload
 from rvepfl.params import need
@@ -68,7 +70,7 @@ class DpFedAvg(Mechanism):
     section = "dp_fedavg"
     # bf16-mixed measured against float32 on fedavg: BENCHMARKS.md, "Mixed precision" (2026-12-07).
     bf16_parity_on = ("fedavg",)
-    hooks = frozenset({"upload", "aggregate", "wire_gradient"})
+    hooks = frozenset({"upload", "aggregate", "aggregation_weight", "expected_weight", "wire_gradient"})
     needs = (
         Need("uploads", ("state",), "this method already uploads an update"),
         Need("server", ("mean",),
@@ -108,16 +110,28 @@ class DpFedAvg(Mechanism):
         self, uploads: Iterable[Upload], global_state: dict[str, torch.Tensor], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         d = self.settings(DpFedAvgParams)
-        running = RunningMean(float(len(ctx.clients)) if ctx.clients else None)
-        for sent in uploads:
-            running.add(self.receive(sent).state)
-        mean_update = running.result()
-        std = d.noise_multiplier * d.clip_norm / len(running)
+        finished = 0
+
+        def received() -> Iterator[Upload]:
+            nonlocal finished
+            for sent in uploads:
+                finished += 1
+                yield self.receive(sent)
+
+        mean_update = self.mean_of(received(), ctx)
+        std = d.noise_multiplier * d.clip_norm / finished
         noisy = add_gaussian_noise(mean_update, std, torch_generator(ctx.seed, "noise", ctx.round, SERVER))
         new = {k: (v.double() + noisy[k].double()).to(v.dtype) for k, v in global_state.items()}
         self.dp_fedavg_rounds_accounted = ctx.round
         self.dp_fedavg_epsilon = self.epsilon(ctx.round)
         return new
+
+    def aggregation_weight(self, num_samples: int) -> int:
+        """1: the noise is calibrated to the unweighted mean of the clipped updates."""
+        return 1
+
+    def expected_weight(self, ctx: RoundContext) -> float | None:
+        return float(len(ctx.clients)) if ctx.clients else None
 
     def mechanism_summary(self) -> dict[str, Any]:
         d = self.settings(DpFedAvgParams)

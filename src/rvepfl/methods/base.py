@@ -42,7 +42,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ from rvepfl.wire import SharedPath, observed_gradient
 if TYPE_CHECKING:
     from rvepfl.engine_config import RunConfig
 
-__all__ = ["ClientData", "Contract", "DataSpec", "Loss", "Method", "RoundContext", "SharedPath", "Upload"]
+__all__ = ["ClientData", "Contract", "DataSpec", "Loss", "Method", "RoundContext", "SecureMean", "SharedPath", "Upload"]
 
 P = TypeVar("P")
 
@@ -129,6 +129,13 @@ class Contract:
     mechanism (``transformed``): the wire then reads through that transform."""
 
 
+class SecureMean(Protocol):
+    """How the server of a securely aggregated round learns the mean of its uploads
+    (:meth:`Method.mean_of`): ``(uploads, method, ctx) -> mean state``."""
+
+    def __call__(self, uploads: Iterable[Upload], method: Method, ctx: RoundContext) -> dict[str, torch.Tensor]: ...
+
+
 @dataclass
 class Upload:
     """What one client sends to the server after a round."""
@@ -181,6 +188,9 @@ class Method(ABC):
         self.precision: Precision = FLOAT32
         """The number format of local training (:mod:`rvepfl.precision`); the engine sets it from
         ``train.precision`` and the device."""
+        self.secure_mean: SecureMean | None = None
+        """Under secure aggregation, how the server learns the mean of a round's uploads (the engine
+        sets it: :mod:`rvepfl.fl.secure_aggregation`); None: it reads each upload."""
         self.carried_optimiser: dict[str, torch.Tensor] | None = None
         """With ``train.optimiser = "published-shared"``, the Adam state the previous client's
         training left (:mod:`rvepfl.shared_adam`); the engine sets and saves it."""
@@ -386,11 +396,25 @@ class Method(ABC):
             return median_state([sent.state for sent in uploads])
         if t.aggregation == "trimmed-mean":
             return trimmed_mean_state([sent.state for sent in uploads], t.trim_fraction)
-        weighted = t.aggregation == "weighted"
+        return self.mean_of(uploads, ctx)
+
+    def mean_of(self, uploads: Iterable[Upload], ctx: RoundContext) -> dict[str, torch.Tensor]:
+        """The mean of the uploads' states weighted by :meth:`aggregation_weight`, as the server
+        learns it: a :class:`RunningMean` of the uploads; under secure aggregation
+        (:attr:`secure_mean`) what the protocol reveals, the quantised mean of the uploads it
+        never sees one by one. ``uploads`` is iterated once, to its end."""
+        if self.secure_mean is not None:
+            return self.secure_mean(uploads, self, ctx)
         running = RunningMean(self.expected_weight(ctx))
         for sent in uploads:
-            running.add(sent.state, float(sent.num_samples) if weighted else 1.0)
+            running.add(sent.state, float(self.aggregation_weight(sent.num_samples)))
         return running.result()
+
+    def aggregation_weight(self, num_samples: int) -> int:
+        """The weight of an upload from a client with ``num_samples`` training images in the
+        server's mean: that number with ``train.aggregation = "weighted"``, else 1. A client
+        under secure aggregation sends it, masked, with its upload."""
+        return num_samples if self.cfg.train.aggregation == "weighted" else 1
 
     def receive(self, sent: Upload) -> Upload:
         """The server's first look at each upload, before it is aggregated: a rule that replaces
