@@ -222,3 +222,60 @@ def test_an_unregistered_supernode_is_refused_and_the_run_says_so(tmp_path):
     assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
     assert "SuperNode ID" in (fed.logs / "supernode-0.log").read_text() or \
         "Activated node_id" in (fed.logs / "superlink.log").read_text()
+
+
+def _in_process_with_a_failure(cfg: Config, run: Path, failing: tuple[int, int], monkeypatch) -> None:
+    """The in-process engine with client ``failing[1]`` raising in round ``failing[0]``."""
+    import rvepfl.fl.client as client_side
+
+    real = client_side.train_client
+
+    def train_client(fed, model, store, initial_private, global_state, round_, client, *args):
+        if (round_, client) == failing:
+            raise ValueError("injected")
+        return real(fed, model, store, initial_private, global_state, round_, client, *args)
+
+    monkeypatch.setattr(client_side, "train_client", train_client)
+    fed = prepare(cfg)
+    initialise(fed, RunDir(run))
+    train(fed, RunDir(run))
+
+
+def test_fedavg_under_secure_aggregation_on_loopback_gives_the_in_process_numbers_and_the_server_no_upload(tmp_path):
+    """Flower's SecAgg+ between real processes: the server holds only the masked integers and the
+    mean it unmasks, and the run's numbers are the in-process engine's with the same quantisation
+    (the masks cancel; each client's stochastic rounding is seeded from (seed, round, client))."""
+    cfg = tiny_cfg("fedavg", **{"data.num_clients": 3, "data.subset": 150, "secure_aggregation.enabled": True})
+    code, lines = _deploy(cfg, tmp_path)
+    assert code == 0, "\n".join(lines[-20:])
+    run = tmp_path / "run"
+    fed = prepare(cfg)
+    initialise(fed, RunDir(tmp_path / "ref"))
+    train(fed, RunDir(tmp_path / "ref"))
+    assert _csvs(run) == _csvs(tmp_path / "ref")
+    received = json.loads((run / "flower/received.json").read_text())
+    stages = [e["type"] for e in received if e["type"] != "query"]
+    assert stages == [f"secagg-{s}" for s in ("setup", "share_keys", "collect_masked_vectors", "unmask")
+                      for _ in range(3)] * 2
+    arrays = [r["arrays"] for e in received for r in e.get("records", {}).values() if r["type"] == "ArrayRecord"]
+    assert arrays and all(a == {} for a in arrays)  # not one array reached the server
+
+
+def test_rvepfl_under_secure_aggregation_completes_a_round_a_clientapp_died_in(tmp_path, monkeypatch):
+    """Client 1's ClientApp is SIGKILLed while it trains in round 2, after it shared its keys: the
+    server unmasks the sum of the other three with the shares of client 1's neighbours (three of
+    four shares are the default threshold), records the failure, and the round is the in-process
+    engine's round without client 1, byte for byte."""
+    cfg = tiny_cfg("rvepfl", **{"data.num_clients": 4, "data.subset": 200, "secure_aggregation.enabled": True,
+                                "faults.min_clients": 3})
+    faults = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests/helpers/faulty"), os.environ.get("PYTHONPATH", "")]),
+              "RVEPFL_TEST_FAULTS": "2:1:die"}
+    code, lines = _deploy(cfg, tmp_path, node_env=faults)
+    assert code == 0, "\n".join(lines[-20:])
+    run = tmp_path / "run"
+    rows = [r.split(",", 4) for r in (run / "metrics/client_failures.csv").read_text().splitlines()[1:]]
+    assert [r[:3] for r in rows] == [["2", "1", "died"]], rows
+    assert rows[0][4].startswith("collect_masked_vectors stage"), rows
+    assert [t.split(",")[-1] for t in (run / "metrics/round_timing.csv").read_text().splitlines()[1:]] == ["4", "3"]
+    _in_process_with_a_failure(cfg, tmp_path / "ref", (2, 1), monkeypatch)
+    assert _csvs(run) == _csvs(tmp_path / "ref")

@@ -6,6 +6,7 @@ instead of skipping them.
 
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 import uuid
@@ -27,7 +28,9 @@ def need_flwr() -> None:
 
 
 class InProcessGrid:
-    """A Flower Grid whose nodes run :mod:`rvepfl.flower.client`'s handlers in this process.
+    """A Flower Grid whose nodes run :mod:`rvepfl.flower.client`'s ClientApp in this process (its
+    mods included: Flower's ``secaggplus_mod`` under secure aggregation), each node with a
+    Context of its own that lasts across messages, as on a SuperNode.
 
     ``node_configs`` maps node id -> node config. ``fault(node, message)`` may return
     ``"raise"`` (the ClientApp raises: an error reply), ``"die"`` (the node vanishes: no reply,
@@ -45,6 +48,7 @@ class InProcessGrid:
         self.fault = fault
         self.replies: dict[str, Any] = {}
         self.sent: list[Any] = []
+        self.contexts: dict[int, Any] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return sorted(self.alive)
@@ -53,7 +57,7 @@ class InProcessGrid:
         from flwr.app import Context, Error, Message, RecordDict
         from flwr.common.constant import ErrorCode
 
-        from rvepfl.flower.client import handle_query, handle_train
+        from rvepfl.flower.client import app
 
         ids = []
         for msg in messages:
@@ -66,13 +70,15 @@ class InProcessGrid:
                 if what == "die":
                     self.alive.discard(node)
                 continue
-            context = Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=RecordDict(),
-                              run_config=self.run_config)
-            handler = handle_query if msg.metadata.message_type == "query" else handle_train
+            if node not in self.contexts:
+                self.contexts[node] = Context(run_id=1, node_id=node, node_config=self.node_configs[node],
+                                              state=RecordDict(), run_config=self.run_config)
             try:
                 if what == "raise":
                     raise RuntimeError(f"injected failure on node {node}")
-                reply = handler(msg, context)
+                # A copy, as a node receives it off the wire: Flower's secaggplus_mod consumes
+                # its message's records, which one stage shares among all its messages.
+                reply = app(copy.deepcopy(msg), self.contexts[node])
             except Exception as exc:  # noqa: BLE001 - what Flower does with a ClientApp's exception
                 reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                       "".join(traceback.format_exception(exc))), reply_to=msg)

@@ -171,13 +171,15 @@ class ProtocolMean:
         self.max_weight = max_weight(method)
         self.round: SecureRound | None = None
         self.nodes: dict[int, int] = {}  # client -> node of the round
-        self.like: dict[str, torch.Tensor] = {}  # the global state's entries, sorted: shapes and dtypes
+        self.like: dict[str, torch.Tensor] = {}  # the global state's entries: shapes and dtypes
+        with torch.random.fork_rng():  # the order of the shared entries, as the clients upload them
+            self.order = list(method.shared_state(method.build_model()))
 
     def set_round(self, result: SecureRound, nodes: dict[int, int], global_state: Mapping[str, torch.Tensor]) -> None:
         """The round the protocol just ran: its result, each client's node, the global state it
         started from."""
         self.round, self.nodes = result, nodes
-        self.like = {k: global_state[k] for k in sorted(global_state)}
+        self.like = dict(global_state)
 
     def __call__(self, uploads: Iterable[Upload], method: Method, ctx: RoundContext) -> dict[str, torch.Tensor]:
         accepted = {sent.client for sent in uploads}  # each checked by the server loop on its way here
@@ -193,12 +195,16 @@ class ProtocolMean:
         return self._checked(result.mean, ctx.round)
 
     def _checked(self, mean: list[np.ndarray], round_: int) -> dict[str, torch.Tensor]:
-        like = self.like
-        if len(mean) != len(like):
+        """The unmasked arrays (in sorted key order) as a state in the clients' upload order
+        (as the in-process engine's mean has it), each checked against the global state."""
+        keys = sorted(self.like)
+        if len(mean) != len(keys) or sorted(self.order) != keys:
             raise RoundFailedError(f"Round {round_}: the unmasked aggregate has {len(mean)} arrays, the shared state "
-                                   f"{len(like)} entries")
+                                   f"{len(keys)} entries")
+        by_key = dict(zip(keys, mean, strict=True))
         out = {}
-        for (key, ref), arr in zip(like.items(), mean, strict=True):
+        for key in self.order:
+            ref, arr = self.like[key], by_key[key]
             if tuple(arr.shape) != tuple(ref.shape) or not np.isfinite(arr).all():
                 raise RoundFailedError(f"Round {round_}: the unmasked aggregate's `{key}` has shape "
                                        f"{tuple(arr.shape)} or non-finite values (the shared state's shape is "

@@ -108,8 +108,8 @@ class QuantisedMean:
     """The mean the server of a securely aggregated round learns, computed in the clear: each
     client's state encoded (:func:`encode`, its rounding drawn from a generator seeded with the
     client's rounding seed), the integers summed (:func:`sum_encoded`) and decoded
-    (:func:`decode`). The states' keys are taken in sorted order, as rvepfl's clients put them on
-    the wire.
+    (:func:`decode`). The states' keys are encoded in sorted order, as rvepfl's clients put them
+    on the wire; the mean has the first state's order, as :class:`RunningMean`'s.
 
     >>> mean = QuantisedMean(Quantisation(), max_weight=1.0)
     >>> mean.add({"w": torch.tensor([0.5])}, 1, seed=0)
@@ -133,7 +133,7 @@ class QuantisedMean:
         weight) and the seed (below 2**32) of its stochastic rounding."""
         if not self._keys:
             self._keys = sorted(state)
-            self._like = {k: state[k] for k in self._keys}
+            self._like = dict(state)  # its order and dtypes
         arrays = [state[k].detach().to("cpu").numpy() for k in self._keys]
         rng = np.random.RandomState(seed)
         encoded = encode(arrays, weight, self.max_weight, self.q, rng)
@@ -144,5 +144,5 @@ class QuantisedMean:
         """The weighted mean of the states added, each entry in its state's dtype."""
         if self._sum is None:
             raise ValueError("Expected at least one state to average, got none")
-        mean = decode(self._sum, self._count, self.q)
-        return {k: torch.from_numpy(v).to(self._like[k].dtype) for k, v in zip(self._keys, mean, strict=True)}
+        mean = dict(zip(self._keys, decode(self._sum, self._count, self.q), strict=True))
+        return {k: torch.from_numpy(mean[k]).to(ref.dtype) for k, ref in self._like.items()}
