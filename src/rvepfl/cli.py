@@ -543,8 +543,9 @@ def attack(
     client: Annotated[str, typer.Option(help="The victim client; with --threat-model stolen also all, or indices such as 0,3: each client's personal model in turn, pooled into one scores.csv.")] = "0",
     batch_size: Annotated[int, typer.Option(help="Images in each observed gradient or update (gradient attacks).")] = 1,
     images: Annotated[Optional[int], typer.Option(help=_default("Images to attack, a multiple of --batch-size (mia: members, and as many non-members).", "4 batches; model inversion: one per class; mia: all the client's training images"))] = None,
-    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update (gradient attacks) | released | stolen (model inversion, mia).", "the attack's first threat model in `rvepfl attacks`"))] = None,
-    local_steps: Annotated[Optional[int], typer.Option(help=_default("update: local steps of the observed round, each on the whole batch.", "the run's train.local_epochs"))] = None,
+    threat_model: Annotated[Optional[str], typer.Option(help=_default("gradient | update | aggregate (gradient attacks; aggregate: ig) | released | stolen (model inversion, mia).", "the attack's first threat model in `rvepfl attacks`"))] = None,
+    local_steps: Annotated[Optional[int], typer.Option(help=_default("update, aggregate: local steps of the observed round, each on the whole batch.", "the run's train.local_epochs"))] = None,
+    clients_in_sum: Annotated[Optional[int], typer.Option(help=_default("aggregate: the clients whose uploads the observed mean holds, the victim and the next ones of the round.", 2))] = None,
     iterations: Annotated[Optional[int], typer.Option(help=_default("Optimiser iterations.", "the attack's, in `rvepfl attacks`"))] = None,
     restarts: Annotated[Optional[int], typer.Option(help=_default("Random restarts, the best one kept by the attack's own loss (attacks that take them).", "the attack's, in `rvepfl attacks`"))] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", metavar="KEY=VALUE", help="One of the attack's own settings (`rvepfl attacks` lists them); repeatable.")] = None,
@@ -580,7 +581,7 @@ def attack(
     request = AttackRequest(
         threat=threat_model, round=round_, client=victim, batch_size=batch_size, images=images, iterations=iterations,
         restarts=restarts, seed=seed, local_steps=local_steps, evaluator_images=evaluator_images,
-        references=references, params=params, clients=victims)
+        references=references, params=params, clients=victims, clients_in_sum=clients_in_sum)
     check_clients(chosen, request)  # several clients: threat model stolen only, for every attack
     target = Target(run)
     settings = chosen.resolve(target, request)

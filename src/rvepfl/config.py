@@ -281,6 +281,9 @@ def _check_secure_aggregation(cfg: Config) -> None:
          f"to be false with {k} client a round (the sum of one upload is that upload)")
     need(s.num_shares == 0 or 3 <= s.num_shares <= k, "secure_aggregation.num_shares", s.num_shares,
          f"to be 0 (every client of the round) or between 3 and the {k} clients of a round")
+    need(s.num_shares in (0, k) or s.num_shares % 2 == 1, "secure_aggregation.num_shares", s.num_shares,
+         f"to be odd below the {k} clients of a round (SecAgg+ gives each client num_shares // 2 neighbours "
+         "on each side)")
     shares = s.num_shares or k
     need(s.reconstruction_threshold == 0 or 2 <= s.reconstruction_threshold <= shares,
          "secure_aggregation.reconstruction_threshold", s.reconstruction_threshold,

@@ -131,11 +131,12 @@ class SecureAggregationConfig:
     (``SecAggPlusWorkflow`` and ``secaggplus_mod``); the in-process engine applies the same
     quantisation without the masks, which cancel in the sum, so both give the same numbers. Only
     for methods whose server takes a mean (train.aggregation = "mean" or "weighted", no
-    train.max_update_norm); the audit then finds no per-client surface for the server
-    (`gradient`, `update`) and measures `aggregate`."""
+    train.max_update_norm). The attacks then find no per-client surface for the server
+    (threat models `gradient`, `update`); `aggregate` measures what the mean of k uploads leaks."""
     num_shares: int = 0
     """Shares each client's secrets are split into, one per neighbour, itself included (0: every
-    client of the round, SecAgg's complete graph; else at least 3, SecAgg+'s sparse graph)."""
+    client of the round, SecAgg's complete graph; else at least 3 and odd, SecAgg+'s sparse
+    graph)."""
     reconstruction_threshold: int = 0
     """Shares that rebuild a secret, at least 2 and at most num_shares (0: more than half of the
     shares). A round completes while every client keeps this many live neighbours: the

@@ -101,6 +101,7 @@ def test_quantised_mean_keeps_the_first_states_order_and_dtypes_whatever_the_oth
     ({"secure_aggregation.reconstruction_threshold": 1}, "reconstruction_threshold"),
     ({"secure_aggregation.num_shares": 2}, "between 3 and the 3 clients"),
     ({"secure_aggregation.num_shares": 4}, "between 3 and the 3 clients"),
+    ({"data.num_clients": 6, "secure_aggregation.num_shares": 4}, "to be odd below the 6 clients"),
     ({"secure_aggregation.modulus_range": 3 * 2**22}, "power of 2"),
     ({"secure_aggregation.quantization_range": 2**31}, "the masked sum wraps"),
     ({"train.aggregation": "median"}, "sees only the sum"),

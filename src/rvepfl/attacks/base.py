@@ -56,9 +56,9 @@ from rvepfl.errors import CheckpointError, ConfigError, short_repr
 from rvepfl.io import atomic_write_bytes, file_lock, read_csv_rows, write_json
 from rvepfl.params import check_params, field_docs
 
-__all__ = ["CLIENTS_DIR", "MIN_EVALUATOR_DRAW", "MIN_EVALUATOR_IMAGES", "Attack", "AttackRequest", "AttackSettings",
-           "Log", "check_clients", "load_or_train_evaluator", "parse_clients", "parse_params", "pooled_rows",
-           "read_rows"]
+__all__ = ["CLIENTS_DIR", "DEFAULT_CLIENTS_IN_SUM", "MIN_EVALUATOR_DRAW", "MIN_EVALUATOR_IMAGES", "Attack",
+           "AttackRequest", "AttackSettings", "Log", "check_clients", "check_clients_in_sum", "load_or_train_evaluator",
+           "parse_clients", "parse_params", "pooled_rows", "read_rows"]
 
 Log = Callable[[str], None]
 
@@ -87,7 +87,7 @@ class AttackSettings:
     seed: int
     restarts: int = 1
     local_steps: int = 0
-    """Local steps of the observed round (threat model ``update``; 0 otherwise)."""
+    """Local steps of the observed round (threat models ``update`` and ``aggregate``; 0 otherwise)."""
     evaluator_images: int = 5000
     """Held-out images the evaluator may train on (it labels every reconstruction; 0 for mia,
     which has none)."""
@@ -100,6 +100,8 @@ class AttackSettings:
     clients: tuple[int, ...] = ()
     """Threat model ``stolen``: the clients whose personal models the job attacks in turn, when
     more than one (``client`` is the first of them); empty: ``client`` alone."""
+    clients_in_sum: int = 0
+    """Threat model ``aggregate``: the clients whose uploads the observed mean holds (0 otherwise)."""
 
     @property
     def victims(self) -> tuple[int, ...]:
@@ -114,6 +116,8 @@ class AttackSettings:
             del fields["params"]
         if not fields["clients"]:  # left out, so the digests of the jobs on one client stay as they were
             del fields["clients"]
+        if fields["clients_in_sum"] == 0:  # left out, so the digests of the other threat models stay as they were
+            del fields["clients_in_sum"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -139,6 +143,19 @@ class AttackRequest:
     clients: tuple[int, ...] | str | None = None
     """Threat model ``stolen``: the clients whose personal models to attack in turn, ``"all"`` or
     their indices (``--client all``, an audit's ``stolen_clients``); None: ``client`` alone."""
+    clients_in_sum: int | None = None
+    """Threat model ``aggregate``: the clients whose uploads the observed mean holds (``--clients-in-sum``);
+    None: :data:`DEFAULT_CLIENTS_IN_SUM`."""
+
+
+DEFAULT_CLIENTS_IN_SUM = 2
+"""Threat model ``aggregate``: the clients in the observed mean unless ``--clients-in-sum`` says otherwise."""
+
+
+def check_clients_in_sum(request: AttackRequest, threat: str) -> None:
+    """A one-line error where ``request`` sets ``clients_in_sum`` for a threat model other than ``aggregate``."""
+    if request.clients_in_sum is not None and threat != "aggregate":
+        raise ConfigError(f"--clients-in-sum applies to --threat-model aggregate only, got --threat-model {threat}")
 
 
 def parse_clients(text: str) -> tuple[int, tuple[int, ...] | str | None]:
@@ -396,6 +413,11 @@ class Attack:
             return summary
         return None
 
+    def evaluator_victims(self, target: Target, settings: AttackSettings) -> int | tuple[int, ...]:
+        """The clients whose images the attack reconstructs, which its evaluator must never have
+        seen (default: ``settings.client``)."""
+        return settings.client
+
     def evaluator_unless_done(self, target: Target, settings: AttackSettings, out: Path, log: Log,
                               cache: Path | None) -> tuple[dict[str, Any] | None, Any | None, str]:
         """A reconstruction attack's start: (the summary of a complete attack with these settings,
@@ -408,7 +430,8 @@ class Attack:
         if previous is not None and previous.get("evaluator_test_accuracy") is not None:
             log(skipped)
             return previous, None, ""
-        evaluator, note = load_or_train_evaluator(target, settings.evaluator_images, log, cache, victim=settings.client)
+        evaluator, note = load_or_train_evaluator(target, settings.evaluator_images, log, cache,
+                                                  victim=self.evaluator_victims(target, settings))
         if previous is not None:
             if evaluator is None:
                 log(skipped)
@@ -425,11 +448,13 @@ def check_evaluator_images(n: int) -> int:
 
 
 # -- the evaluator -------------------------------------------------------------------------------
-def evaluator_images(target: Target, max_images: int, *, victim: int | None) -> tuple[torch.Tensor, torch.Tensor, str,
-                                                                                      str, torch.Tensor] | str:
+def evaluator_images(target: Target, max_images: int, *,
+                     victim: int | tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor, str, str,
+                                                                    torch.Tensor] | str:
     """The images the evaluator of ``target``'s data trains on: up to ``max_images`` of those no
     client has (a seeded draw), or, when the run left fewer than :data:`MIN_EVALUATOR_IMAGES` out
-    and ``victim`` is given, of the clients other than ``victim``.
+    and ``victim`` is given, of the clients other than ``victim`` (one client, or several: the
+    clients of an ``aggregate`` view).
 
     Returns (the source's images, its labels, where they come from in words, the cache's file
     prefix, the positions of the evaluator's draw within the source), or the reason there are
@@ -446,20 +471,27 @@ def evaluator_images(target: Target, max_images: int, *, victim: int | None) -> 
                   f"(needs >= {MIN_EVALUATOR_IMAGES})")
         if victim is None:
             return f"{reason}; train with data.subset to keep some out"
-        x, y = target.images_without(victim)
+        victims = (victim,) if isinstance(victim, int) else tuple(victim)
+        if len(victims) == 1:
+            who, whose = f"client {victims[0]}", f"client {victims[0]}'s"
+            prefix = f"evaluator-without-client{victims[0]}"
+        else:
+            names = ", ".join(map(str, victims))
+            who, whose = f"clients {names}", f"any of clients {names}"
+            prefix = "evaluator-without-clients" + "-".join(map(str, victims))
+        x, y = target.images_without(victims)
         if len(y) < MIN_EVALUATOR_IMAGES:
-            return (f"{reason}, and the clients other than client {victim} hold {len(y)}; train with "
+            return (f"{reason}, and the clients other than {who} hold {len(y)}; train with "
                     "data.subset to keep some out")
-        source = (f"images of the clients other than client {victim}, never client {victim}'s (the run left "
+        source = (f"images of the clients other than {who}, never {whose} (the run left "
                   f"{unused} images unused by every client)")
-        prefix = f"evaluator-without-client{victim}"
     n = min(len(y), max_images)
     pick = torch.from_numpy(np.sort(numpy_rng(target.cfg.seed, "attack", n).permutation(len(y))[:n]))
     return x, y, source, prefix, pick
 
 
 def load_or_train_evaluator(target: Target, max_images: int, log: Log, cache: Path | None = None, *,
-                            victim: int | None = None) -> tuple[Any | None, str]:
+                            victim: int | tuple[int, ...] | None = None) -> tuple[Any | None, str]:
     """The evaluator of ``target``'s data, trained once on up to ``max_images`` images no client
     has (a seeded draw) and cached in ``cache`` (default ``RUN/attacks/``) under a name made of
     a digest of those images, so runs with the same held-out images share it.

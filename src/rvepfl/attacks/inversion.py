@@ -42,6 +42,7 @@ from rvepfl.attacks.base import (
     AttackRequest,
     AttackSettings,
     Log,
+    check_clients_in_sum,
     check_evaluator_images,
     evaluator_labels,
     image_grid,
@@ -163,6 +164,7 @@ class InversionAttack(Attack):
             raise ConfigError(f"--references applies to mia only, got {self.name}")
         if request.local_steps is not None:
             raise ConfigError(f"--local-steps applies to --threat-model update only, got --threat-model {threat}")
+        check_clients_in_sum(request, threat)
         check_evaluator_images(request.evaluator_images)
         r = target.check_round(request.round)
         victims = self.victims(target, request)

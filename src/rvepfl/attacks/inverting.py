@@ -15,7 +15,8 @@ result.
 (each with its own seed) and all their restarts as one optimisation, every row of a stacked input
 its own problem (:class:`~rvepfl.attacks.observation.BatchedMatcher`): each observation's result
 is the one :func:`inverting_gradients` gives it alone, up to float rounding. ``rvepfl attack ig``
-attacks its observations that way, in chunks (:class:`InvertingGradients`).
+attacks its observations that way, in chunks (:class:`InvertingGradients`), under threat models
+``gradient``, ``update`` and ``aggregate`` (the mean of several clients' updates).
 """
 
 from __future__ import annotations
@@ -343,6 +344,13 @@ class InvertingGradients(UploadAttack):
 
     name = "ig"
     label = "Inverting Gradients"
+    threats = ("gradient", "update", "aggregate")
+    """``aggregate`` too: Geiping et al. invert the mean update of a batch, which is what the
+    mean of k clients' updates is to a server under secure aggregation (k x batch images), and
+    their cosine suits a view whose size the clients' Adam normalises away. DLG's squared
+    distance needs the gradient's size (it fails on ``update`` already), and iDLG reads the label
+    of a single image, which a sum of several clients' images is not: they keep to ``gradient``
+    and ``update``."""
     description = ("1 - cosine similarity of the gradients plus total variation, Adam (Geiping et al., NeurIPS "
                    "2020)")
     rank = 30

@@ -44,7 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rvepfl.attacks.base import Attack, AttackRequest, AttackSettings, Log, parse_params, pooled_rows
+from rvepfl.attacks.base import (
+    Attack,
+    AttackRequest,
+    AttackSettings,
+    Log,
+    check_clients_in_sum,
+    parse_params,
+    pooled_rows,
+)
 from rvepfl.attacks.common import Tracker as _Tracker
 from rvepfl.attacks.mia import (
     LIRA_VARIANCES,
@@ -290,6 +298,7 @@ class MembershipInference(Attack):
             raise ConfigError(f"--local-steps applies to --threat-model update only, got mia (threat model "
                               f"{request.threat or self.threats[0]})")
         threat = self.check_threat(request.threat)
+        check_clients_in_sum(request, threat)
         if request.iterations is not None:
             raise ConfigError("mia trains its reference models for the run's own train.rounds x train.local_epochs "
                               "epochs: drop --iterations")

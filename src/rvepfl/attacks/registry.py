@@ -9,7 +9,7 @@ outside this package's attack classes compares an attack's name.
 >>> list(attacks())[:3]
 ['dlg', 'idlg', 'ig']
 >>> attack("ig").label, attack("ig").threats
-('Inverting Gradients', ('gradient', 'update'))
+('Inverting Gradients', ('gradient', 'update', 'aggregate'))
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Threat models: what an attacker of a finished run observes, kept apart from the ground truth.
 
-Four threat models, each an explicit object (:data:`THREAT_MODELS`). What the attacker observes
+Five threat models, each an explicit object (:data:`THREAT_MODELS`). What the attacker observes
 under each is produced by the run's method itself (its hooks in
 :class:`rvepfl.methods.base.Method`, and those of the privacy mechanism wrapping it), so this
 module names no method:
@@ -29,10 +29,26 @@ module names no method:
   step is normalised per coordinate, so this view is a gradient's direction, roughly sign by
   sign, rather than its size: the cosine of Inverting Gradients suits it, DLG's squared distance
   does not.
+- ``aggregate`` -- the same server under secure aggregation (SecAgg+): it never sees one
+  client's upload, only the mean of the round's uploads. :meth:`Target.observe_aggregate`
+  produces, for each of k clients (:meth:`Target.sum_clients`: the attacked client and the next
+  k - 1 clients of the round, in the round's client order, wrapping around), its ``update`` view
+  on B of its own images (the same local round, the same seeds), and averages their shared
+  updates as the server's mean does: equal weights, or, with ``train.aggregation =
+  "weighted"``, each client's training-split size (a run aggregated by a median or a trimmed
+  mean gets the plain mean, the only aggregate secure aggregation could give it). The attacker
+  reads ``-mean_update / (lr * S)`` as the mean gradient over the k * B images and inverts it
+  with k * B dummy images. k = 1 is the ``update`` view, number for number. The view is the mean
+  in the clear: the protocol's quantisation (a step of about 4e-6) is left out. It is computed
+  for any finished run, with or without secure aggregation.
 - ``released`` -- the global shared model of a round is public: the shared path's module (in z's
   space when it reads a private encoder's sample).
 - ``stolen`` -- one client's full personal model (private and shared parts) is in the
   attacker's hands: the strongest case.
+
+A run trained with secure aggregation (``secure_aggregation.enabled`` in its config) has no
+``gradient`` or ``update`` surface: the server never saw one client's upload, and
+:meth:`Target.check_per_client_view` raises :class:`~rvepfl.errors.NoAttackSurface` saying so.
 
 :class:`Target` opens a run directory read-only: it rebuilds the run's data and partition from
 its ``config.toml`` (refusing if they differ from the saved partition) and loads the saved
@@ -44,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +74,7 @@ from rvepfl.config import Config, load_config
 from rvepfl.data.datasets import NORMALISATION, load_dataset, subset_indices
 from rvepfl.errors import CheckpointError, ConfigError, NoAttackSurface
 from rvepfl.fl.client import Federation, prepare
-from rvepfl.fl.server import GLOBAL_KIND, check_partition
+from rvepfl.fl.server import GLOBAL_KIND, check_partition, round_clients
 from rvepfl.fl.store import load_client_state
 from rvepfl.io import load_tensors
 from rvepfl.methods import ClientData, RoundContext, SharedPath
@@ -65,7 +82,7 @@ from rvepfl.registry import build_method
 from rvepfl.rundir import RunDir
 from rvepfl.seeding import derive_seed, numpy_rng, seed_torch, torch_generator
 
-__all__ = ["THREAT_MODELS", "GroundTruth", "Target", "ThreatModel"]
+__all__ = ["SECURE_AGGREGATION_REASON", "THREAT_MODELS", "GroundTruth", "Target", "ThreatModel"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,21 @@ THREAT_MODELS: dict[str, ThreatModel] = {
     "released": ThreatModel("released", "the global shared model after a round (its input is a private "
                                         "encoder's sample z where the method has one)"),
     "stolen": ThreatModel("stolen", "one client's full personal model, private and shared parts"),
+    "aggregate": ThreatModel(
+        "aggregate",
+        "honest-but-curious server under secure aggregation: the shared model it sent and the mean of k clients' "
+        "whole-round uploads (each as in update; weighted by training-split size where train.aggregation is "
+        "weighted), with k, the batch size, the number of local steps and the learning rate; attacked as the mean "
+        "gradient over the k x batch images, -mean_update / (lr * steps)",
+    ),
 }
+"""Every threat model, by name (``aggregate`` last, so that the older ones keep their order in
+messages)."""
+
+SECURE_AGGREGATION_REASON = (
+    "this run used secure aggregation (secure_aggregation.enabled): the server never sees one client's upload, only "
+    "the round's aggregate: use --threat-model aggregate")
+"""Why ``gradient`` and ``update`` have no surface on a run trained with secure aggregation."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +177,10 @@ class Target:
         self.input_shape = (self.fed.dataset.channels, self.fed.dataset.image_size, self.fed.dataset.image_size)
         self._private = bool(self.method.private_state(self.method.build_model()))
         self._heldout: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._model: tuple[tuple[int, int | None], nn.Module] | None = None
+        self._models: OrderedDict[tuple[int, int | None], nn.Module] = OrderedDict()
+        self.models_kept = 1
+        """How many of the models :meth:`model` built it keeps, the most recently used (the
+        ``aggregate`` view raises it to its clients, whose models it uses draw after draw)."""
 
     # -- checkpoints ---------------------------------------------------------------------------
     def client_rounds(self) -> list[int]:
@@ -193,11 +227,15 @@ class Target:
         """The method's full model with the global state of ``round_`` and, when ``client`` is
         given, that client's private state of the same round; in eval mode, on the CPU.
 
-        The last model built is kept and returned again for the same (round, client): attacks
-        read it and never change it.
+        The last :attr:`models_kept` models built are kept and returned again for the same (round,
+        client): attacks read them and never change them. Building one draws from no random
+        stream an attack uses (it seeds its own), so a kept model gives the same numbers as a
+        rebuilt one.
         """
-        if self._model is not None and self._model[0] == (round_, client):
-            return self._model[1]
+        key = (round_, client)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
         seed_torch(self.cfg.seed, "init")
         model = self.method.build_model()
         shared = self.method.shared_state(model)
@@ -210,7 +248,9 @@ class Target:
                                   "it has not trained yet; pick another --client")
             state = {**state, **load_client_state(path, private)[0]}
         model.load_state_dict({**model.state_dict(), **state})
-        self._model = ((round_, client), model.eval())
+        self._models[key] = model.eval()
+        while len(self._models) > max(1, self.models_kept):
+            self._models.popitem(last=False)
         return model
 
     # -- the shared part's forward path --------------------------------------------------------
@@ -268,18 +308,19 @@ class Target:
         labels = np.concatenate([full.train_y, full.test_y])[~used]
         return _pixels(images), torch.from_numpy(labels).long()
 
-    def images_without(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def images_without(self, client: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of every client but ``client`` (their training and test splits), as [0, 1]
-        pixels, and their labels, in pool order: none of them is ``client``'s.
+        pixels, and their labels, in pool order: none of them is ``client``'s (``client`` may be
+        several clients: then none of them is any of theirs).
 
         What the evaluator trains on when the run left too few images out (the README's main run
         uses every image): an attack on ``client`` reconstructs that client's images, which the
         evaluator then never saw.
         """
-        self.check_client(client)
+        excluded = {self.check_client(c) for c in ((client,) if isinstance(client, int) else client)}
         clients = self.fed.partition.clients
-        victim = np.concatenate([clients[client].train, clients[client].test])
-        others = np.concatenate([np.concatenate([c.train, c.test]) for i, c in enumerate(clients) if i != client])
+        victim = np.concatenate([np.concatenate([clients[c].train, clients[c].test]) for c in sorted(excluded)])
+        others = np.concatenate([np.concatenate([c.train, c.test]) for i, c in enumerate(clients) if i not in excluded])
         idx = np.setdiff1d(others, victim)  # sorted; a partition's clients never share an image anyway
         d = self.fed.dataset
         images = np.concatenate([d.train_x, d.test_x])[idx]
@@ -287,6 +328,18 @@ class Target:
         return _pixels(images), torch.from_numpy(labels).long()
 
     # -- the gradient threat model ----------------------------------------------------------------
+    def secure_aggregation(self) -> bool:
+        """Whether the run was trained with secure aggregation (its config's
+        ``secure_aggregation.enabled``): then the server saw only each round's aggregate."""
+        section = getattr(self.cfg, "secure_aggregation", None)
+        return bool(getattr(section, "enabled", False))
+
+    def check_per_client_view(self) -> None:
+        """Raise :class:`NoAttackSurface` when the server never saw one client's upload (the run
+        used secure aggregation): ``gradient`` and ``update`` then have nothing to observe."""
+        if self.secure_aggregation():
+            raise NoAttackSurface(SECURE_AGGREGATION_REASON)
+
     def gradient_surface(self, round_: int, client: int) -> SharedPath:
         """The shared path whose gradient the server sees; raises :class:`NoAttackSurface` for a
         method without one."""
@@ -295,7 +348,9 @@ class Target:
     def observe_gradient(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor,
                          seed: int, draw: int) -> GradientObservation:
         """What the server sees of ``client``'s step on (x, y), starting from round ``round_``'s
-        state: the method's :meth:`~rvepfl.methods.base.Method.wire_gradient`."""
+        state: the method's :meth:`~rvepfl.methods.base.Method.wire_gradient`. Raises
+        :class:`NoAttackSurface` on a run with secure aggregation (:meth:`check_per_client_view`)."""
+        self.check_per_client_view()
         path = self.gradient_surface(round_, client)
         names = [k for k, _ in path.module.named_parameters()]
         seed_torch(seed, "attack", round_, client, draw)  # the encoder's sample z
@@ -333,10 +388,20 @@ class Target:
         Raises
         ------
         NoAttackSurface
-            For a method without a gradient surface (a private head).
+            For a method without a gradient surface (a private head), and for a run with secure
+            aggregation (:meth:`check_per_client_view`).
         ConfigError
             For ``local_steps`` < 1.
         """
+        self.check_per_client_view()
+        path, keys, update = self._update_view(round_, client, x, y, local_steps=local_steps, seed=seed, draw=draw)
+        scale = self.cfg.train.lr * local_steps
+        return self._observation(path, [-update[k] / scale for k in keys], len(y))
+
+    def _update_view(self, round_: int, client: int, x: torch.Tensor, y: torch.Tensor, *, local_steps: int,
+                     seed: int, draw: int) -> tuple[SharedPath, list[str], dict[str, torch.Tensor]]:
+        """``client``'s shared update (float64, by full parameter name) of its round on (x, y),
+        as :meth:`observe_update` describes it, with the shared path and its parameters' names."""
         if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
             raise ConfigError(f"Expected --local-steps >= 1, got {local_steps!r}")
         path = self.gradient_surface(round_, client)
@@ -355,8 +420,79 @@ class Target:
         if steps != planned:  # each local step must cover the whole batch
             raise RuntimeError(f"{method.name}'s local round took {steps} steps on one batch, expected {planned}")
         update = method.uploaded_update(method.upload(model, ctx, len(y), received).state, received, keys)
-        scale = t.lr * local_steps
-        return self._observation(path, [-update[k] / scale for k in keys], len(y))
+        return path, keys, update
+
+    # -- the aggregate threat model ---------------------------------------------------------------
+    def sum_clients(self, round_: int, client: int, count: int) -> tuple[int, ...]:
+        """The ``count`` clients whose uploads the ``aggregate`` view of ``client`` in round
+        ``round_`` averages: ``client`` and the ``count - 1`` clients after it among the round's
+        clients (:func:`~rvepfl.fl.server.round_clients`, in client order, wrapping around).
+
+        Raises
+        ------
+        ConfigError
+            When ``client`` took no part in the round, or ``count`` is not between 1 and the
+            round's clients.
+        """
+        clients = round_clients(self.cfg, round_)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(clients):
+            raise ConfigError(f"Expected --clients-in-sum between 1 and {len(clients)} (the clients of round "
+                              f"{round_}), got {count!r}")
+        if client not in clients:
+            raise ConfigError(f"Client {client} took no part in round {round_} (its clients: "
+                              f"{', '.join(map(str, clients))}): pick one of those as --client")
+        first = clients.index(client)
+        return tuple(clients[(first + i) % len(clients)] for i in range(count))
+
+    def sum_weights(self, clients: tuple[int, ...]) -> list[float]:
+        """Each client's weight in the round's mean, the weights summing to 1: the method's
+        :meth:`~rvepfl.methods.base.Method.aggregation_weight` of its training split (equal, or,
+        with ``train.aggregation = "weighted"``, in proportion to its training-split size), as
+        the server's mean weighs each upload."""
+        sizes = [float(self.method.aggregation_weight(len(self.fed.partition.clients[c].train))) for c in clients]
+        total = sum(sizes)
+        return [size / total for size in sizes]
+
+    def observe_aggregate(self, round_: int, batches: list[tuple[int, torch.Tensor, torch.Tensor]], *,
+                          local_steps: int, seed: int, draw: int) -> GradientObservation:
+        """What the server sees of a round under secure aggregation: the mean of the shared
+        updates of the clients in ``batches`` ((client, x, y) each, the attacked client first),
+        read as the mean gradient over all their images.
+
+        Each client's update is the one :meth:`observe_update` computes for it on its (x, y),
+        with the same seeds; they are averaged with :meth:`sum_weights` (in float64, each
+        update times its weight, summed in the given order); the observation's gradients are
+        ``-mean / (train.lr * local_steps)`` and its batch is every client's images, in order.
+        One client gives exactly :meth:`observe_update`'s observation. The quantisation of
+        secure aggregation is left out (the mean in the clear).
+
+        Raises
+        ------
+        NoAttackSurface
+            For a method without a gradient surface (a private head).
+        ConfigError
+            For ``local_steps`` < 1, or clients of unequal batch sizes.
+        """
+        if not batches:
+            raise ConfigError("Expected at least one client in the aggregate, got none")
+        sizes = {len(y) for _, _, y in batches}
+        if len(sizes) != 1:
+            raise ConfigError(f"Expected every client of the aggregate to give as many images, got {sorted(sizes)}")
+        weights = self.sum_weights(tuple(c for c, _, _ in batches))
+        self.models_kept = max(self.models_kept, len(batches))  # each client's model, kept for the next draw
+        mean: dict[str, torch.Tensor] = {}
+        path: SharedPath | None = None
+        keys: list[str] = []
+        for (client, x, y), weight in zip(batches, weights):
+            view, names, update = self._update_view(round_, client, x, y, local_steps=local_steps, seed=seed,
+                                                    draw=draw)
+            if path is None:
+                path, keys = view, names  # the attacked client's: the shared module is the same global one
+            for k in keys:
+                mean[k] = weight * update[k] if k not in mean else mean[k] + weight * update[k]
+        assert path is not None
+        scale = self.cfg.train.lr * local_steps
+        return self._observation(path, [-mean[k] / scale for k in keys], sum(len(y) for _, _, y in batches))
 
     # -- the model-inversion threat models ---------------------------------------------------------
     def inversion_model(self, threat: str, round_: int, client: int) -> tuple[nn.Module, tuple[float, float] | None]:

@@ -1,5 +1,13 @@
-"""The family of attacks on an observed upload: threat models ``gradient`` (one local step) and
-``update`` (a client's whole local round), one reconstruction per attacked image.
+"""The family of attacks on an observed upload: threat models ``gradient`` (one local step),
+``update`` (a client's whole local round) and ``aggregate`` (the mean of k clients' whole rounds,
+the server's view under secure aggregation), one reconstruction per attacked image.
+
+Under ``aggregate`` each observation holds the ``--batch-size`` images of each of
+``clients_in_sum`` clients (the victim and the next clients of the round,
+:meth:`~rvepfl.attacks.threat.Target.sum_clients`; each client's images drawn as the attack on
+it alone would draw them), and every one of them is reconstructed and scored: ``scores.csv`` has
+a row per image of the sum, its ``client`` column the client that holds it. ``--images`` counts
+the victim's images, so a job has ``images x clients_in_sum`` rows.
 
 A member of the family names its algorithm, a function ``(GradientObservation, *, iterations,
 restarts, seed, progress) -> Reconstruction`` (:func:`rvepfl.attacks.dlg.dlg`,
@@ -27,10 +35,12 @@ import numpy as np
 import torch
 
 from rvepfl.attacks.base import (
+    DEFAULT_CLIENTS_IN_SUM,
     Attack,
     AttackRequest,
     AttackSettings,
     Log,
+    check_clients_in_sum,
     check_evaluator_images,
     evaluator_labels,
     image_grid,
@@ -40,12 +50,12 @@ from rvepfl.attacks.base import (
 from rvepfl.attacks.common import Tracker, read_summary
 from rvepfl.attacks.observation import GradientObservation, Reconstruction
 from rvepfl.attacks.scores import image_scores, to_pixels
-from rvepfl.attacks.threat import THREAT_MODELS, Target
+from rvepfl.attacks.threat import THREAT_MODELS, GroundTruth, Target
 from rvepfl.errors import CheckpointError, ConfigError
 from rvepfl.io import load_tensors, read_csv_rows, save_tensors, write_csv, write_json
 from rvepfl.seeding import derive_seed
 
-__all__ = ["GRADIENT_COLUMNS", "RECONSTRUCTIONS_KIND", "UploadAttack", "match_to_truth"]
+__all__ = ["GRADIENT_COLUMNS", "RECONSTRUCTIONS_KIND", "UploadAttack", "match_to_truth", "observed_batch"]
 
 GRADIENT_COLUMNS = ["image", "draw", "round", "client", "label", "attack_label", "mse", "psnr", "ssim",
                     "evaluator_label", "evaluator_correct", "seconds"]
@@ -55,7 +65,8 @@ RECONSTRUCTIONS_KIND = "rvepfl-attack-reconstructions"
 class UploadAttack(Attack):
     """An attack on what an honest-but-curious server sees of a client's upload."""
 
-    threats = ("gradient", "update")
+    threats: ClassVar[tuple[str, ...]] = ("gradient", "update")
+    """An attack of the family that also takes ``aggregate`` (the mean of several clients' updates) says so."""
     surface = "inverts an observed upload"
     default_restarts = 1
     audit_options = ("batch_size", "images", "iterations", "restarts", "local_steps", "evaluator_images")
@@ -88,23 +99,29 @@ class UploadAttack(Attack):
         """
         if self.batched_algorithm is None:
             return 1
-        per_observation = settings.restarts * settings.batch_size
+        per_observation = settings.restarts * observed_batch(settings)
         return max(1, min(self.chunk_observations, self.chunk_images // per_observation))
 
     def resolve(self, target: Target, request: AttackRequest) -> AttackSettings:
         threat = self.check_threat(request.threat)
         if request.references is not None:
             raise ConfigError(f"--references applies to mia only, got {self.name}")
-        if threat != "update" and request.local_steps is not None:
-            raise ConfigError(f"--local-steps applies to --threat-model update only, got --threat-model {threat}")
+        if threat not in ("update", "aggregate") and request.local_steps is not None:
+            also = " (aggregate, a mean of updates, takes it too)" if "aggregate" in self.threats else ""
+            raise ConfigError(f"--local-steps applies to --threat-model update only, got --threat-model {threat}{also}")
+        check_clients_in_sum(request, threat)
         steps = 0
-        if threat == "update":
+        if threat in ("update", "aggregate"):
             steps = target.cfg.train.local_epochs if request.local_steps is None else request.local_steps
             if steps < 1:
                 raise ConfigError(f"Expected --local-steps >= 1, got {steps}")
         check_evaluator_images(request.evaluator_images)
         r = target.check_round(request.round)
         target.check_client(request.client)
+        in_sum = 0
+        if threat == "aggregate":
+            in_sum = DEFAULT_CLIENTS_IN_SUM if request.clients_in_sum is None else request.clients_in_sum
+            target.sum_clients(r, request.client, in_sum)  # a one-line error for a bad count or client
         batch_size = request.batch_size
         if batch_size < 1:
             raise ConfigError(f"Expected --batch-size >= 1, got {batch_size}")
@@ -116,9 +133,22 @@ class UploadAttack(Attack):
                 f"Expected --images to be a positive multiple of --batch-size {batch_size}, got {n_images}")
         iterations, restarts = self.iterations_and_restarts(request)
         return AttackSettings(self.name, threat, r, request.client, batch_size, n_images, iterations, request.seed,
-                              restarts, steps, request.evaluator_images, params=parse_params(self, request.params))
+                              restarts, steps, request.evaluator_images, params=parse_params(self, request.params),
+                              clients_in_sum=in_sum)
+
+    def evaluator_victims(self, target: Target, settings: AttackSettings) -> int | tuple[int, ...]:
+        """Under ``aggregate``, every client in the sum (their images are all reconstructed)."""
+        if settings.threat == "aggregate":
+            clients = target.sum_clients(settings.round, settings.client, settings.clients_in_sum)
+            return clients if len(clients) > 1 else clients[0]
+        return settings.client
 
     def open(self, target: Target, settings: AttackSettings, cache: Path | None = None) -> None:
+        """Raises :class:`~rvepfl.errors.NoAttackSurface` for a method without a gradient surface,
+        and, under ``gradient`` and ``update``, for a run trained with secure aggregation (its
+        server saw only each round's aggregate)."""
+        if settings.threat in ("gradient", "update"):
+            target.check_per_client_view()
         target.gradient_surface(settings.round, settings.client)
 
     def run(self, target: Target, settings: AttackSettings, out: Path, log: Log, *,
@@ -147,6 +177,7 @@ class UploadAttack(Attack):
     def _observations(self, target: Target, s: AttackSettings, evaluator: Any | None, out: Path, digest: str,
                       log: Log, status: Log | None = None):
         draws = s.images // s.batch_size
+        per_draw_rows = observed_batch(s)
         rows: list[dict[str, Any]] = []
         truth: list[torch.Tensor] = []
         recon: list[torch.Tensor] = []
@@ -160,9 +191,9 @@ class UploadAttack(Attack):
                     saved = load_tensors(recon_path, kind=RECONSTRUCTIONS_KIND)
                     header_rows = _read_rows(out / "scores.csv")
                     start_draw = int(old["draws_done"])
-                    rows = header_rows[: start_draw * s.batch_size]
-                    truth = list(saved["truth"][: start_draw * s.batch_size])
-                    recon = list(saved["reconstruction"][: start_draw * s.batch_size])
+                    rows = header_rows[: start_draw * per_draw_rows]
+                    truth = list(saved["truth"][: start_draw * per_draw_rows])
+                    recon = list(saved["reconstruction"][: start_draw * per_draw_rows])
                     elapsed = float(old.get("seconds", 0.0))
                     if evaluator is not None and any(r["evaluator_label"] == "" for r in rows):
                         # stopped before an evaluator could be had (a run that used every image)
@@ -179,9 +210,8 @@ class UploadAttack(Attack):
         while first < draws:
             stop = min(draws, (first // size + 1) * size)  # the chunks lie on a grid: a resumed attack's are the same
             t0 = time.perf_counter()
-            batches = [target.client_batch(s.client, s.batch_size, draw, s.seed) for draw in range(first, stop)]
-            observations = [self._observe(target, s, x, gt.labels, draw)
-                            for draw, (x, gt) in zip(range(first, stop), batches)]
+            batches = [_draw_batches(target, s, draw) for draw in range(first, stop)]
+            observations = [self._observe(target, s, parts, draw) for draw, parts in zip(range(first, stop), batches)]
             # The attack's own random draws (its initial guesses): a stream of its own for each observation.
             seeds = [derive_seed(s.seed, "attack", s.round, s.client, draw, 3) for draw in range(first, stop)]
             which = _observation_words(first, stop, draws)
@@ -194,7 +224,9 @@ class UploadAttack(Attack):
                 results = self.batched_algorithm(observations, iterations=s.iterations, restarts=s.restarts,
                                                  seeds=seeds, progress=progress)
             added = []
-            for draw, (_, gt), result in zip(range(first, stop), batches, results):
+            for draw, parts, result in zip(range(first, stop), batches, results):
+                gt = _joined_truth([truth_of for _, _, truth_of in parts])
+                owners = [client for client, _, truth_of in parts for _ in truth_of.indices]
                 pixels = to_pixels(result.inputs.detach().float().cpu(), target.dataset)
                 # A gradient does not say which reconstruction is which image of the batch: match them
                 # to the truth by the assignment of least total MSE (the identity at batch 1).
@@ -203,10 +235,10 @@ class UploadAttack(Attack):
                 attack_labels = result.labels[order] if result.labels is not None else None
                 scores = image_scores(pixels, gt.pixels)
                 labels = evaluator_labels(evaluator, pixels)
-                for i in range(s.batch_size):
+                for i in range(len(gt.indices)):
                     true_label = int(gt.labels[i])
                     added.append({
-                        "image": gt.indices[i], "draw": draw, "round": s.round, "client": s.client,
+                        "image": gt.indices[i], "draw": draw, "round": s.round, "client": owners[i],
                         "label": true_label, "attack_label": int(attack_labels[i]) if attack_labels is not None else "",
                         "mse": float(scores["mse"][i]), "psnr": float(scores["psnr"][i]),
                         "ssim": float(scores["ssim"][i]), "evaluator_label": labels[i],
@@ -221,7 +253,9 @@ class UploadAttack(Attack):
             elapsed += seconds
             mean_psnr = np.mean([r["psnr"] for r in added])
             left = f"; {tracker.left(stop * per_draw)}" if stop < draws else ""
-            log(f"{s.attack}: {which} (batch {s.batch_size}): PSNR {mean_psnr:.1f} dB, {seconds:.1f} s{left}")
+            batch = (f"{s.clients_in_sum} client{'s' if s.clients_in_sum != 1 else ''} x batch {s.batch_size}"
+                     if s.threat == "aggregate" else f"batch {s.batch_size}")
+            log(f"{s.attack}: {which} ({batch}): PSNR {mean_psnr:.1f} dB, {seconds:.1f} s{left}")
             # Commit: scores and reconstructions first, the summary (with the resume point) last.
             write_csv(out / "scores.csv", GRADIENT_COLUMNS, [[r[c] for c in GRADIENT_COLUMNS] for r in rows])
             save_tensors(recon_path, {"truth": torch.stack(truth), "reconstruction": torch.stack(recon)},
@@ -230,17 +264,52 @@ class UploadAttack(Attack):
             partial["draws_done"] = stop
             write_json(summary_path, partial)
             first = stop
-        titles = [f"#{r['image']} y={r['label']}" for r in rows]
+        if s.threat == "aggregate":
+            titles = [f"c{r['client']} #{r['image']} y={r['label']}" for r in rows]
+        else:
+            titles = [f"#{r['image']} y={r['label']}" for r in rows]
         return rows, torch.stack(truth), torch.stack(recon), titles, elapsed
 
     @staticmethod
-    def _observe(target: Target, s: AttackSettings, x: torch.Tensor, labels: torch.Tensor,
+    def _observe(target: Target, s: AttackSettings, parts: list[tuple[int, torch.Tensor, GroundTruth]],
                  draw: int) -> GradientObservation:
-        """What the server sees of the victim's upload on observation ``draw``'s batch."""
+        """What the server sees on observation ``draw``: of the victim's upload (``parts`` is its
+        batch alone), or of the mean of the uploads of the clients in ``parts`` (``aggregate``)."""
+        if s.threat == "aggregate":
+            return target.observe_aggregate(s.round, [(c, x, gt.labels) for c, x, gt in parts],
+                                            local_steps=s.local_steps, seed=s.seed, draw=draw)
+        (_, x, gt), = parts
         if s.threat == "update":
-            return target.observe_update(s.round, s.client, x, labels, local_steps=s.local_steps, seed=s.seed,
+            return target.observe_update(s.round, s.client, x, gt.labels, local_steps=s.local_steps, seed=s.seed,
                                          draw=draw)
-        return target.observe_gradient(s.round, s.client, x, labels, s.seed, draw)
+        return target.observe_gradient(s.round, s.client, x, gt.labels, s.seed, draw)
+
+
+def observed_batch(settings: AttackSettings) -> int:
+    """The images in one observation: the batch size, times the clients in the sum under ``aggregate``.
+
+    >>> observed_batch(AttackSettings("ig", "aggregate", 1, 0, 2, 4, 10, 0, clients_in_sum=5))
+    10
+    """
+    return settings.batch_size * max(1, settings.clients_in_sum)
+
+
+def _draw_batches(target: Target, s: AttackSettings, draw: int) -> list[tuple[int, torch.Tensor, GroundTruth]]:
+    """Observation ``draw``'s batches, (client, images, truth) each: the victim's, and under
+    ``aggregate`` those of the other clients in the sum after it, each drawn as an attack on that
+    client alone would draw it."""
+    clients = (target.sum_clients(s.round, s.client, s.clients_in_sum) if s.threat == "aggregate"
+               else (s.client,))
+    return [(c, *target.client_batch(c, s.batch_size, draw, s.seed)) for c in clients]
+
+
+def _joined_truth(parts: list[GroundTruth]) -> GroundTruth:
+    """The ground truths of several clients' batches as one, in order (indices within each
+    client's own training split)."""
+    if len(parts) == 1:
+        return parts[0]
+    return GroundTruth(torch.cat([p.pixels for p in parts]), torch.cat([p.labels for p in parts]),
+                       tuple(i for p in parts for i in p.indices))
 
 
 def _observation_words(first: int, stop: int, draws: int) -> str:

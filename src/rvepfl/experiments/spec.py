@@ -33,11 +33,13 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
     [audit]
     attacks = ["dlg", "idlg", "ig", "miface"]   # any of `rvepfl attacks` (default: every one)
     miface_threats = ["released", "stolen"]     # <attack>_threats: the threat models an attack runs
-    mia_threats = ["released", "stolen"]        # under (default: every one it serves, but `update`)
+    mia_threats = ["released", "stolen"]        # under (default: every one it serves, but `update`
+                                                # and `aggregate`: ig_threats = ["gradient", "aggregate"]
+                                                # adds secure aggregation's view, 2 clients in the sum)
     references = 4                              # mia: LiRA's reference models (at least 2)
     update_attacks = ["ig"]                     # gradient attacks also run on the whole local
                                                 # update (threat model `update`; default none)
-    local_steps = 2                             # its local steps (default: train.local_epochs)
+    local_steps = 2                             # its local steps, and aggregate's (default: train.local_epochs)
     client = 0                                  # the victim client of every run
     stolen_clients = "all"                      # the stolen-model jobs' clients: "all" or a list
                                                 # (default [client]); each one's model in turn,
@@ -58,11 +60,14 @@ An audit file is a suite file with one more table (``rvepfl compare`` ignores it
 
 The jobs of a run are every attack under its threat models: ``gradient`` for the attacks on an
 upload, and ``update`` too for those in ``update_attacks``; ``<attack>_threats`` (default: every
-threat model the attack serves) for the others. Membership inference (mia) attacks all of the
-victim's training images (members) against as many images no client has, so its runs must keep
-images out (``data.subset``). A job under threat model ``stolen`` attacks the personal model of
-each client of ``stolen_clients`` in turn (``"all"``: every client of the run), so its
-``scores.csv`` holds the classes (mia: the images) of them all; the other jobs attack ``client``.
+threat model the attack serves) for the others. ``aggregate`` (the server's view under secure
+aggregation, :mod:`rvepfl.attacks.threat`) runs only where ``<attack>_threats`` names it. On a run
+trained with secure aggregation, ``gradient`` and ``update`` have no surface: their rows say why.
+Membership inference (mia) attacks all of the victim's training images (members) against as many
+images no client has, so its runs must keep images out (``data.subset``). A job under threat
+model ``stolen`` attacks the personal model of each client of ``stolen_clients`` in turn
+(``"all"``: every client of the run), so its ``scores.csv`` holds the classes (mia: the images)
+of them all; the other jobs attack ``client``.
 
 ``--smoke`` shrinks every run (:data:`SMOKE_OVERRIDES`, equal for all methods) and every attack
 (3 iterations, one batch of images, no restarts, at most 600 evaluator images, 2 reference models,
@@ -232,7 +237,8 @@ class AuditPlan:
         audit (its ``audit_options``), its own ``params``; the attack's defaults for the rest."""
         values: dict[str, Any] = {
             "batch_size": self.batch_size, "images": self.images, "iterations": self.iterations_of(job),
-            "restarts": self.restarts_of(job), "local_steps": self.local_steps if job.threat == "update" else None,
+            "restarts": self.restarts_of(job),
+            "local_steps": self.local_steps if job.threat in ("update", "aggregate") else None,
             "evaluator_images": self.evaluator_images, "references": self.references,
         }
         taken = attack(job.attack).audit_options
@@ -487,8 +493,9 @@ def _audit_plan(audit: dict[str, Any], runs: tuple[RunSpec, ...], *, smoke: bool
     threats: dict[str, tuple[str, ...]] = {}
     for a in names:
         own = every[a].threats
-        if "update" in own:  # an upload attack: the gradient, and the update where update_attacks says so
-            default = [t for t in own if t != "update" or a in update_attacks]
+        if "update" in own:  # an upload attack: the gradient, and the update where update_attacks says so;
+            # the aggregate (secure aggregation's view) only where <attack>_threats names it
+            default = [t for t in own if t != "aggregate" and (t != "update" or a in update_attacks)]
         else:
             default = list(own)
         threats[a] = _audit_names(audit, f"{a}_threats", own, default)
