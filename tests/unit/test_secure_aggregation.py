@@ -192,9 +192,12 @@ def _stage(msg) -> str | None:
 @pytest.mark.parametrize("method", ["fedavg", pytest.param("rvepfl", marks=pytest.mark.slow)])
 def test_the_protocol_gives_the_in_process_engines_numbers_and_the_server_no_upload(tmp_path, method):
     cfg = tiny_cfg(method, **{"data.num_clients": 3, "data.subset": 150, "secure_aggregation.enabled": True})
-    _flower(cfg, tmp_path)
-    _train(cfg, tmp_path / "ref")
+    summary, _ = _flower(cfg, tmp_path)
+    ref = _train(cfg, tmp_path / "ref")
     assert _csvs(tmp_path / "run") == _csvs(tmp_path / "ref")
+    assert summary["secure_aggregation"]["how"].startswith("Flower's SecAgg+ protocol")
+    assert ref["secure_aggregation"]["how"].startswith("the protocol's quantisation in the clear")
+    assert summary["secure_aggregation"]["shares"] == 3 and summary["secure_aggregation"]["reconstruction_threshold"] == 2
     ours, theirs = (load_file(str(tmp_path / d / "checkpoints/round_0002/global.safetensors")) for d in ("run", "ref"))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     received = json.loads((tmp_path / "run/flower/received.json").read_text())

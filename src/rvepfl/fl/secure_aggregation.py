@@ -19,6 +19,7 @@ no ``train.max_update_norm``; :func:`rvepfl.config` refuses the rest in one line
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from rvepfl.maths.secure_sum import Quantisation, QuantisedMean
 from rvepfl.methods import Method, RoundContext, Upload
 from rvepfl.seeding import derive_seed
 
-__all__ = ["ClearSecureMean", "max_weight", "quantisation", "round_shares", "rounding_seed"]
+__all__ = ["ClearSecureMean", "describe", "max_weight", "quantisation", "round_shares", "rounding_seed"]
 
 
 def rounding_seed(seed: int, round_: int, client: int) -> int:
@@ -57,6 +58,21 @@ def round_shares(cfg: RunConfig, num_clients: int) -> tuple[int, int]:
     shares = min(s.num_shares or num_clients, num_clients)
     threshold = s.reconstruction_threshold or max(2, shares // 2 + 1)
     return shares, min(threshold, shares)
+
+
+def describe(cfg: RunConfig, method: Method, masked: bool) -> dict[str, Any]:
+    """The summary's ``secure_aggregation`` entry: how the server learnt each round's mean."""
+    s = cfg.secure_aggregation
+    shares, threshold = round_shares(cfg, cfg.clients_per_round)
+    return {
+        "how": ("Flower's SecAgg+ protocol: the server held only the masked uploads and the mean it unmasked"
+                if masked else "the protocol's quantisation in the clear (in-process: the numbers SecAgg+ gives)"),
+        "shares": shares, "reconstruction_threshold": threshold,
+        "dropouts_tolerated_per_neighbourhood": shares - threshold,
+        "clipping_range": s.clipping_range, "quantization_range": s.quantization_range,
+        "modulus_range": s.modulus_range, "max_weight": max_weight(method),
+        "quantisation_step": 2 * s.clipping_range / s.quantization_range,
+    }
 
 
 class ClearSecureMean:

@@ -37,6 +37,7 @@ from rvepfl.config import Config, dumps_config, published_warnings
 from rvepfl.data import Partition
 from rvepfl.errors import CheckpointError, RoundFailedError
 from rvepfl.fl.client import ClientFailure, ClientOutcome, initial_model
+from rvepfl.fl.secure_aggregation import describe as describe_secure_aggregation
 from rvepfl.fl.validation import check_outcome
 from rvepfl.io import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from rvepfl.methods import Method, RoundContext, Upload
@@ -291,6 +292,9 @@ def _summary(setup: ServerSetup, chash: str, dispatcher: Dispatcher, log: Metric
         "client_failures": len(log.rows["client_failures.csv"]),
         "allocator_tuned": tune_allocator(),
         "method_details": setup.method.summary(),
+        **({"secure_aggregation": describe_secure_aggregation(cfg, setup.method,
+                                                              bool(getattr(setup.method.secure_mean, "masked", False)))}
+           if cfg.secure_aggregation.enabled else {}),
         "versions": versions(),
     }
 
