@@ -197,7 +197,8 @@ def test_the_protocol_gives_the_in_process_engines_numbers_and_the_server_no_upl
     assert _csvs(tmp_path / "run") == _csvs(tmp_path / "ref")
     assert summary["secure_aggregation"]["how"].startswith("Flower's SecAgg+ protocol")
     assert ref["secure_aggregation"]["how"].startswith("the protocol's quantisation in the clear")
-    assert summary["secure_aggregation"]["shares"] == 3 and summary["secure_aggregation"]["reconstruction_threshold"] == 2
+    facts = summary["secure_aggregation"]
+    assert facts["shares"] == 3 and facts["reconstruction_threshold"] == 2
     ours, theirs = (load_file(str(tmp_path / d / "checkpoints/round_0002/global.safetensors")) for d in ("run", "ref"))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     received = json.loads((tmp_path / "run/flower/received.json").read_text())
@@ -284,3 +285,22 @@ def test_a_client_refused_after_its_masked_upload_entered_the_sum_fails_the_roun
     protocol.set_round(SecureRound(mean=mean, contributors={100, 101, 102}), {0: 100, 1: 101, 2: 102}, state)
     with pytest.raises(RoundFailedError, match="non-finite"):
         protocol([Upload(c, 90, {}) for c in (0, 1, 2)], method, RoundContext(round=3, client=None, seed=0))
+
+
+def test_an_upload_with_a_nan_is_not_sent_masked_and_its_client_drops_out(tmp_path, monkeypatch):
+    """The server could not see a NaN inside the masked sum, so rvepfl's ClientApp refuses to send
+    it: client 1 drops out of every round (after the share-keys stage) and the others' mean counts."""
+    import rvepfl.fl.client as client_side
+    from tests.helpers import adversary
+
+    monkeypatch.setattr(client_side, "train_client", client_side.train_client)
+    adversary.install(1, "nan")
+    cfg = tiny_cfg("fedavg", **{"data.num_clients": 3, "data.subset": 150, "secure_aggregation.enabled": True,
+                                "faults.min_clients": 2})
+    summary, _ = _flower(cfg, tmp_path)
+    rows = [r.split(",", 4) for r in (tmp_path / "run/metrics/client_failures.csv").read_text().splitlines()[1:]]
+    assert [r[:3] for r in rows] == [["1", "1", "error"], ["2", "1", "error"]], rows
+    assert all("NaN or infinite values" in r[4] and r[4].startswith("collect_masked_vectors stage") for r in rows)
+    assert summary["status"] == "complete"
+    state = load_file(str(tmp_path / "run/checkpoints/round_0002/global.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())

@@ -251,6 +251,9 @@ def _masked_reply(msg: Message, fed: Any, upload: Any, metrics: MetricRecord, in
     (:func:`rvepfl.fl.secure_aggregation.rounding_seed`): the in-process engine draws the same numbers."""
     keys = sorted(upload.state)
     arrays = [upload.state[k].detach().cpu().contiguous().numpy() for k in keys]
+    bad = [k for k, a in zip(keys, arrays) if not np.isfinite(a).all()]
+    if bad:  # the server could not see it in the masked sum: an honest client drops out instead
+        raise ValueError(f"The upload holds NaN or infinite values in {', '.join(bad[:3])}: not sent")
     weight = fed.method.aggregation_weight(upload.num_samples)
     fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(arrays),
                     num_examples=weight, metrics={})
