@@ -220,6 +220,7 @@ def train(
     """
     from rvepfl.fl.client import prepare
     from rvepfl.fl.lifecycle import open_run
+    from rvepfl.fl.secure_aggregation import round_shares
     from rvepfl.fl.simulation import begin_run, keep_precision
     from rvepfl.fl.simulation import train as run_training
     from rvepfl.rundir import RunDir
@@ -281,6 +282,10 @@ def train(
             f"seed {cfg.seed} -> {run.path}", err=True)
     _warn_published(cfg)
     _say_precision(fed)
+    if cfg.secure_aggregation.enabled:
+        shares, threshold = round_shares(cfg, cfg.clients_per_round)
+        typer.echo(f"secure aggregation: each round's mean is SecAgg+'s quantised mean ({shares} shares, threshold "
+                   f"{threshold}), computed in the clear in-process; `rvepfl flower-local` runs the protocol", err=True)
     started = time.perf_counter()
     stream = ProgressStream()
     try:
