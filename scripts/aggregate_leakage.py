@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default runs/aggregate-leakage/<run's name>)")
     parser.add_argument("--quiet", action="store_true", help="only the table")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the table into this README's <!-- results:aggregate-<method> --> block")
     return parser.parse_args(argv)
 
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except RvepflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
+    seconds = 0.0  # the jobs' own, summed: a rerun that finds them complete reports the same
     rows: dict[int, list[dict[str, str]]] = {k: [] for k in ks}
     with attack_threads(args.threads):
         for k, v, settings in jobs:
@@ -153,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             run_attack(target, settings, dest, lambda line, h=head: log(f"{h}: {line}"),  # type: ignore[misc]  # a lambda with a default
                        evaluator_cache=out)
             rows[k].extend({**row, "victim": str(v)} for row in _rows(dest / "scores.csv"))
-    seconds = time.perf_counter() - start
-    key = str(target.run.path)
+            seconds += float(json.loads((dest / "summary.json").read_text(encoding="utf-8"))["seconds"])
+    key = f"aggregate-leakage/{target.method.name}/seed{target.cfg.seed}"  # the bootstrap's stream: not the path
     text = table(target.method.name, target.run.path, [summarise(k, rows[k], key) for k in ks])
     text += (f"\n{len(victims)} victims ({', '.join(map(str, victims))}), {args.images} images each, batch "
              f"{args.batch_size}, round {jobs[0][2].round}, {jobs[0][2].local_steps} local steps, "
@@ -162,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
              f"({args.threads} thread{'s' if args.threads != 1 else ''}).\n")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "table.md", text.encode())
+    if args.readme is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_results import write_block
+
+        write_block(args.readme, f"aggregate-{target.method.name}", text)
     print(text, end="")
     return 0
 

@@ -11,7 +11,8 @@ loopback deployment gives the same CSV bytes). Every run has one worker of one t
 runs go side by side. A finished run is kept and a stopped one resumed, so the script can be
 run again after an interruption. It prints a Markdown table: the final mean client test
 accuracy of each seed without and with secure aggregation, the difference, and its mean over the
-seeds with a 95 % t interval, and writes it to ``<out>/secagg_accuracy.md``.
+seeds with a 95 % t interval, and writes it to ``<out>/secagg_accuracy.md`` (``--readme
+README.md``: also between the README's ``<!-- results:secagg-accuracy -->`` markers).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,12 +60,13 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quick.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "secagg-accuracy")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the table into this README's <!-- results:secagg-accuracy --> block")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     args.out.mkdir(parents=True, exist_ok=True)
     cases = [(m, s, secure) for m in args.methods for s in args.seeds for secure in (False, True)]
-    started = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(cases, pool.map(lambda c: _run(*c, args.out, args.config), cases)))
     lines = ["| method | seed | without (%) | with secure aggregation (%) | difference (points) |",
@@ -85,9 +86,13 @@ def main() -> None:
         lines.append(f"| **{method}** | mean | | | **{interval}** |")
     seconds = sum(r[1] for r in results.values())
     table = "\n".join(lines) + "\n"
-    note = (f"\n{len(cases)} runs of {args.config.name}, {seconds / 60:.0f} min of training in all, "
-            f"{(time.time() - started) / 60:.0f} min of wall time with {args.jobs} side by side.\n")
+    note = (f"\n{len(cases)} runs of {args.config.name} (in-process, one single-threaded worker each), "
+            f"{seconds / 60:.0f} min of training in all.\n")
     atomic_write_text(args.out / "secagg_accuracy.md", table + note)
+    if args.readme is not None:
+        from readme_results import write_block  # scripts/ is on sys.path when a script runs
+
+        write_block(args.readme, "secagg-accuracy", table + note)
     print(table + note, end="")
 
 
