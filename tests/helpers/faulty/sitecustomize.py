@@ -4,9 +4,10 @@
 Python imports ``sitecustomize`` at start-up, so the engine and every worker process it spawns
 (they inherit the environment) wrap :func:`rvepfl.fl.client.train_client`: the named client
 of the named round raises a ValueError, SIGKILLs its own process, or sleeps for ten minutes
-instead of training. With ``RVEPFL_TEST_ADVERSARY`` set (``CLIENT:KIND``, e.g. ``1:nan``) and
-the repository root on PYTHONPATH too, the named client sends a corrupted upload in every round
-instead (tests/helpers/adversary.py). With ``RVEPFL_TEST_HEARTBEAT`` set (seconds), a SuperNode
+instead of training (first creating the file ``RVEPFL_TEST_HANG_MARK`` names, when set). With
+``RVEPFL_TEST_ADVERSARY`` set (``CLIENT:KIND``, e.g. ``1:nan``) and the repository root on
+PYTHONPATH too, the named client sends a corrupted upload in every round instead
+(tests/helpers/adversary.py). With ``RVEPFL_TEST_HEARTBEAT`` set (seconds), a SuperNode
 sends its heartbeats at that interval instead of flwr's fixed 30 s, so that the SuperLink finds a
 killed node gone in about twice that. Test code only; nothing in src/ knows about it.
 """
@@ -39,6 +40,9 @@ if _SPEC:
         if kind == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         if kind == "hang":
+            mark = os.environ.get("RVEPFL_TEST_HANG_MARK")
+            if mark:  # tells a test that the client is now hanging (e.g. to kill its node then)
+                open(mark, "w").close()
             time.sleep(600)
         return _train_client(fed, model, store, initial_private, global_state, round_, client, *args)
 
