@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.flower import InProcessGrid, need_flwr
+from tests.helpers.flower import need_flwr
 
 need_flwr()
 
@@ -29,12 +29,11 @@ from rvepfl.fl.client import ClientOutcome, prepare  # noqa: E402
 from rvepfl.fl.secure_aggregation import rounding_seed  # noqa: E402
 from rvepfl.fl.simulation import initialise, train  # noqa: E402
 from rvepfl.fl.validation import check_outcome  # noqa: E402
-from rvepfl.flower.appconfig import run_config  # noqa: E402
-from rvepfl.flower.server import FlowerServer  # noqa: E402
 from rvepfl.maths.secure_sum import Quantisation, QuantisedMean, decode, encode, sum_encoded  # noqa: E402
 from rvepfl.methods import Upload  # noqa: E402
-from rvepfl.rundir import PUBLISHED_CSVS, RunDir  # noqa: E402
+from rvepfl.rundir import RunDir  # noqa: E402
 from tests.helpers.methods import tiny_cfg  # noqa: E402
+from tests.unit.test_flower_server import _csvs, _flower  # noqa: E402
 
 Q = Quantisation()
 
@@ -166,24 +165,6 @@ def test_weighted_aggregation_sends_each_clients_sample_count_as_its_weight(tmp_
 
 
 # -- Flower's protocol in the ServerApp -------------------------------------------------------------
-def _grid(cfg: Config, tmp_path: Path, **kw) -> InProcessGrid:
-    nodes = {100 + i: {"partition-id": i, "num-partitions": cfg.data.num_clients,
-                       "state-dir": str(tmp_path / f"node{i}")} for i in range(cfg.data.num_clients)}
-    grid = InProcessGrid(nodes, **kw)
-    grid.run_config = run_config(cfg, out=str(tmp_path / "run"))
-    return grid
-
-
-def _flower(cfg: Config, tmp_path: Path, **kw) -> tuple[dict, InProcessGrid]:
-    grid = _grid(cfg, tmp_path, **kw)
-    server = FlowerServer(grid, cfg, RunDir(tmp_path / "run"), wait_nodes=5, log=lambda line: None, poll=0)
-    return server.run_federation(), grid
-
-
-def _csvs(run: Path) -> dict[str, str]:
-    return {name: (run / "metrics" / name).read_text() for name in PUBLISHED_CSVS}
-
-
 def _stage(msg) -> str | None:
     records = msg.content.config_records
     return str(records["secaggplus_configs"]["stage"]) if "secaggplus_configs" in records else None
