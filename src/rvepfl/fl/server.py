@@ -112,8 +112,8 @@ class Dispatcher(Protocol):
 
     def secure_mean(self, method: Method) -> SecureMean:
         """Under ``[secure_aggregation]``: how the server learns the mean of a round's uploads
-        (:mod:`rvepfl.fl.secure_aggregation`). Its ``masked`` attribute says whether the uploads
-        the dispatcher yields carry no state (the server saw only the protocol's sum)."""
+        (:mod:`rvepfl.fl.secure_aggregation`); when it is ``masked``, the uploads the dispatcher
+        yields carry no state (the server saw only the protocol's sum)."""
 
 
 def write_run_start(run: RunDir, cfg: Config, partition_summary: dict[str, Any], partition: Partition,
@@ -292,9 +292,8 @@ def _summary(setup: ServerSetup, chash: str, dispatcher: Dispatcher, log: Metric
         "client_failures": len(log.rows["client_failures.csv"]),
         "allocator_tuned": tune_allocator(),
         "method_details": setup.method.summary(),
-        **({"secure_aggregation": describe_secure_aggregation(cfg, setup.method,
-                                                              bool(getattr(setup.method.secure_mean, "masked", False)))}
-           if cfg.secure_aggregation.enabled else {}),
+        **({"secure_aggregation": describe_secure_aggregation(cfg, setup.method, setup.method.secure_mean.masked)}
+           if setup.method.secure_mean is not None else {}),
         "versions": versions(),
     }
 
@@ -335,7 +334,7 @@ def run_rounds(run: RunDir, setup: ServerSetup, dispatcher: Dispatcher, progress
     dispatcher.start(done, log)
     secure = dispatcher.secure_mean(method) if cfg.secure_aggregation.enabled else None
     method.secure_mean = secure
-    masked = bool(getattr(secure, "masked", False))
+    masked = secure is not None and secure.masked
     summary: dict[str, Any] = {}
     per_federation = t.lr_decay_clock == "federation"
     for r in range(done + 1, t.rounds + 1):

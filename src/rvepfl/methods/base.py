@@ -133,6 +133,10 @@ class SecureMean(Protocol):
     """How the server of a securely aggregated round learns the mean of its uploads
     (:meth:`Method.mean_of`): ``(uploads, method, ctx) -> mean state``."""
 
+    masked: bool
+    """Whether the uploads reach the server masked, without a state (the protocol's sum is all it
+    holds), rather than in the clear."""
+
     def __call__(self, uploads: Iterable[Upload], method: Method, ctx: RoundContext) -> dict[str, torch.Tensor]: ...
 
 
