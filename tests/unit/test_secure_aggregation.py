@@ -193,6 +193,22 @@ def test_the_protocol_gives_the_in_process_engines_numbers_and_the_server_no_upl
         assert "masked_params" in entry["records"]["secaggplus_configs"]["keys"]
 
 
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("fedavg", {"train.aggregation": "weighted", "data.partition": "dirichlet"}),  # weights up to the largest split
+    ("dp-fedavg", {"dp_fedavg.noise_multiplier": 0.5}),  # the server's noise on the unmasked mean
+    ("fedavg", {"data.num_clients": 5, "secure_aggregation.num_shares": 3}),  # SecAgg+'s sparse graph
+])
+def test_the_protocol_gives_the_in_process_numbers_with_weights_server_noise_and_sparse_shares(
+        tmp_path, method, overrides):
+    cfg = tiny_cfg(method, **{"data.num_clients": 3, "data.subset": 150, "secure_aggregation.enabled": True,
+                              **overrides})
+    _flower(cfg, tmp_path)
+    _train(cfg, tmp_path / "ref")
+    assert _csvs(tmp_path / "run") == _csvs(tmp_path / "ref")
+    ours, theirs = (load_file(str(tmp_path / d / "checkpoints/round_0002/global.safetensors")) for d in ("run", "ref"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def test_a_client_that_drops_out_after_sharing_its_keys_is_unmasked_away_and_the_round_completes(tmp_path):
     """Client 1 fails in round 2's collect stage (after the share-keys stage): the server removes
     its masks with its neighbours' shares, and the round is the in-process engine's round without
