@@ -271,15 +271,15 @@ def test_a_client_refused_after_its_masked_upload_entered_the_sum_fails_the_roun
     state = method.shared_state(method.build_model())
     protocol = ProtocolMean(method)
     mean = [state[k].numpy().astype(np.float64) for k in sorted(state)]
-    protocol.set_round(SecureRound(mean=mean, contributors={100, 101, 102}), {0: 100, 1: 101, 2: 102}, state)
+    protocol.set_round(SecureRound(mean=mean, replies=dict.fromkeys((100, 101, 102))), {0: 100, 1: 101, 2: 102}, state)
     uploads = [Upload(c, 90, {}) for c in (0, 2)]  # client 1's reply was refused
     with pytest.raises(RoundFailedError, match=r"refused client\(s\) 1 after their masked uploads entered the sum"):
         protocol(uploads, method, RoundContext(round=3, client=None, seed=0, clients=(0, 1, 2)))
-    protocol.set_round(SecureRound(mean=mean, contributors={100, 101, 102}), {0: 100, 1: 101, 2: 102}, state)
+    protocol.set_round(SecureRound(mean=mean, replies=dict.fromkeys((100, 101, 102))), {0: 100, 1: 101, 2: 102}, state)
     out = protocol([Upload(c, 90, {}) for c in (0, 1, 2)], method, RoundContext(round=3, client=None, seed=0))
     assert list(out) == list(state) and all(torch.equal(out[k], state[k]) for k in state)
     mean[0][...] = np.nan
-    protocol.set_round(SecureRound(mean=mean, contributors={100, 101, 102}), {0: 100, 1: 101, 2: 102}, state)
+    protocol.set_round(SecureRound(mean=mean, replies=dict.fromkeys((100, 101, 102))), {0: 100, 1: 101, 2: 102}, state)
     with pytest.raises(RoundFailedError, match="non-finite"):
         protocol([Upload(c, 90, {}) for c in (0, 1, 2)], method, RoundContext(round=3, client=None, seed=0))
 

@@ -331,8 +331,7 @@ class Target:
     def secure_aggregation(self) -> bool:
         """Whether the run was trained with secure aggregation (its config's
         ``secure_aggregation.enabled``): then the server saw only each round's aggregate."""
-        section = getattr(self.cfg, "secure_aggregation", None)
-        return bool(getattr(section, "enabled", False))
+        return self.cfg.secure_aggregation.enabled
 
     def check_per_client_view(self) -> None:
         """Raise :class:`NoAttackSurface` when the server never saw one client's upload (the run

@@ -64,14 +64,18 @@ __all__ = ["Exchange", "ProtocolMean", "SecureRound", "secure_round", "workflow"
 
 @dataclass
 class SecureRound:
-    """What one round of the protocol left: each client's reply to the collect stage, the
-    failures of the clients that dropped out, and the mean the server unmasked (None: the
+    """What one round of the protocol left: each client's reply to the collect stage (by node),
+    the failures of the clients that dropped out, and the mean the server unmasked (None: the
     protocol stopped)."""
 
     replies: dict[int, Message] = field(default_factory=dict)
     failures: dict[int, tuple[str, float, str]] = field(default_factory=dict)
     mean: list[np.ndarray] | None = None
-    contributors: set[int] = field(default_factory=set)
+
+    @property
+    def contributors(self) -> set[int]:
+        """The nodes whose masked upload is in the sum: those that answered the collect stage."""
+        return set(self.replies)
 
 
 class _Proxy:
@@ -102,7 +106,6 @@ class _Strategy:
 
     def aggregate_fit(self, server_round: int, results: list[tuple[_Proxy, Any]],
                       failures: list[Any]) -> tuple[None, dict[str, Any]]:
-        self.result.contributors = {proxy.node_id for proxy, _ in results}
         if results:  # every result carries the same unmasked mean
             self.result.mean = parameters_to_ndarrays(results[0][1].parameters)
         return None, {}  # the server loop, not the workflow, commits the round

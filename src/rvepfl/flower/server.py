@@ -130,6 +130,12 @@ class FlowerServer:
     def _request(self, **values: Any) -> ConfigRecord:
         return ConfigRecord({"config-hash": self.chash, **values})
 
+    def _round_request(self, round_: int, client: int, clock: int | None, export: bool) -> dict[str, Any]:
+        """What a node needs to run ``client``'s round: the round, the client's last committed
+        round, its decay clock (-1: its own steps), the run key and whether to export its state."""
+        return {"config-hash": self.chash, "round": round_, "committed": self.last_good[client],
+                "clock": -1 if clock is None else clock, "run-key": self.run_key, "export": export}
+
     def _record(self, round_: int, kind: str, client: int | None, node: int, reply: Message) -> None:
         entry: dict[str, Any] = {"round": round_, "type": kind, "client": client, "node": node}
         if reply.has_error():
@@ -298,8 +304,7 @@ class FlowerServer:
         global_record = ArrayRecord({k: v.contiguous() for k, v in global_state.items()})
         messages = {}
         for c, clock in zip(clients, clocks):
-            request = self._request(round=round_, committed=self.last_good[c], clock=-1 if clock is None else clock,
-                                    **{"run-key": self.run_key, "export": export})
+            request = ConfigRecord(self._round_request(round_, c, clock, export))
             messages[self.nodes[c]] = Message(RecordDict({"global": global_record, "request": request}),
                                               dst_node_id=self.nodes[c], message_type="train", group_id=str(round_))
         by_node = {self.nodes[c]: c for c in clients}
@@ -324,9 +329,7 @@ class FlowerServer:
         protocol first, then each client's result in client order, its upload without a state
         (the mean the protocol unmasked goes to the method through :class:`ProtocolMean`)."""
         assert self.protocol is not None
-        requests = {self.nodes[c]: {"config-hash": self.chash, "round": round_, "committed": self.last_good[c],
-                                    "clock": -1 if clock is None else clock, "run-key": self.run_key,
-                                    "export": export, "client": c}
+        requests = {self.nodes[c]: {**self._round_request(round_, c, clock, export), "client": c}
                     for c, clock in zip(clients, clocks)}
         result = secure_round(self._exchange, self.cfg, self.protocol.max_weight, round_, requests, global_state)
         if result.mean is None:
@@ -341,7 +344,7 @@ class FlowerServer:
         for c in clients:
             node = self.nodes[c]
             reply = result.replies.get(node)
-            if reply is None or node not in result.contributors:
+            if reply is None:
                 kind, seconds, message = result.failures.get(node, ("died", 0.0, "no masked upload"))
                 yield c, ClientFailure(c, kind, seconds, message), seconds
                 continue
